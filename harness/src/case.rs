@@ -1,0 +1,660 @@
+//! The YAML schema of cases and model specs, their loading and validation.
+//!
+//! A *model spec* (`cases/models/<id>.yaml`) names an HF class, where its weights come from and
+//! its config. A *case* (`cases/**/<name>.yaml`) names a model, its inputs, the taps to compare and
+//! their tolerances. Both are plain data: adding either never needs Rust code. The schema is
+//! documented in README.md; unknown keys are errors with a did-you-mean.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result, did_you_mean};
+use crate::family::{self, Config, Family, Module};
+use crate::tolerance::Tolerance;
+use crate::yaml::Doc;
+
+/// `cases/models/<id>.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpecFile {
+    /// The HF class, e.g. `LlamaForCausalLM`.
+    pub family: String,
+    pub source: Source,
+    /// HF config keys. For `random` models this *is* the config; for `path` models it is optional
+    /// and must agree with the checkpoint's config.json.
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Storage dtype of the weights; the reference forward always runs in float32.
+    #[serde(default)]
+    pub dtype: WeightDtype,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Where a model's weights come from: `random: {seed: N}` or `path: DIR`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A tiny model initialised by HF transformers from `config` and this seed (by tools/).
+    Random { seed: u64 },
+    /// A checkpoint directory (config.json + model.safetensors), relative to the repository root.
+    Path { path: PathBuf, allow_outside_root: bool },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFile {
+    #[serde(default)]
+    random: Option<RandomFile>,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    /// Allow a `path` outside the repository (or through a symlink that leaves it).
+    #[serde(default)]
+    allow_outside_root: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RandomFile {
+    seed: u64,
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let f = SourceFile::deserialize(d)?;
+        match (f.random, f.path) {
+            (Some(r), None) if !f.allow_outside_root => Ok(Source::Random { seed: r.seed }),
+            (Some(_), None) => Err(D::Error::custom("`allow_outside_root` only applies to `path` sources")),
+            (None, Some(path)) => Ok(Source::Path { path, allow_outside_root: f.allow_outside_root }),
+            (Some(_), Some(_)) => Err(D::Error::custom("give either `random` or `path` as the source, not both")),
+            (None, None) => Err(D::Error::custom("the source needs `random: {seed: N}` or `path: DIR`")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    #[default]
+    Float32,
+    Float16,
+    Bfloat16,
+}
+
+impl WeightDtype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightDtype::Float32 => "float32",
+            WeightDtype::Float16 => "float16",
+            WeightDtype::Bfloat16 => "bfloat16",
+        }
+    }
+}
+
+/// A loaded, validated model spec.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub id: String,
+    pub file: PathBuf,
+    pub family: &'static Family,
+    pub source: Source,
+    pub dtype: WeightDtype,
+    /// The checkpoint directory: `goldens/models/<id>` for random models, else the `path`.
+    pub dir: PathBuf,
+    /// Effective config: the checkpoint's config.json (when present) overlaid by the spec's keys.
+    pub config: Config,
+}
+
+/// `cases/**/<name>.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Id of a model spec under `cases/models/`.
+    pub model: String,
+    pub inputs: InputsFile,
+    /// Taps to compare, in any order (they are compared in forward order).
+    pub taps: Vec<TapSpec>,
+    /// Default tolerance of every tap that has none of its own.
+    #[serde(default)]
+    pub tolerance: Option<Tolerance>,
+    /// Engines to run; default: every registered engine that supports the family.
+    #[serde(default)]
+    pub engines: Option<Vec<String>>,
+    /// Compare positions whose attention_mask is 0 too (default: only real tokens).
+    #[serde(default)]
+    pub compare_padding: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputsFile {
+    pub input_ids: IdRows,
+    #[serde(default)]
+    pub attention_mask: Option<IdRows>,
+    #[serde(default)]
+    pub token_type_ids: Option<IdRows>,
+}
+
+/// A batch of rows of integers, or a single flat row (a batch of one).
+#[derive(Debug, Clone)]
+pub enum IdRows {
+    Batch(Vec<Vec<i64>>),
+    One(Vec<i64>),
+}
+
+impl<'de> Deserialize<'de> for IdRows {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        // Hand-written (not `untagged`) so a bad element gets serde's path and position.
+        enum Item {
+            Id(i64),
+            Row(Vec<i64>),
+        }
+        impl<'de> Deserialize<'de> for Item {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Item;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a token id or a row of token ids")
+                    }
+                    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Item, E> {
+                        Ok(Item::Id(v))
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Item, E> {
+                        i64::try_from(v).map(Item::Id).map_err(|_| E::custom(format!("integer {v} is too large")))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> std::result::Result<Item, A::Error> {
+                        let mut row = Vec::new();
+                        while let Some(v) = s.next_element::<i64>()? {
+                            row.push(v);
+                        }
+                        Ok(Item::Row(row))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        let items = Vec::<Item>::deserialize(d)?;
+        let rows = items.iter().filter(|i| matches!(i, Item::Row(_))).count();
+        if rows == 0 {
+            Ok(IdRows::One(items.into_iter().map(|i| if let Item::Id(v) = i { v } else { unreachable!() }).collect()))
+        } else if rows == items.len() {
+            Ok(IdRows::Batch(
+                items.into_iter().map(|i| if let Item::Row(r) = i { r } else { unreachable!() }).collect(),
+            ))
+        } else {
+            Err(serde::de::Error::custom(
+                "mixes rows and single ids: give a list of rows `[[...], [...]]` or one flat row `[...]`",
+            ))
+        }
+    }
+}
+
+impl IdRows {
+    fn rows(&self) -> Vec<&[i64]> {
+        match self {
+            IdRows::Batch(b) => b.iter().map(|r| r.as_slice()).collect(),
+            IdRows::One(r) => vec![r.as_slice()],
+        }
+    }
+    fn is_flat(&self) -> bool {
+        matches!(self, IdRows::One(_))
+    }
+}
+
+/// A tap pattern with an optional tolerance: `model.layers.*.mlp` or
+/// `{tap: logits, tolerance: {atol: 1e-4}}`.
+#[derive(Debug, Clone)]
+pub struct TapSpec {
+    pub pattern: String,
+    pub tolerance: Option<Tolerance>,
+}
+
+impl<'de> Deserialize<'de> for TapSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            tap: String,
+            #[serde(default)]
+            tolerance: Option<Tolerance>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TapSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a tap name (e.g. `model.layers.*.mlp`) or a mapping `{tap: NAME, tolerance: {...}}`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<TapSpec, E> {
+                Ok(TapSpec { pattern: v.to_string(), tolerance: None })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<TapSpec, A::Error> {
+                let f = Full::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(TapSpec { pattern: f.tap, tolerance: f.tolerance })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Integer matrix (batch x seq), row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMatrix {
+    pub batch: usize,
+    pub seq: usize,
+    pub data: Vec<i64>,
+}
+
+impl IdMatrix {
+    pub fn row(&self, b: usize) -> &[i64] {
+        &self.data[b * self.seq..(b + 1) * self.seq]
+    }
+    pub fn shape(&self) -> [usize; 2] {
+        [self.batch, self.seq]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs {
+    pub input_ids: IdMatrix,
+    pub attention_mask: Option<IdMatrix>,
+    pub token_type_ids: Option<IdMatrix>,
+}
+
+impl Inputs {
+    /// True where the position holds a real token (mask 1, or no mask at all).
+    pub fn is_real(&self, b: usize, s: usize) -> bool {
+        self.attention_mask.as_ref().is_none_or(|m| m.data[b * m.seq + s] != 0)
+    }
+}
+
+/// One tap of a case after glob expansion, in forward order.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub name: String,
+    pub module: Module,
+    pub tolerance: Tolerance,
+    /// The pattern that selected it (for messages), and where that pattern is.
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Path under `cases/` without `.yaml`, with `/` separators: `llama/gqa`.
+    pub id: String,
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub model: ModelSpec,
+    pub inputs: Inputs,
+    pub taps: Vec<Tap>,
+    pub engines: Option<Vec<String>>,
+    pub compare_padding: bool,
+}
+
+/// Read and validate a model spec; `root` is the repository root.
+pub fn load_model_spec(root: &Path, id: &str) -> Result<ModelSpec> {
+    let file = root.join("cases").join("models").join(format!("{id}.yaml"));
+    let mut doc = Doc::read(&file)?;
+    let spec: ModelSpecFile = doc.parse()?;
+    let family = family::lookup(&spec.family).ok_or_else(|| {
+        let names = family::all().iter().map(|f| f.class);
+        let hint = match did_you_mean(&spec.family, names.clone()) {
+            Some(n) => format!("did you mean `{n}`?"),
+            None => format!("supported: {}", names.collect::<Vec<_>>().join(", ")),
+        };
+        doc.err("family", format!("unknown model family `{}`", spec.family)).hint(hint)
+    })?;
+    let dir = match &spec.source {
+        Source::Random { .. } => {
+            if spec.config.is_empty() {
+                return Err(doc
+                    .err("source", "a random model needs a `config:` (HF config keys)")
+                    .hint("add e.g. `config: {hidden_size: 64, num_hidden_layers: 2, ...}`"));
+            }
+            root.join("goldens").join("models").join(id)
+        }
+        Source::Path { path, allow_outside_root } => {
+            let dir = if path.is_absolute() { path.clone() } else { root.join(path) };
+            if !allow_outside_root {
+                check_inside(root, &dir).map_err(|msg| {
+                    doc.err("source.path", msg)
+                        .hint("set `allow_outside_root: true` under `source:` if this is intended")
+                })?;
+            }
+            dir
+        }
+    };
+    let mut config = match std::fs::read(dir.join("config.json")) {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).map_err(|e| {
+            Error::input(format!("invalid config.json: {}", crate::error::lowercase_first(&e.to_string())))
+                .file(dir.join("config.json"))
+        })?,
+        Err(_) => serde_json::Map::new(),
+    };
+    for (k, v) in &spec.config {
+        config.insert(k.clone(), v.clone());
+    }
+    let config = Config::new(config, file.clone());
+    (family.validate)(&config).map_err(|e| e.file(&file).at(doc.pos("config")))?;
+    Ok(ModelSpec { id: id.to_string(), file, family, source: spec.source, dtype: spec.dtype, dir, config })
+}
+
+/// Refuse paths that leave `root`, lexically (`..`) or through a symlink.
+fn check_inside(root: &Path, dir: &Path) -> std::result::Result<(), String> {
+    if dir.components().any(|c| c == Component::ParentDir) {
+        let lexical = normalize(dir);
+        if !lexical.starts_with(normalize(root)) {
+            return Err(format!("model path `{}` leaves the repository", dir.display()));
+        }
+    }
+    if let (Ok(real_root), Ok(real)) = (root.canonicalize(), dir.canonicalize())
+        && !real.starts_with(&real_root)
+    {
+        return Err(format!(
+            "model path `{}` resolves to `{}`, outside the repository (through a symlink)",
+            dir.display(),
+            real.display()
+        ));
+    }
+    Ok(())
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A case id from its path under `cases/`.
+pub fn case_id(cases_dir: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(cases_dir).unwrap_or(file).with_extension("");
+    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/")
+}
+
+/// Load and validate one case. `models` caches model specs by id across cases.
+pub fn load_case(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<ModelSpec>>) -> Result<Case> {
+    let cases_dir = root.join("cases");
+    let id = case_id(&cases_dir, file);
+    let mut doc = Doc::read(file)?;
+    let cf: CaseFile = doc.parse()?;
+
+    let model = models.entry(cf.model.clone()).or_insert_with(|| load_model_spec(root, &cf.model)).clone();
+    let model = model.map_err(|e| {
+        if e.kind == crate::error::ErrorKind::Io
+            && e.file.as_deref().is_some_and(|f| f.ends_with(format!("{}.yaml", cf.model)))
+        {
+            let known = list_model_ids(root);
+            let hint = match did_you_mean(&cf.model, known.iter().map(|s| s.as_str())) {
+                Some(m) => format!("did you mean `{m}`?"),
+                None => format!("model specs live in cases/models/<id>.yaml; known: {}", known.join(", ")),
+            };
+            doc.err("model", format!("no model spec `{}`", cf.model)).hint(hint)
+        } else {
+            e
+        }
+    })?;
+
+    let inputs = validate_inputs(&doc, &cf.inputs, &model)?;
+    let default_tol = match &cf.tolerance {
+        Some(t) => {
+            t.validate().map_err(|m| doc.err("tolerance", m))?;
+            t.clone()
+        }
+        None => Tolerance::default(),
+    };
+    if cf.taps.is_empty() {
+        return Err(doc.err("taps", "no taps to compare").hint("list at least one, e.g. `taps: [logits]`"));
+    }
+    let modules = (model.family.modules)(&model.config)?;
+    let taps = expand_taps(&doc, &cf.taps, &modules, &default_tol)?;
+    if let Some(engines) = &cf.engines
+        && engines.is_empty()
+    {
+        return Err(doc
+            .err("engines", "empty engine list")
+            .hint("remove `engines:` to run every engine that supports the family"));
+    }
+    Ok(Case {
+        id,
+        file: file.to_path_buf(),
+        description: cf.description,
+        model,
+        inputs,
+        taps,
+        engines: cf.engines,
+        compare_padding: cf.compare_padding,
+    })
+}
+
+pub fn list_model_ids(root: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(root.join("cases").join("models"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "yaml").then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn matrix(doc: &Doc, key: &str, rows: &IdRows, expect: Option<[usize; 2]>) -> Result<IdMatrix> {
+    let rows_v = rows.rows();
+    let path_of = |b: usize, s: usize| {
+        if rows.is_flat() { format!("inputs.{key}[{s}]") } else { format!("inputs.{key}[{b}][{s}]") }
+    };
+    let row_path = |b: usize| if rows.is_flat() { format!("inputs.{key}") } else { format!("inputs.{key}[{b}]") };
+    if rows_v.is_empty() || rows_v[0].is_empty() {
+        return Err(doc.err(&format!("inputs.{key}"), format!("`{key}` is empty")).hint("give at least one token"));
+    }
+    let seq = rows_v[0].len();
+    for (b, r) in rows_v.iter().enumerate() {
+        if r.len() != seq {
+            return Err(doc
+                .err(&row_path(b), format!("ragged batch: row {b} of `{key}` has {} tokens, row 0 has {seq}", r.len()))
+                .hint("pad every row to the same length and mark padding with attention_mask 0"));
+        }
+    }
+    let batch = rows_v.len();
+    if let Some(e) = expect
+        && e != [batch, seq]
+    {
+        return Err(doc
+            .err(&format!("inputs.{key}"), format!("`{key}` is {batch}x{seq} but input_ids is {}x{}", e[0], e[1]))
+            .hint(format!("give `{key}` one value per token of input_ids")));
+    }
+    let data: Vec<i64> = rows_v.iter().flat_map(|r| r.iter().copied()).collect();
+    if let Some(i) = data.iter().position(|&v| v < 0) {
+        return Err(doc.err(&path_of(i / seq, i % seq), format!("negative value {} in `{key}`", data[i])));
+    }
+    let _ = path_of;
+    Ok(IdMatrix { batch, seq, data })
+}
+
+fn validate_inputs(doc: &Doc, f: &InputsFile, model: &ModelSpec) -> Result<Inputs> {
+    let ids = matrix(doc, "input_ids", &f.input_ids, None)?;
+    let flat = f.input_ids.is_flat();
+    let at = |key: &str, i: usize, seq: usize| {
+        if flat { format!("inputs.{key}[{i}]") } else { format!("inputs.{key}[{}][{}]", i / seq, i % seq) }
+    };
+    let vocab = model.config.usize("vocab_size")?;
+    if let Some(i) = ids.data.iter().position(|&v| v as u64 >= vocab as u64) {
+        return Err(doc
+            .err(
+                &at("input_ids", i, ids.seq),
+                format!("token id {} is out of range: vocab_size is {vocab}", ids.data[i]),
+            )
+            .hint(format!("ids must be in 0..{vocab} for model `{}`", model.id)));
+    }
+    if let Some(max_pos) = model.config.opt_usize("max_position_embeddings")? {
+        let offset = model.family.position_offset;
+        if ids.seq + offset > max_pos {
+            return Err(doc
+                .err(
+                    "inputs.input_ids",
+                    format!("sequence of {} tokens is longer than max_position_embeddings {max_pos}", ids.seq),
+                )
+                .hint("shorten the input or raise max_position_embeddings in the model config"));
+        }
+    }
+    let mask = f.attention_mask.as_ref().map(|m| matrix(doc, "attention_mask", m, Some(ids.shape()))).transpose()?;
+    if let (Some(m), Some(mf)) = (&mask, &f.attention_mask) {
+        if let Some(i) = m.data.iter().position(|&v| v > 1) {
+            let flat = mf.is_flat();
+            let p = if flat {
+                format!("inputs.attention_mask[{i}]")
+            } else {
+                format!("inputs.attention_mask[{}][{}]", i / m.seq, i % m.seq)
+            };
+            return Err(doc
+                .err(&p, format!("attention_mask value {} is not 0 or 1", m.data[i]))
+                .hint("1 marks a real token, 0 padding"));
+        }
+        for b in 0..m.batch {
+            if m.row(b).iter().all(|&v| v == 0) {
+                return Err(doc
+                    .err(&format!("inputs.attention_mask[{b}]"), format!("row {b} of attention_mask has no real token"))
+                    .hint("every row needs at least one 1"));
+            }
+        }
+    }
+    let types = f.token_type_ids.as_ref().map(|t| matrix(doc, "token_type_ids", t, Some(ids.shape()))).transpose()?;
+    if let Some(t) = &types {
+        let n = model.config.opt_usize("type_vocab_size")?.unwrap_or(0);
+        if n == 0 {
+            return Err(doc
+                .err(
+                    "inputs.token_type_ids",
+                    format!("model `{}` ({}) takes no token_type_ids", model.id, model.family.class),
+                )
+                .hint("remove `token_type_ids`"));
+        }
+        if let Some(i) = t.data.iter().position(|&v| v as u64 >= n as u64) {
+            return Err(doc.err(
+                &at("token_type_ids", i, t.seq),
+                format!("token type {} is out of range: type_vocab_size is {n}", t.data[i]),
+            ));
+        }
+    }
+    Ok(Inputs { input_ids: ids, attention_mask: mask, token_type_ids: types })
+}
+
+/// `*` matches one path segment (no dots); everything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<&str> = pattern.split('.').collect();
+    let n: Vec<&str> = name.split('.').collect();
+    p.len() == n.len() && p.iter().zip(&n).all(|(p, n)| segment_match(p, n))
+}
+
+fn segment_match(p: &str, n: &str) -> bool {
+    match p.find('*') {
+        None => p == n,
+        Some(i) => {
+            let (pre, rest) = (&p[..i], &p[i + 1..]);
+            if !n.starts_with(pre) {
+                return false;
+            }
+            let tail = &n[pre.len()..];
+            (0..=tail.len()).filter(|&k| tail.is_char_boundary(k)).any(|k| segment_match(rest, &tail[k..]))
+        }
+    }
+}
+
+fn expand_taps(doc: &Doc, specs: &[TapSpec], modules: &[Module], default_tol: &Tolerance) -> Result<Vec<Tap>> {
+    // Later specs win for a tap selected twice, so `model.layers.*` then `{tap: model.layers.1, ...}` works.
+    let mut chosen: Vec<Option<Tap>> = vec![None; modules.len()];
+    for (i, spec) in specs.iter().enumerate() {
+        let path = format!("taps[{i}]");
+        if spec.pattern.trim().is_empty() {
+            return Err(doc.err(&path, "empty tap name"));
+        }
+        let tol = match &spec.tolerance {
+            Some(t) => {
+                t.validate().map_err(|m| doc.err(&format!("{path}.tolerance"), m))?;
+                t.clone()
+            }
+            None => default_tol.clone(),
+        };
+        let mut hits = 0;
+        for (m, slot) in modules.iter().zip(chosen.iter_mut()) {
+            if glob_match(&spec.pattern, &m.path) {
+                hits += 1;
+                *slot = Some(Tap {
+                    name: m.path.clone(),
+                    module: m.clone(),
+                    tolerance: tol.clone(),
+                    pattern: spec.pattern.clone(),
+                });
+            }
+        }
+        if hits == 0 {
+            let names: Vec<String> = modules
+                .iter()
+                .map(|m| generalize(&m.path))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let hint = match did_you_mean(&generalize(&spec.pattern), names.iter().map(|s| s.as_str())) {
+                Some(n) => format!("did you mean `{n}`?"),
+                None => format!("taps of this model: {}", names.join(", ")),
+            };
+            let what = if spec.pattern.contains('*') { "matches no module" } else { "is not a module of this model" };
+            return Err(doc.err(&path, format!("tap `{}` {what}", spec.pattern)).hint(hint));
+        }
+    }
+    Ok(chosen.into_iter().flatten().collect())
+}
+
+/// `model.layers.3.mlp` -> `model.layers.*.mlp`, for listing and suggesting tap names.
+fn generalize(path: &str) -> String {
+    path.split('.')
+        .map(|s| if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) { "*" } else { s })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_one_segment() {
+        assert!(glob_match("model.layers.*.mlp", "model.layers.12.mlp"));
+        assert!(!glob_match("model.layers.*.mlp", "model.layers.1.mlp.up_proj"));
+        assert!(!glob_match("model.layers.*", "model.layers.1.mlp"));
+        assert!(glob_match("model.layers.1*", "model.layers.12"));
+        assert!(glob_match("logits", "logits"));
+        assert!(glob_match("model.layers.*.self_attn.*_proj", "model.layers.0.self_attn.q_proj"));
+    }
+
+    #[test]
+    fn generalize_replaces_indices() {
+        assert_eq!(generalize("model.layers.3.mlp"), "model.layers.*.mlp");
+        assert_eq!(generalize("encoder.layer.10"), "encoder.layer.*");
+    }
+
+    #[test]
+    fn path_escape_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert!(check_inside(r, &r.join("models/x")).is_ok());
+        assert!(check_inside(r, &r.join("../x")).unwrap_err().contains("leaves the repository"));
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("link")).unwrap();
+        assert!(check_inside(r, &r.join("link")).unwrap_err().contains("symlink"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Engines that ship with the harness.
+
+pub mod reference;

@@ -1,0 +1,178 @@
+//! The reference engine: the supported families written on candle-core, following HF's float32
+//! eager forward, exposing every module's output under its HF name.
+//!
+//! It is the harness's own known-good engine (every case must pass on it), the oracle for
+//! shrinking ports, and, with a [`Mutation`], the source of the mutant zoo: the same engine
+//! with one real-world port bug injected.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor as CTensor};
+
+use crate::case::{Inputs, ModelSpec};
+use crate::engine::{Engine, LoadedModel, Outputs};
+use crate::error::{Error, Result};
+use crate::family::Family;
+use crate::tensor::Tensor;
+
+pub mod llama;
+pub mod ops;
+
+/// A bug injected into the reference engine (tests and the mutant zoo only).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// Add `delta` to one element of a weight, to show a failure is localized to its first use.
+    PerturbWeight { name: String, index: usize, delta: f32 },
+}
+
+pub struct ReferenceEngine {
+    name: String,
+    mutation: Option<Mutation>,
+}
+
+impl ReferenceEngine {
+    pub fn new() -> Self {
+        ReferenceEngine { name: "reference".into(), mutation: None }
+    }
+    /// A reference engine with a bug injected, registered under `name`.
+    pub fn mutant(name: impl Into<String>, m: Mutation) -> Self {
+        ReferenceEngine { name: name.into(), mutation: Some(m) }
+    }
+}
+
+impl Default for ReferenceEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine for ReferenceEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn supports(&self, family: &Family) -> bool {
+        family.class == llama::CLASS
+    }
+    fn default_enabled(&self) -> bool {
+        self.mutation.is_none()
+    }
+    fn load(&self, spec: &ModelSpec) -> Result<Box<dyn LoadedModel>> {
+        let mut w = Weights::load(&spec.dir)?;
+        if let Some(Mutation::PerturbWeight { name, index, delta }) = &self.mutation {
+            w.perturb(name, *index, *delta)?;
+        }
+        match spec.family.class {
+            llama::CLASS => Ok(Box::new(llama::Llama::new(spec, w, self.mutation.clone())?)),
+            other => Err(Error::engine(format!("the reference engine does not implement `{other}`"))),
+        }
+    }
+}
+
+/// Named weights of one checkpoint, converted to f32 on load.
+pub struct Weights {
+    map: HashMap<String, CTensor>,
+    file: std::path::PathBuf,
+}
+
+impl Weights {
+    /// Load `model.safetensors` from a checkpoint dir; pickled checkpoints are refused.
+    pub fn load(dir: &Path) -> Result<Weights> {
+        let file = dir.join("model.safetensors");
+        if !file.exists() {
+            let pickle =
+                ["pytorch_model.bin", "model.bin", "model.pt", "model.pth"].iter().find(|n| dir.join(n).exists());
+            return Err(match pickle {
+                Some(p) => Error::input(format!(
+                    "only a pickled checkpoint `{p}` is present; pickles are refused (they can run code)"
+                ))
+                .file(dir.join(p))
+                .hint("convert it to model.safetensors (safetensors.torch.save_file)"),
+                None => Error::golden("model weights are missing")
+                    .file(&file)
+                    .hint("generate the model with `tools/.venv/bin/python tools/regen_goldens.py`"),
+            });
+        }
+        let raw = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| {
+            Error::input(format!("cannot read safetensors: {}", crate::error::lowercase_first(&e.to_string())))
+                .file(&file)
+        })?;
+        let mut map = HashMap::with_capacity(raw.len());
+        for (k, v) in raw {
+            map.insert(k, ops::to_f32(v)?);
+        }
+        Ok(Weights { map, file })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// A weight that must exist with this shape.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<CTensor> {
+        let t = self.map.get(name).ok_or_else(|| {
+            Error::input(format!("weight `{name}` is missing"))
+                .file(&self.file)
+                .hint("the checkpoint does not match the model config")
+        })?;
+        if t.dims() != shape {
+            return Err(Error::input(format!(
+                "weight `{name}` has shape {:?}, the config implies {shape:?}",
+                t.dims()
+            ))
+            .file(&self.file));
+        }
+        Ok(t.clone())
+    }
+
+    pub fn opt(&self, name: &str, shape: &[usize]) -> Result<Option<CTensor>> {
+        if self.has(name) { self.get(name, shape).map(Some) } else { Ok(None) }
+    }
+
+    fn perturb(&mut self, name: &str, index: usize, delta: f32) -> Result<()> {
+        let t = self.map.get(name).ok_or_else(|| Error::engine(format!("no weight `{name}` to perturb")))?;
+        let shape = t.dims().to_vec();
+        let mut v = t.flatten_all()?.to_vec1::<f32>()?;
+        let slot = v.get_mut(index).ok_or_else(|| Error::engine(format!("index {index} out of range for `{name}`")))?;
+        *slot += delta;
+        self.map.insert(name.to_string(), CTensor::from_vec(v, shape, &Device::Cpu)?);
+        Ok(())
+    }
+}
+
+/// Collects the tensors of the taps a run asked for.
+pub struct Recorder {
+    want: Option<BTreeSet<String>>,
+    out: Vec<(String, CTensor)>,
+}
+
+impl Recorder {
+    /// Record `taps`; an empty list records everything.
+    pub fn new(taps: &[&str]) -> Self {
+        let want = (!taps.is_empty()).then(|| taps.iter().map(|s| s.to_string()).collect());
+        Recorder { want, out: Vec::new() }
+    }
+    pub fn wants(&self, name: &str) -> bool {
+        self.want.as_ref().is_none_or(|w| w.contains(name))
+    }
+    pub fn tap(&mut self, name: &str, t: &CTensor) {
+        if self.wants(name) {
+            self.out.push((name.to_string(), t.clone()));
+        }
+    }
+    pub fn finish(self) -> Result<Outputs> {
+        let mut out = Outputs::new();
+        for (name, t) in self.out {
+            let shape = t.dims().to_vec();
+            let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            out.insert(name, Tensor::new(shape, data)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Shared input handling: ids as a `[b, s]` u32 tensor.
+pub fn input_ids(inputs: &Inputs) -> Result<CTensor> {
+    let ids = &inputs.input_ids;
+    ops::ids_tensor(&ids.data, ids.batch, ids.seq, &Device::Cpu)
+}

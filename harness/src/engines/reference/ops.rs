@@ -1,0 +1,114 @@
+//! Building blocks of the reference forward passes, written to follow HF's float32 eager math
+//! step by step (same operation order where it matters for rounding).
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::error::Result;
+
+/// `x @ w^T + b` over the last dimension (torch.nn.Linear).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.broadcast_matmul(&w.t()?)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// LlamaRMSNorm: `w * (x * rsqrt(mean(x^2) + eps))`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let xs = x.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?;
+    Ok(xs.broadcast_mul(w)?)
+}
+
+/// torch.nn.LayerNorm over the last dimension (biased variance).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// Softmax over the last dimension, max-subtracted like torch's.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// RoPE tables for positions `pos` (HF default rope): `cos, sin` of shape `[n_pos, head_dim]`,
+/// with the frequencies repeated over both halves (`cat(freqs, freqs)`), in float32 like HF.
+pub fn rope_tables(pos: &[usize], head_dim: usize, theta: f64, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    // HF: 1 / base ** (arange(0, dim, 2).float() / dim), computed in float32.
+    let inv: Vec<f32> = (0..half).map(|j| 1.0f32 / (theta as f32).powf((2 * j) as f32 / head_dim as f32)).collect();
+    let mut freqs = Vec::with_capacity(pos.len() * head_dim);
+    for &p in pos {
+        let row: Vec<f32> = inv.iter().map(|f| f * p as f32).collect();
+        freqs.extend_from_slice(&row);
+        freqs.extend_from_slice(&row);
+    }
+    let f = Tensor::from_vec(freqs, (pos.len(), head_dim), dev)?;
+    Ok((f.cos()?, f.sin()?))
+}
+
+/// `x * cos + rotate_half(x) * sin`, x: `[b, heads, seq, head_dim]`, tables `[seq, head_dim]`
+/// (or `[b, 1, seq, head_dim]`).
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}
+
+/// `[b, kv_heads, s, d]` -> `[b, kv_heads * n_rep, s, d]`, each kv head repeated n_rep times in a
+/// row (HF repeat_kv: query head h reads kv head h / n_rep).
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, s, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, h, n_rep, s, d))?.reshape((b, h * n_rep, s, d))?)
+}
+
+/// Additive attention bias `[b, 1, q, k]`: 0 where query i may attend key j, f32::MIN elsewhere.
+pub fn attention_bias(
+    allowed: impl Fn(usize, usize, usize) -> bool,
+    b: usize,
+    q: usize,
+    k: usize,
+    dev: &Device,
+) -> Result<Tensor> {
+    let mut v = Vec::with_capacity(b * q * k);
+    for bi in 0..b {
+        for i in 0..q {
+            for j in 0..k {
+                v.push(if allowed(bi, i, j) { 0.0f32 } else { f32::MIN });
+            }
+        }
+    }
+    Ok(Tensor::from_vec(v, (b, 1, q, k), dev)?)
+}
+
+/// Eager attention: `softmax(q k^T * scale + bias) v`; q `[b,h,q,d]`, k/v `[b,h,k,d]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let scores = scores.broadcast_add(bias)?;
+    let p = softmax_last(&scores)?;
+    Ok(p.matmul(&v.contiguous()?)?)
+}
+
+pub fn ids_tensor(ids: &[i64], b: usize, s: usize, dev: &Device) -> Result<Tensor> {
+    let v: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    Ok(Tensor::from_vec(v, (b, s), dev)?)
+}
+
+pub fn to_f32(t: Tensor) -> Result<Tensor> {
+    Ok(if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? })
+}

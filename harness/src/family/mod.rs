@@ -1,0 +1,164 @@
+//! Model families: what the harness knows about an HF class without running it.
+//!
+//! A family lists its modules (HF module paths, in the order their forward *completes*, which is
+//! the order of forward hooks in tools/regen_goldens.py) so that tap globs can be expanded and
+//! checked when a case is loaded, before any engine runs.
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+pub mod llama;
+
+/// How a tap's axes line up with the input tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TapKind {
+    /// `[batch, seq, ...]`: one row per input token.
+    Tokens,
+    /// `[1, seq, ...]`: per position, shared by the batch (e.g. RoPE cos tables).
+    Positions,
+    /// `[batch, ...]`: one row per sequence (pooled outputs).
+    Pooled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    pub path: String,
+    pub kind: TapKind,
+}
+
+impl Module {
+    pub fn tokens(path: impl Into<String>) -> Self {
+        Module { path: path.into(), kind: TapKind::Tokens }
+    }
+    pub fn with_kind(path: impl Into<String>, kind: TapKind) -> Self {
+        Module { path: path.into(), kind }
+    }
+    /// The layer index if the path is under a numbered layer list (`model.layers.3.mlp` -> 3).
+    pub fn layer(&self) -> Option<usize> {
+        layer_of(&self.path)
+    }
+}
+
+pub fn layer_of(path: &str) -> Option<usize> {
+    path.split('.').find_map(|s| s.parse::<usize>().ok())
+}
+
+pub struct Family {
+    /// The HF class name as written in model specs, e.g. `LlamaForCausalLM`.
+    pub class: &'static str,
+    pub causal: bool,
+    /// Positions consumed before the first token (RoBERTa-style offsets); 0 for most families.
+    pub position_offset: usize,
+    /// Check the config keys the reference engine needs; errors name the key.
+    pub validate: fn(&Config) -> Result<()>,
+    /// Every tappable module and named output, in forward completion order.
+    pub modules: fn(&Config) -> Result<Vec<Module>>,
+}
+
+impl std::fmt::Debug for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.class)
+    }
+}
+
+static FAMILIES: &[&Family] = &[&llama::LLAMA];
+
+pub fn all() -> &'static [&'static Family] {
+    FAMILIES
+}
+
+pub fn lookup(class: &str) -> Option<&'static Family> {
+    FAMILIES.iter().copied().find(|f| f.class == class)
+}
+
+/// An HF config (config.json keys), with typed getters whose errors name the model spec.
+#[derive(Debug, Clone)]
+pub struct Config {
+    map: Map<String, Value>,
+    file: PathBuf,
+}
+
+impl Config {
+    pub fn new(map: Map<String, Value>, file: PathBuf) -> Self {
+        Config { map, file }
+    }
+    pub fn raw(&self) -> &Map<String, Value> {
+        &self.map
+    }
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+    fn missing(&self, key: &str) -> Error {
+        Error::input(format!("model config has no `{key}`"))
+            .file(&self.file)
+            .hint(format!("add `{key}:` under `config:`"))
+    }
+    fn wrong(&self, key: &str, what: &str) -> Error {
+        Error::input(format!("model config `{key}` must be {what}, not {}", self.map[key])).file(&self.file)
+    }
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(|u| Some(u as usize)).ok_or_else(|| self.wrong(key, "a non-negative integer")),
+        }
+    }
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| self.missing(key))
+    }
+    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        Ok(self.opt_usize(key)?.unwrap_or(default))
+    }
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.wrong(key, "a number")),
+        }
+    }
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        Ok(self.opt_f64(key)?.unwrap_or(default))
+    }
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.wrong(key, "true or false")),
+        }
+    }
+    pub fn str_or<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_str().ok_or_else(|| self.wrong(key, "a string")),
+        }
+    }
+    pub fn err(&self, msg: impl Into<String>) -> Error {
+        Error::input(msg).file(&self.file)
+    }
+
+    /// `rope_theta` in the transformers-4 form (top-level key) or the transformers-5 form
+    /// (`rope_parameters: {rope_type, rope_theta}`); only the default rope type is supported.
+    pub fn rope_theta(&self, default: f64) -> Result<f64> {
+        if let Some(params) = self.get("rope_parameters") {
+            let obj = params.as_object().ok_or_else(|| self.wrong("rope_parameters", "a mapping"))?;
+            let ty = obj.get("rope_type").and_then(|v| v.as_str()).unwrap_or("default");
+            if ty != "default" {
+                return Err(self
+                    .err(format!("rope_type `{ty}` is not supported by the reference engine"))
+                    .hint("use `rope_type: default`"));
+            }
+            if let Some(t) = obj.get("rope_theta") {
+                return t.as_f64().ok_or_else(|| self.wrong("rope_parameters.rope_theta", "a number"));
+            }
+        }
+        if let Some(scaling) = self.get("rope_scaling") {
+            let ty =
+                scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+            if ty != "default" {
+                return Err(self.err(format!("rope_scaling `{ty}` is not supported by the reference engine")));
+            }
+        }
+        self.f64_or("rope_theta", default)
+    }
+}

@@ -1,0 +1,203 @@
+//! The golden store: `goldens/<case>/manifest.json` + one `.npy` per tap, written only by
+//! tools/regen_goldens.py from the reference (HF transformers). The Rust side reads and checks
+//! them; it never writes a golden.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::case::Case;
+use crate::error::{Error, ErrorKind, Result};
+use crate::tensor::{Tensor, read_npy};
+
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub case: String,
+    pub case_sha256: String,
+    pub model: ModelProvenance,
+    pub generator: Generator,
+    /// Every module that ran, in the order its forward completed.
+    pub module_order: Vec<String>,
+    /// The compared taps, in forward order.
+    pub taps: Vec<TapEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ModelProvenance {
+    pub id: String,
+    pub class: String,
+    pub spec_sha256: String,
+    pub weights_sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Generator {
+    pub tool: String,
+    pub python: String,
+    pub torch: String,
+    pub transformers: String,
+    pub numpy: String,
+    pub dtype: String,
+    pub attn_implementation: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TapEntry {
+    pub name: String,
+    pub file: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    pub sha256: String,
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, &e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io(path, &e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex(&Sha256::digest(b))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The command that regenerates one case's goldens, as printed in errors.
+pub fn regen_command(case_id: &str) -> String {
+    format!("tools/.venv/bin/python tools/regen_goldens.py --case {case_id}")
+}
+
+/// Golden store rooted at `<root>/goldens`, with a per-run cache of weight hashes.
+pub struct Store {
+    pub dir: PathBuf,
+    weight_hashes: Mutex<HashMap<PathBuf, String>>,
+}
+
+/// A case's goldens, checked against the case (not stale).
+pub struct Goldens {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Store {
+    pub fn new(root: &Path) -> Store {
+        Store { dir: root.join("goldens"), weight_hashes: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn case_dir(&self, case_id: &str) -> PathBuf {
+        self.dir.join(case_id)
+    }
+
+    fn weights_hash(&self, file: &Path) -> Result<String> {
+        if let Some(h) = self.weight_hashes.lock().unwrap().get(file) {
+            return Ok(h.clone());
+        }
+        let h = sha256_file(file)?;
+        self.weight_hashes.lock().unwrap().insert(file.to_path_buf(), h.clone());
+        Ok(h)
+    }
+
+    /// Load the manifest of `case` and check it still describes the case, its model spec and
+    /// its weights. A missing or stale golden is an error carrying the regenerate command.
+    pub fn open(&self, case: &Case) -> Result<Goldens> {
+        let dir = self.case_dir(&case.id);
+        let mpath = dir.join(MANIFEST);
+        let regen = regen_command(&case.id);
+        let bytes = match std::fs::read(&mpath) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::golden(format!("no goldens for case `{}`", case.id))
+                    .file(&mpath)
+                    .hint(format!("generate them: {regen}")));
+            }
+            Err(e) => return Err(Error::io(&mpath, &e)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::golden(format!("invalid manifest: {}", crate::error::lowercase_first(&e.to_string())))
+                .file(&mpath)
+                .hint(format!("regenerate it: {regen}"))
+        })?;
+        let stale = |what: &str| {
+            Error::new(ErrorKind::Stale, format!("goldens are stale: {what} changed since they were generated"))
+                .file(&mpath)
+                .hint(format!("review the change, then regenerate: {regen}"))
+        };
+        let case_bytes = std::fs::read(&case.file).map_err(|e| Error::io(&case.file, &e))?;
+        if sha256_bytes(&case_bytes) != manifest.case_sha256 {
+            return Err(stale(&format!("the case file {}", crate::error::display_path(&case.file))));
+        }
+        let spec_bytes = std::fs::read(&case.model.file).map_err(|e| Error::io(&case.model.file, &e))?;
+        if sha256_bytes(&spec_bytes) != manifest.model.spec_sha256 {
+            return Err(stale(&format!("the model spec {}", crate::error::display_path(&case.model.file))));
+        }
+        let weights = case.model.dir.join("model.safetensors");
+        if weights.exists() && self.weights_hash(&weights)? != manifest.model.weights_sha256 {
+            return Err(stale(&format!("the weights {}", crate::error::display_path(&weights))));
+        }
+        for t in &case.taps {
+            if !manifest.taps.iter().any(|e| e.name == t.name) {
+                return Err(Error::golden(format!("no golden for tap `{}`", t.name))
+                    .file(&mpath)
+                    .hint(format!("regenerate: {regen}")));
+            }
+        }
+        Ok(Goldens { dir, manifest })
+    }
+}
+
+impl Goldens {
+    pub fn entry(&self, tap: &str) -> Option<&TapEntry> {
+        self.manifest.taps.iter().find(|e| e.name == tap)
+    }
+
+    /// Read one tap's golden, checking it against its manifest entry (hash, shape, dtype).
+    pub fn load(&self, tap: &str) -> Result<Tensor> {
+        let e = self
+            .entry(tap)
+            .ok_or_else(|| Error::golden(format!("no golden for tap `{tap}`")).file(self.dir.join(MANIFEST)))?;
+        if e.file.contains("..") || e.file.contains('/') || e.file.contains('\\') {
+            return Err(Error::golden(format!(
+                "manifest entry for `{tap}` points outside the case directory: `{}`",
+                e.file
+            ))
+            .file(self.dir.join(MANIFEST)));
+        }
+        let path = self.dir.join(&e.file);
+        let t = read_npy(&path, Some(&e.dtype))?;
+        if t.shape() != e.shape.as_slice() {
+            return Err(Error::golden(format!("shape {:?} differs from the manifest's {:?}", t.shape(), e.shape))
+                .file(&path)
+                .hint(format!("regenerate: {}", regen_command(&self.manifest.case))));
+        }
+        let h = sha256_file(&path)?;
+        if h != e.sha256 {
+            return Err(Error::golden(format!(
+                "sha256 {} does not match the manifest ({})",
+                &h[..12],
+                &e.sha256[..e.sha256.len().min(12)]
+            ))
+            .file(&path)
+            .hint(format!(
+                "the golden was modified after generation; regenerate: {}",
+                regen_command(&self.manifest.case)
+            )));
+        }
+        Ok(t)
+    }
+}

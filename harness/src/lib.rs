@@ -1,0 +1,19 @@
+//! The harness: a differential-testing harness and golden-file framework for ML inference
+//! engines. See README.md for the user's view and `../shared/design.md` for the design.
+
+pub mod case;
+pub mod diagnose;
+pub mod engine;
+pub mod engines;
+pub mod error;
+pub mod family;
+pub mod golden;
+pub mod metrics;
+pub mod report;
+pub mod runner;
+pub mod tensor;
+pub mod tolerance;
+pub mod trial;
+pub mod yaml;
+
+pub use error::{Error, ErrorKind, Result};

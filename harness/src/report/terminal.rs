@@ -1,0 +1,170 @@
+//! Plain-text rendering of a trial report, for `cargo test` output and the CLI.
+
+use std::fmt::Write;
+
+use super::{TapReport, TapStatus, TrialReport, Verdict};
+use crate::error::display_path;
+use crate::tolerance::Failure;
+
+/// `0`, `3.10e-5`, `inf`.
+pub fn num(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf".into() } else { "-inf".into() }
+    } else if x.is_nan() {
+        "nan".into()
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
+fn db(x: f64) -> String {
+    if x.is_infinite() && x > 0.0 { "inf".into() } else { format!("{x:.1}") }
+}
+
+pub fn index(ix: &Option<Vec<usize>>) -> String {
+    match ix {
+        Some(v) => format!("[{}]", v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
+        None => "-".into(),
+    }
+}
+
+pub fn describe_failure(f: &Failure) -> String {
+    match f {
+        Failure::Allclose { mismatches, allowed, atol, rtol } => {
+            format!("{mismatches} elements beyond atol {atol:e} + rtol {rtol:e}·|golden| (allowed {allowed})")
+        }
+        Failure::Cosine { got, min } => format!("cosine {got:.6} < {min}"),
+        Failure::SqnrDb { got, min } => format!("sqnr {} dB < {min} dB", db(*got)),
+        Failure::NonFinite { nan, inf } => {
+            format!("engine produced {nan} NaN and {inf} Inf where the golden is finite")
+        }
+    }
+}
+
+fn status_word(t: &TapReport) -> String {
+    match &t.status {
+        TapStatus::Pass => "ok".into(),
+        TapStatus::Fail { .. } => "FAIL".into(),
+        TapStatus::Missing => "MISSING".into(),
+        TapStatus::ShapeMismatch { .. } => "SHAPE".into(),
+        TapStatus::Error { .. } => "ERROR".into(),
+    }
+}
+
+/// Why a tap is not ok, in one line.
+pub fn tap_problem(t: &TapReport) -> Option<String> {
+    match &t.status {
+        TapStatus::Pass => None,
+        TapStatus::Fail { failures } => Some(failures.iter().map(describe_failure).collect::<Vec<_>>().join("; ")),
+        TapStatus::Missing => Some("the engine did not return this tap".into()),
+        TapStatus::ShapeMismatch { actual, expected } => {
+            Some(format!("engine shape {actual:?}, golden shape {expected:?}"))
+        }
+        TapStatus::Error { message } => Some(message.clone()),
+    }
+}
+
+/// The full report of one trial: header, first divergence, per-tap table, rerun command.
+pub fn render(r: &TrialReport) -> String {
+    let mut s = String::new();
+    let word = match r.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::Error => "ERROR",
+    };
+    let _ = writeln!(s, "{word} {} ({})", r.trial, display_path(&r.case_file));
+    if let Some(e) = &r.error {
+        let _ = writeln!(s, "error: {e}");
+    }
+    if let Some(t) = r.first_divergent_tap() {
+        let _ = write!(s, "first divergence: {}", t.name);
+        if let Some(m) = &t.metrics {
+            let _ = write!(s, " (max_abs {} at {}, cosine {:.6})", num(m.max_abs), index(&t.max_abs_index), m.cosine);
+        }
+        let _ = writeln!(s);
+        if let Some(p) = tap_problem(t) {
+            let _ = writeln!(s, "  {p}");
+        }
+    }
+    if !r.taps.is_empty() {
+        let w = r.taps.iter().map(|t| t.name.len()).max().unwrap_or(3).max(3);
+        let _ = writeln!(
+            s,
+            "   {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9} {:>7} {:>10}  verdict",
+            "tap", "shape", "max_abs", "at", "mean_abs", "max_rel", "cosine", "sqnr_dB", "mismatch"
+        );
+        for (i, t) in r.taps.iter().enumerate() {
+            let mark = if Some(i) == r.first_divergence { ">" } else { " " };
+            let shape = format!("{:?}", t.shape);
+            match &t.metrics {
+                Some(m) => {
+                    let _ = writeln!(
+                        s,
+                        " {mark} {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9.6} {:>7} {:>10}  {}",
+                        t.name,
+                        shape,
+                        num(m.max_abs),
+                        index(&t.max_abs_index),
+                        num(m.mean_abs),
+                        num(m.max_rel),
+                        m.cosine,
+                        db(m.sqnr_db),
+                        format!("{}/{}", m.mismatches, m.n + m.nan + m.inf),
+                        status_word(t)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        " {mark} {:<w$}  {:<14} {}  {}",
+                        t.name,
+                        shape,
+                        status_word(t),
+                        tap_problem(t).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(s, "rerun: {}", r.rerun);
+    s
+}
+
+/// One line per trial: verdict, name, taps within tolerance, worst max_abs (and where), and the
+/// first divergence or error.
+pub fn summary(reports: &[TrialReport]) -> String {
+    let mut s = String::new();
+    let w = reports.iter().map(|r| r.trial.len()).max().unwrap_or(5).max(5);
+    let _ =
+        writeln!(s, "{:<6} {:<w$}  {:>7}  {:>9}  {:<40}  detail", "result", "trial", "taps ok", "max_abs", "worst tap");
+    for r in reports {
+        let word = match r.verdict {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Error => "ERROR",
+        };
+        let ok = r.taps.iter().filter(|t| t.status.is_pass()).count();
+        let worst =
+            r.taps.iter().filter_map(|t| t.metrics.as_ref().map(|m| (t, m.max_abs))).max_by(|a, b| a.1.total_cmp(&b.1));
+        let (wmax, wname) = match worst {
+            Some((t, m)) => (num(m), t.name.clone()),
+            None => ("-".into(), "-".into()),
+        };
+        let detail = match (&r.error, r.first_divergent_tap()) {
+            (Some(e), _) => e.clone(),
+            (None, Some(t)) => format!("first divergence: {}", t.name),
+            (None, None) => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "{word:<6} {:<w$}  {:>7}  {wmax:>9}  {wname:<40}  {detail}",
+            r.trial,
+            format!("{ok}/{}", r.taps.len())
+        );
+    }
+    let pass = reports.iter().filter(|r| r.verdict == Verdict::Pass).count();
+    let _ = writeln!(s, "{pass} of {} trials passed", reports.len());
+    s
+}

@@ -1,0 +1,324 @@
+//! A dense float tensor (shape + f32 data) and `.npy` I/O.
+//!
+//! Goldens in float32, little-endian, C order are memory-mapped and compared in place; every
+//! other supported dtype (f64, f16, bfloat16, integers, bool) is converted to f32 once on load.
+//! Fortran order and big-endian files are refused: `tools/` never writes them, so one in
+//! `goldens/` was produced by something else.
+
+use std::path::Path;
+
+use memmap2::Mmap;
+use npyz::{DType, Order, TypeChar};
+
+use crate::error::{Error, Result};
+
+pub struct Tensor {
+    shape: Vec<usize>,
+    storage: Storage,
+    /// The dtype as stored on disk (`float32`, `float16`, `int64`, ...).
+    pub source_dtype: String,
+}
+
+enum Storage {
+    Owned(Vec<f32>),
+    Mapped { map: Mmap, offset: usize, len: usize },
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {})", self.shape, self.source_dtype)
+    }
+}
+
+impl Clone for Tensor {
+    fn clone(&self) -> Self {
+        Tensor {
+            shape: self.shape.clone(),
+            storage: Storage::Owned(self.data().to_vec()),
+            source_dtype: self.source_dtype.clone(),
+        }
+    }
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data().iter().zip(other.data()).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+}
+
+impl Tensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor> {
+        let n = numel(&shape).ok_or_else(|| Error::engine(format!("shape {shape:?} overflows")))?;
+        if n != data.len() {
+            return Err(Error::engine(format!("shape {shape:?} needs {n} values, got {}", data.len())));
+        }
+        Ok(Tensor { shape, storage: Storage::Owned(data), source_dtype: "float32".into() })
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn numel(&self) -> usize {
+        self.data().len()
+    }
+    pub fn data(&self) -> &[f32] {
+        match &self.storage {
+            Storage::Owned(v) => v,
+            Storage::Mapped { map, offset, len } => bytemuck::cast_slice(&map[*offset..*offset + *len * 4]),
+        }
+    }
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.storage, Storage::Mapped { .. })
+    }
+    pub fn into_vec(self) -> Vec<f32> {
+        match self.storage {
+            Storage::Owned(v) => v,
+            Storage::Mapped { .. } => self.data().to_vec(),
+        }
+    }
+    /// Same data, another shape with the same element count.
+    pub fn reshape(self, shape: Vec<usize>) -> Result<Tensor> {
+        if numel(&shape) != Some(self.numel()) {
+            return Err(Error::engine(format!("cannot reshape {:?} to {shape:?}", self.shape)));
+        }
+        Ok(Tensor { shape, ..self })
+    }
+}
+
+pub fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// Read a `.npy` file. `declared` is the dtype the manifest records; it disambiguates bfloat16,
+/// which numpy has no dtype for and tools/ stores as `<u2` bit patterns.
+pub fn read_npy(path: &Path, declared: Option<&str>) -> Result<Tensor> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, &e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, &e))?.len();
+    if len == 0 {
+        return Err(Error::golden("empty file, not a .npy")
+            .file(path)
+            .hint("regenerate it with tools/regen_goldens.py"));
+    }
+    // SAFETY: goldens are not modified while a run reads them; tools/ replaces files by rename,
+    // which leaves an existing mapping on the old inode.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, &e))?;
+    parse(map, declared).map_err(|e| e.file(path))
+}
+
+/// Parse `.npy` bytes held in memory (used by the fuzz targets and tests).
+pub fn parse_npy_bytes(bytes: &[u8], declared: Option<&str>) -> Result<Tensor> {
+    let d = decode(bytes, declared)?;
+    let values = d.values.unwrap_or_else(|| f32_le(&bytes[d.offset..d.offset + d.count * 4]));
+    Ok(Tensor { shape: d.shape, storage: Storage::Owned(values), source_dtype: d.dtype.to_string() })
+}
+
+fn parse(map: Mmap, declared: Option<&str>) -> Result<Tensor> {
+    let d = decode(&map, declared)?;
+    let storage = match d.values {
+        Some(v) => Storage::Owned(v),
+        None => Storage::Mapped { map, offset: d.offset, len: d.count },
+    };
+    Ok(Tensor { shape: d.shape, storage, source_dtype: d.dtype.to_string() })
+}
+
+fn f32_le(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// A parsed header; `values` is None when the data can be used in place as aligned f32.
+struct Decoded {
+    shape: Vec<usize>,
+    dtype: &'static str,
+    offset: usize,
+    count: usize,
+    values: Option<Vec<f32>>,
+}
+
+/// npyz multiplies the header's dimensions unchecked (a panic on overflow in debug builds), so a
+/// hostile shape is refused before npyz sees it.
+fn precheck_shape(bytes: &[u8]) -> Result<()> {
+    let head = &bytes[..bytes.len().min(65536 + 12)];
+    let text = String::from_utf8_lossy(head);
+    let Some(i) = text.find("'shape'") else { return Ok(()) };
+    let rest = &text[i + 7..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return Ok(()) };
+    if close < open {
+        return Ok(());
+    }
+    let mut total: u64 = 1;
+    for part in rest[open + 1..close].split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let d: u64 = part
+            .trim_end_matches('L')
+            .parse()
+            .map_err(|_| Error::golden(format!("invalid dimension `{part}` in the .npy header")))?;
+        total = total.checked_mul(d).ok_or_else(|| {
+            Error::golden(format!("shape ({}) has more elements than fit in memory", &rest[open + 1..close]))
+        })?;
+    }
+    if total > isize::MAX as u64 / 8 {
+        return Err(Error::golden(format!("shape ({}) has more elements than fit in memory", &rest[open + 1..close])));
+    }
+    Ok(())
+}
+
+fn decode(bytes: &[u8], declared: Option<&str>) -> Result<Decoded> {
+    let file_len = bytes.len();
+    precheck_shape(bytes)?;
+    let mut cursor = bytes;
+    let header = npyz::NpyHeader::from_reader(&mut cursor).map_err(|e| {
+        Error::golden(format!("not a valid .npy file: {}", crate::error::lowercase_first(&e.to_string())))
+            .hint("the file is corrupt or truncated; regenerate it with tools/regen_goldens.py")
+    })?;
+    let offset = file_len - cursor.len();
+    if header.order() == Order::Fortran {
+        return Err(Error::golden("Fortran-order .npy is not supported")
+            .hint("save with np.ascontiguousarray(x) (tools/ always writes C order)"));
+    }
+    let shape: Vec<usize> = header
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| Error::golden(format!("dimension {d} is too large"))))
+        .collect::<Result<_>>()?;
+    let count =
+        numel(&shape).ok_or_else(|| Error::golden(format!("shape {shape:?} has more elements than fit in memory")))?;
+    let ts = match header.dtype() {
+        DType::Plain(ts) => ts,
+        other => return Err(Error::golden(format!("structured dtype `{}` is not a tensor", other.descr()))),
+    };
+    let size = ts.size_field() as usize;
+    let big = ts.endianness() == npyz::Endianness::Big && size > 1;
+    if big {
+        return Err(Error::golden(format!("big-endian dtype `{ts}` is not supported"))
+            .hint("save little-endian: x.astype(x.dtype.newbyteorder('<'))"));
+    }
+    let need = count.checked_mul(size).ok_or_else(|| Error::golden(format!("shape {shape:?} overflows")))?;
+    let have = cursor.len();
+    if have < need {
+        return Err(Error::golden(format!(
+            "truncated: shape {shape:?} of `{ts}` needs {need} data bytes, the file has {have}"
+        ))
+        .hint("the file was cut short; regenerate it with tools/regen_goldens.py"));
+    }
+    if have > need {
+        return Err(Error::golden(format!("{} trailing bytes after the data of shape {shape:?}", have - need))
+            .hint("the file is corrupt; regenerate it"));
+    }
+    let data = &cursor[..need];
+    let bf16 = declared == Some("bfloat16");
+    let (dtype, values): (&str, Option<Vec<f32>>) = match (ts.type_char(), size) {
+        (TypeChar::Float, 4) if (bytes.as_ptr() as usize + offset) % 4 == 0 => ("float32", None),
+        (TypeChar::Float, 4) => ("float32", Some(f32_le(data))),
+        (TypeChar::Float, 8) => {
+            ("float64", Some(data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()))
+        }
+        (TypeChar::Float, 2) => {
+            ("float16", Some(data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()))
+        }
+        (TypeChar::Uint, 2) if bf16 => {
+            ("bfloat16", Some(data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()))
+        }
+        (TypeChar::Int, 8) => {
+            ("int64", Some(data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect()))
+        }
+        (TypeChar::Int, 4) => {
+            ("int32", Some(data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect()))
+        }
+        (TypeChar::Uint, 1) => ("uint8", Some(data.iter().map(|&b| b as f32).collect())),
+        (TypeChar::Int, 1) => ("int8", Some(data.iter().map(|&b| b as i8 as f32).collect())),
+        (TypeChar::Bool, 1) => ("bool", Some(data.iter().map(|&b| (b != 0) as u8 as f32).collect())),
+        _ => {
+            return Err(Error::golden(format!("unsupported dtype `{ts}`"))
+                .hint("goldens must be float32, float64, float16, bfloat16 (declared in the manifest), int64, int32, int8, uint8 or bool"));
+        }
+    };
+    if let Some(d) = declared
+        && d != dtype
+    {
+        return Err(Error::golden(format!("the manifest says dtype {d} but the file holds {dtype}"))
+            .hint("the golden and its manifest disagree; regenerate them"));
+    }
+    Ok(Decoded { shape, dtype, offset, count, values })
+}
+
+/// Write `t` as a float32 `.npy` (for dumps and tests; goldens are written by tools/ only).
+pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+    use npyz::WriterBuilder;
+    let io = |e: std::io::Error| Error::io(path, &e);
+    let file = std::fs::File::create(path).map_err(io)?;
+    let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .map_err(io)?;
+    w.extend(t.data().iter().copied()).map_err(io)?;
+    w.finish().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+            if fortran { "True" } else { "False" }
+        );
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn roundtrip_through_file_is_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.npy");
+        let t = Tensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap();
+        write_npy(&p, &t).unwrap();
+        let r = read_npy(&p, Some("float32")).unwrap();
+        assert!(r.is_mapped());
+        assert_eq!(r.shape(), &[2, 3]);
+        assert_eq!(r.data(), t.data());
+    }
+
+    #[test]
+    fn converts_other_dtypes() {
+        let f64s: Vec<u8> = [1.5f64, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let t = parse_npy_bytes(&npy("<f8", false, "(2,)", &f64s), None).unwrap();
+        assert_eq!((t.data(), t.source_dtype.as_str()), (&[1.5f32, -2.0][..], "float64"));
+        let bf: Vec<u8> =
+            [half::bf16::from_f32(0.5), half::bf16::from_f32(-3.0)].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let t = parse_npy_bytes(&npy("<u2", false, "(2,)", &bf), Some("bfloat16")).unwrap();
+        assert_eq!(t.data(), &[0.5, -3.0]);
+        let ids: Vec<u8> = [7i64, 9].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(parse_npy_bytes(&npy("<i8", false, "(1, 2)", &ids), None).unwrap().data(), &[7.0, 9.0]);
+    }
+
+    #[test]
+    fn refuses_bad_files_with_reasons() {
+        let data = f32s(&[1., 2., 3., 4.]);
+        let err = |b: Vec<u8>| parse_npy_bytes(&b, None).unwrap_err().to_string();
+        assert!(err(npy("<f4", true, "(2, 2)", &data)).contains("Fortran-order"));
+        assert!(err(npy(">f4", false, "(2, 2)", &data)).contains("big-endian"));
+        assert!(err(npy("<f4", false, "(2, 3)", &data)).contains("truncated"));
+        assert!(err(npy("<c8", false, "(2,)", &data)).contains("unsupported dtype"));
+        assert!(err(b"garbage".to_vec()).contains("not a valid .npy"));
+        assert!(err(npy("<f4", false, "(4294967296, 4294967296, 4294967296)", &data)).contains("more elements"));
+        assert!(
+            parse_npy_bytes(&npy("<f4", false, "(2, 2)", &data), Some("float16"))
+                .unwrap_err()
+                .to_string()
+                .contains("manifest says")
+        );
+    }
+}

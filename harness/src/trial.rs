@@ -1,0 +1,118 @@
+//! One trial: a case run on one engine, every tap compared with its golden, in forward order.
+
+use crate::case::{Case, Tap};
+use crate::engine::{LoadedModel, Outputs};
+use crate::error::Result;
+use crate::family::TapKind;
+use crate::golden::Goldens;
+use crate::metrics::{Selection, compare, unravel};
+use crate::report::{TapReport, TapStatus, TrialReport, Verdict};
+use crate::tensor::Tensor;
+
+/// Row flags selecting the real (non-padding) tokens of a `[batch, seq, ...]` tap, or None when
+/// every element is compared.
+pub fn token_selection(case: &Case, tap: &Tap, shape: &[usize]) -> Option<Vec<bool>> {
+    let mask = case.inputs.attention_mask.as_ref()?;
+    if case.compare_padding || tap.module.kind != TapKind::Tokens || !mask.data.contains(&0) {
+        return None;
+    }
+    if shape.len() < 2 || shape[0] != mask.batch || shape[1] != mask.seq {
+        return None;
+    }
+    Some(mask.data.iter().map(|&m| m != 0).collect())
+}
+
+/// Compare one tap. `actual` is None when the engine did not return it.
+pub fn compare_tap(case: &Case, tap: &Tap, actual: Option<&Tensor>, golden: Result<Tensor>) -> TapReport {
+    let mut rep = TapReport {
+        name: tap.name.clone(),
+        shape: vec![],
+        tolerance: tap.tolerance.clone(),
+        metrics: None,
+        max_abs_index: None,
+        first_mismatch_index: None,
+        status: TapStatus::Pass,
+    };
+    let golden = match golden {
+        Ok(g) => g,
+        Err(e) => {
+            rep.status = TapStatus::Error { message: e.to_string() };
+            return rep;
+        }
+    };
+    rep.shape = golden.shape().to_vec();
+    let Some(actual) = actual else {
+        rep.status = TapStatus::Missing;
+        return rep;
+    };
+    if actual.shape() != golden.shape() {
+        rep.status = TapStatus::ShapeMismatch { actual: actual.shape().to_vec(), expected: golden.shape().to_vec() };
+        return rep;
+    }
+    let rows = token_selection(case, tap, golden.shape());
+    let sel = rows.as_deref().map(|rows| Selection { row_len: golden.numel() / rows.len().max(1), rows });
+    let m = compare(actual.data(), golden.data(), tap.tolerance.allclose(), sel);
+    let shape = golden.shape();
+    rep.max_abs_index = m.max_abs_at.map(|i| unravel(i, shape));
+    rep.first_mismatch_index = m.first_mismatch_at.map(|i| unravel(i, shape));
+    if m.golden_nonfinite > 0 {
+        let at = m.first_golden_nonfinite_at.map(|i| unravel(i, shape));
+        rep.status = TapStatus::Error {
+            message: format!(
+                "the golden holds {} NaN/Inf values (first at {}); goldens must be finite",
+                m.golden_nonfinite,
+                crate::report::terminal::index(&at)
+            ),
+        };
+    } else {
+        let failures = tap.tolerance.check(&m);
+        if !failures.is_empty() {
+            rep.status = TapStatus::Fail { failures };
+        }
+    }
+    rep.metrics = Some(m);
+    rep
+}
+
+/// The taps of `case` in the forward order the goldens recorded.
+pub fn taps_in_forward_order<'a>(case: &'a Case, goldens: &Goldens) -> Vec<&'a Tap> {
+    let pos = |name: &str| goldens.manifest.taps.iter().position(|e| e.name == name).unwrap_or(usize::MAX);
+    let mut taps: Vec<&Tap> = case.taps.iter().collect();
+    taps.sort_by_key(|t| pos(&t.name));
+    taps
+}
+
+/// Run `case` on a loaded engine model and compare every tap.
+pub fn run(case: &Case, engine: &str, model: &dyn LoadedModel, goldens: &Goldens, rerun: String) -> TrialReport {
+    let mut report = TrialReport {
+        trial: format!("{engine}::{}", case.id),
+        engine: engine.to_string(),
+        case: case.id.clone(),
+        case_file: case.file.clone(),
+        verdict: Verdict::Pass,
+        taps: vec![],
+        first_divergence: None,
+        error: None,
+        rerun,
+    };
+    let taps = taps_in_forward_order(case, goldens);
+    let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
+    let outputs: Outputs = match model.run(&case.inputs, &names) {
+        Ok(o) => o,
+        Err(e) => {
+            report.verdict = Verdict::Error;
+            report.error = Some(format!("engine `{engine}` failed: {e}"));
+            return report;
+        }
+    };
+    for tap in taps {
+        report.taps.push(compare_tap(case, tap, outputs.get(&tap.name), goldens.load(&tap.name)));
+    }
+    report.first_divergence = crate::diagnose::first_divergence(&report.taps);
+    if report.taps.iter().any(|t| matches!(t.status, TapStatus::Error { .. })) {
+        report.verdict = Verdict::Error;
+    } else if report.first_divergence.is_some() {
+        report.verdict = Verdict::Fail;
+    }
+    report
+}

@@ -1,0 +1,172 @@
+"""HF transformers as the reference: build tiny models, run forwards with module hooks.
+
+Everything runs on the CPU in float32 with eager attention under torch.no_grad(), single
+threaded with deterministic algorithms, so that a rerun reproduces every golden bit for bit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+from pathlib import Path
+
+# Before torch loads: bitwise-reproducible MKL paths, one thread, nothing from the network.
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import safetensors.torch  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from .spec import ModelSpec, SpecError  # noqa: E402
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def versions() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def model_class(spec: ModelSpec):
+    cls = getattr(transformers, spec.family, None)
+    if cls is None or not hasattr(cls, "config_class"):
+        raise SpecError(spec.file, f"unknown model family `{spec.family}` (not a transformers model class)")
+    return cls
+
+
+def build_random(spec: ModelSpec, out_dir: Path) -> None:
+    """Initialise `spec` from its config and seed and save config.json + model.safetensors."""
+    cls = model_class(spec)
+    seed = int(spec.source["random"]["seed"])
+    try:
+        config = cls.config_class(**spec.config)
+    except (TypeError, ValueError) as e:
+        raise SpecError(spec.file, f"invalid config: {e}") from None
+    torch.manual_seed(seed)
+    model = cls._from_config(config, attn_implementation="eager", dtype=torch.float32).eval()
+    model = model.to(DTYPES[spec.dtype])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.to_dict()
+    cfg.pop("_attn_implementation_autoset", None)
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    # save_model handles tied (shared) tensors; metadata is fixed so the bytes are reproducible.
+    safetensors.torch.save_model(model, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+def load(spec: ModelSpec, model_dir: Path, dtype: torch.dtype = torch.float32):
+    """Load a checkpoint directory from safetensors only (never pickle)."""
+    cls = model_class(spec)
+    weights = model_dir / "model.safetensors"
+    if not weights.exists():
+        pickles = [p for p in ("pytorch_model.bin", "model.bin", "model.pt", "model.pth") if (model_dir / p).exists()]
+        if pickles:
+            raise SpecError(model_dir / pickles[0], "pickled checkpoints are refused (they can run code); convert to model.safetensors")
+        raise SpecError(weights, "model weights are missing")
+    config = cls.config_class.from_pretrained(str(model_dir))
+    config._attn_implementation = "eager"
+    model = cls(config)
+    state = safetensors.torch.load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [m for m in missing if m not in tied and not _is_tied(model, m)]
+    if missing or unexpected:
+        raise SpecError(weights, f"weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.to(dtype).eval()
+
+
+def _is_tied(model, key: str) -> bool:
+    return key == "lm_head.weight" and bool(getattr(model.config, "tie_word_embeddings", False))
+
+
+def base_model_name(model) -> str:
+    """Module path of the base model (whose first output is `last_hidden_state`)."""
+    base = getattr(model, "base_model", model)
+    for name, mod in model.named_modules():
+        if mod is base:
+            return name
+    return ""
+
+
+def _first(out):
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    if hasattr(out, "to_tuple"):
+        return out.to_tuple()[0]
+    return out
+
+
+def run(model, inputs: dict, taps: list[str] | None):
+    """Forward `inputs` once. Returns (module_order, {tap: np.ndarray}).
+
+    `module_order` lists every module (HF path) in the order its forward completed, with the
+    named outputs placed where they become available. `taps=None` captures every module.
+    """
+    base = base_model_name(model)
+    order: list[str] = []
+    captured: dict[str, torch.Tensor] = {}
+    want = None if taps is None else set(taps)
+
+    def hook(name):
+        def fn(_mod, _inp, out):
+            order.append(name)
+            if want is None or name in want:
+                t = _first(out)
+                if isinstance(t, torch.Tensor):
+                    captured[name] = t.detach()
+            if name == base:
+                order.append("last_hidden_state")
+                captured["last_hidden_state"] = _first(out).detach()
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n != ""]
+    try:
+        with torch.no_grad():
+            kwargs = {k: torch.tensor(v, dtype=torch.long) for k, v in inputs.items()}
+            if "use_cache" in inspect.signature(model.forward).parameters:
+                kwargs["use_cache"] = False
+            out = model(**kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    if base == "":
+        order.append("last_hidden_state")
+        captured["last_hidden_state"] = _first(out).detach()
+    if getattr(out, "logits", None) is not None:
+        order.append("logits")
+        captured["logits"] = out.logits.detach()
+    arrays = {k: to_numpy(v) for k, v in captured.items() if want is None or k in want}
+    return order, arrays
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    if t.dtype.is_floating_point:
+        return np.ascontiguousarray(t.to(torch.float32).cpu().numpy())
+    return np.ascontiguousarray(t.to(torch.int64).cpu().numpy())
+
+
+def available_taps(model, module_order: list[str]) -> list[str]:
+    """Tappable names in forward order: every module that ran, plus the named outputs."""
+    seen = set()
+    out = []
+    for n in module_order:
+        if n not in seen:
+            seen.add(n)
+            out.append(n)
+    return out

@@ -1,0 +1,162 @@
+"""Cases and model specs as the Python side reads them.
+
+The Rust side (harness/src/case.rs) is the full validator; this module reads the same YAML,
+checks what the reference run needs, and fails with `file: message` on anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+RESERVED_DIRS = ("models", "engines")
+
+
+class SpecError(Exception):
+    """A problem in a case or model spec, with the file it is about."""
+
+    def __init__(self, file: Path | str, msg: str):
+        super().__init__(f"{file}: {msg}")
+
+
+def sha256_bytes(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def sha256_file(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelSpec:
+    id: str
+    file: Path
+    family: str
+    source: dict
+    config: dict
+    dtype: str
+    sha256: str
+
+    @property
+    def is_random(self) -> bool:
+        return "random" in self.source
+
+    def dir(self, root: Path) -> Path:
+        if self.is_random:
+            return root / "goldens" / "models" / self.id
+        p = Path(self.source["path"])
+        return p if p.is_absolute() else root / p
+
+
+@dataclass
+class Case:
+    id: str
+    file: Path
+    model: ModelSpec
+    inputs: dict
+    taps: list[str]
+    sha256: str
+    raw: dict = field(default_factory=dict)
+
+
+def _load_yaml(file: Path) -> tuple[dict, bytes]:
+    data = file.read_bytes()
+    try:
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError as e:
+        raise SpecError(file, f"invalid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise SpecError(file, "expected a mapping at the top level")
+    return doc, data
+
+
+def load_model(root: Path, model_id: str) -> ModelSpec:
+    file = root / "cases" / "models" / f"{model_id}.yaml"
+    if not file.exists():
+        raise SpecError(file, f"no model spec `{model_id}`")
+    doc, data = _load_yaml(file)
+    source = doc.get("source")
+    if not isinstance(source, dict) or not ({"random", "path"} & set(source)):
+        raise SpecError(file, "`source` must be `random: {seed: N}` or `path: DIR`")
+    if "path" in source and not isinstance(source["path"], str):
+        raise SpecError(file, "`source.path` must be a directory")
+    return ModelSpec(
+        id=model_id,
+        file=file,
+        family=doc.get("family", ""),
+        source=source,
+        config=dict(doc.get("config") or {}),
+        dtype=doc.get("dtype", "float32"),
+        sha256=sha256_bytes(data),
+    )
+
+
+def case_id(root: Path, file: Path) -> str:
+    return file.relative_to(root / "cases").with_suffix("").as_posix()
+
+
+def discover(root: Path) -> list[Path]:
+    base = root / "cases"
+    out = []
+    for p in sorted(base.rglob("*")):
+        rel = p.relative_to(base)
+        if rel.parts and rel.parts[0] in RESERVED_DIRS:
+            continue
+        if p.is_file() and p.suffix in (".yaml", ".yml"):
+            out.append(p)
+    return out
+
+
+def _rows(file: Path, key: str, v) -> list[list[int]]:
+    if not isinstance(v, list) or not v:
+        raise SpecError(file, f"`inputs.{key}` must be a non-empty list")
+    rows = v if isinstance(v[0], list) else [v]
+    if len({len(r) for r in rows}) != 1:
+        raise SpecError(file, f"ragged batch in `inputs.{key}`")
+    return rows
+
+
+def load_case(root: Path, file: Path, models: dict[str, ModelSpec]) -> Case:
+    doc, data = _load_yaml(file)
+    mid = doc.get("model")
+    if not isinstance(mid, str):
+        raise SpecError(file, "`model` must name a model spec")
+    if mid not in models:
+        models[mid] = load_model(root, mid)
+    inputs_doc = doc.get("inputs") or {}
+    inputs = {}
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        if key in inputs_doc and inputs_doc[key] is not None:
+            inputs[key] = _rows(file, key, inputs_doc[key])
+    if "input_ids" not in inputs:
+        raise SpecError(file, "`inputs.input_ids` is required")
+    taps = []
+    for t in doc.get("taps") or []:
+        taps.append(t["tap"] if isinstance(t, dict) else t)
+    return Case(id=case_id(root, file), file=file, model=models[mid], inputs=inputs, taps=taps, sha256=sha256_bytes(data), raw=doc)
+
+
+def glob_to_regex(pattern: str) -> re.Pattern:
+    """`*` matches one path segment (no dots), as in harness/src/case.rs."""
+    parts = [re.escape(p).replace(r"\*", r"[^.]*") for p in pattern.split(".")]
+    return re.compile(r"\.".join(parts) + r"\Z")
+
+
+def expand_taps(file: Path, patterns: list[str], available: list[str]) -> list[str]:
+    """Taps selected by `patterns`, in the order of `available` (forward order)."""
+    chosen = set()
+    for p in patterns:
+        rx = glob_to_regex(p)
+        hits = [a for a in available if rx.match(a)]
+        if not hits:
+            raise SpecError(file, f"tap `{p}` matches no module of the model")
+        chosen.update(hits)
+    return [a for a in available if a in chosen]

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Regenerate the harness's goldens from HF transformers.
+
+    tools/.venv/bin/python tools/regen_goldens.py            # only stale or missing goldens
+    tools/.venv/bin/python tools/regen_goldens.py --all      # everything
+    tools/.venv/bin/python tools/regen_goldens.py --case 'llama/*'
+    tools/.venv/bin/python tools/regen_goldens.py --check    # recompute into a temp dir, diff
+
+Random models (`source: {random: {seed: N}}`) are built from their config and seed and saved to
+goldens/models/<id>/; every case's taps are written to goldens/<case>/<tap>.npy with a
+manifest.json holding provenance and hashes. Writes are atomic per directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hflib import hf, store  # noqa: E402
+from hflib.spec import Case, ModelSpec, SpecError, discover, expand_taps, load_case, sha256_bytes, sha256_file  # noqa: E402
+
+TOOL = "tools/regen_goldens.py"
+
+
+def progress(items, desc: str, quiet: bool):
+    if quiet:
+        return items
+    try:
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, unit="item", file=sys.stderr, dynamic_ncols=True)
+    except ImportError:
+        return items
+
+
+def model_provenance(spec: ModelSpec, weights_sha: str) -> dict:
+    return {
+        "format": store.FORMAT,
+        "model": spec.id,
+        "class": spec.family,
+        "seed": spec.source["random"]["seed"],
+        "spec_sha256": spec.sha256,
+        "weights_sha256": weights_sha,
+        "dtype": spec.dtype,
+        "generator": {"tool": TOOL, **hf.versions()},
+    }
+
+
+def model_is_stale(spec: ModelSpec, d: Path) -> bool:
+    prov = store.read_manifest_file(d / "provenance.json")
+    weights = d / "model.safetensors"
+    if prov is None or not weights.exists() or not (d / "config.json").exists():
+        return True
+    return prov.get("spec_sha256") != spec.sha256 or prov.get("weights_sha256") != sha256_file(weights)
+
+
+def build_model(spec: ModelSpec, final: Path) -> None:
+    tmp = store.tmp_sibling(final)
+    hf.build_random(spec, tmp)
+    prov = model_provenance(spec, sha256_file(tmp / "model.safetensors"))
+    store.write_files(tmp, {"provenance.json": store.manifest_bytes(prov)})
+    store.commit_dir(tmp, final)
+
+
+def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
+    """Run the reference forward and return every file of the case's golden directory."""
+    model = hf.load(case.model, model_dir)
+    declared = [n for n, _ in model.named_modules() if n] + ["last_hidden_state", "logits"]
+    taps = expand_taps(case.file, case.taps, declared)
+    order, arrays = hf.run(model, case.inputs, taps)
+    never = [t for t in taps if t not in arrays]
+    if never:
+        raise SpecError(case.file, f"taps {never} did not produce a tensor in the HF forward (module never ran or returned no tensor)")
+    position = {n: i for i, n in reversed(list(enumerate(order)))}
+    taps.sort(key=lambda t: position.get(t, len(order)))
+    files: dict[str, bytes] = {}
+    entries = []
+    for t in taps:
+        data = store.npy_bytes(arrays[t])
+        fname = f"{t}.npy"
+        files[fname] = data
+        a = arrays[t]
+        entries.append({"name": t, "file": fname, "shape": list(a.shape), "dtype": str(a.dtype), "sha256": sha256_bytes(data)})
+    manifest = {
+        "format": store.FORMAT,
+        "case": case.id,
+        "case_sha256": case.sha256,
+        "model": {
+            "id": case.model.id,
+            "class": case.model.family,
+            "spec_sha256": case.model.sha256,
+            "weights_sha256": sha256_file(model_dir / "model.safetensors"),
+        },
+        "generator": {"tool": TOOL, **hf.versions(), "dtype": "float32", "attn_implementation": "eager"},
+        "module_order": order,
+        "taps": entries,
+    }
+    files[store.MANIFEST] = store.manifest_bytes(manifest)
+    return files
+
+
+def case_is_stale(case: Case, d: Path, model_dir: Path) -> bool:
+    m = store.read_manifest(d)
+    if m is None:
+        return True
+    if m.get("case_sha256") != case.sha256 or m.get("model", {}).get("spec_sha256") != case.model.sha256:
+        return True
+    weights = model_dir / "model.safetensors"
+    if not weights.exists() or m["model"].get("weights_sha256") != sha256_file(weights):
+        return True
+    for e in m.get("taps", []):
+        p = d / e["file"]
+        if not p.exists() or sha256_file(p) != e["sha256"]:
+            return True
+    return False
+
+
+def write_case(case: Case, model_dir: Path, final: Path) -> None:
+    files = case_files(case, model_dir)
+    tmp = store.tmp_sibling(final)
+    store.write_files(tmp, files)
+    store.commit_dir(tmp, final)
+
+
+def compare_dirs(committed: Path, fresh: Path, label: str) -> list[str]:
+    problems = []
+    names = sorted({p.name for p in committed.glob("*") if p.is_file()} | {p.name for p in fresh.glob("*") if p.is_file()})
+    for n in names:
+        a, b = committed / n, fresh / n
+        if not a.exists():
+            problems.append(f"{label}/{n}: missing from the repository (generate it)")
+        elif not b.exists():
+            problems.append(f"{label}/{n}: in the repository but not produced by the generator")
+        elif a.read_bytes() != b.read_bytes():
+            problems.append(f"{label}/{n}: differs from a fresh regeneration")
+    return problems
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--all", action="store_true", help="regenerate everything, stale or not")
+    ap.add_argument("--case", action="append", metavar="GLOB", help="only cases whose id matches (repeatable)")
+    ap.add_argument("--check", action="store_true", help="recompute into a temp dir; exit 1 naming every file that differs")
+    ap.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this checkout)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args()
+    root = args.root.resolve()
+    ci = os.environ.get("CI", "")
+    if not args.check and ci not in ("", "0", "false"):
+        print("error: refusing to write goldens with CI set (hint: run --check in CI; regenerate locally and commit)", file=sys.stderr)
+        return 2
+
+    goldens = root / "goldens"
+    if not args.check:
+        for note in store.recover(goldens):
+            print(f"note: {note}", file=sys.stderr)
+
+    models: dict[str, ModelSpec] = {}
+    cases: list[Case] = []
+    errors = []
+    for f in discover(root):
+        try:
+            c = load_case(root, f, models)
+        except SpecError as e:
+            errors.append(str(e))
+            continue
+        if args.case and not any(fnmatch.fnmatchcase(c.id, g) for g in args.case):
+            continue
+        cases.append(c)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if args.case and not cases:
+        print(f"error: no case matches {args.case}", file=sys.stderr)
+        return 2
+
+    needed = {c.model.id: c.model for c in cases}
+    out_root = Path(tempfile.mkdtemp(prefix="goldens-check-")) if args.check else goldens
+    problems = []
+    try:
+        model_dirs: dict[str, Path] = {}
+        for spec in progress(sorted(needed.values(), key=lambda s: s.id), "models", args.quiet):
+            if spec.is_random:
+                d = out_root / "models" / spec.id
+                if args.check or args.all or model_is_stale(spec, d):
+                    build_model(spec, d)
+                if args.check:
+                    problems += compare_dirs(goldens / "models" / spec.id, d, f"goldens/models/{spec.id}")
+                model_dirs[spec.id] = d
+            else:
+                model_dirs[spec.id] = spec.dir(root)
+        done = 0
+        for case in progress(cases, "cases", args.quiet):
+            final = out_root / case.id
+            md = model_dirs[case.model.id]
+            try:
+                if args.check or args.all or case_is_stale(case, final, md):
+                    write_case(case, md, final)
+                    done += 1
+            except SpecError as e:
+                errors.append(str(e))
+                print(f"error: {e}", file=sys.stderr)
+                continue
+            if args.check:
+                problems += compare_dirs(goldens / case.id, final, f"goldens/{case.id}")
+    finally:
+        if args.check:
+            import shutil
+
+            shutil.rmtree(out_root, ignore_errors=True)
+    if args.check:
+        for p in problems:
+            print(f"differs: {p}", file=sys.stderr)
+        if problems:
+            print(f"error: {len(problems)} golden files are not reproduced by {TOOL} (hint: regenerate and commit, or find the nondeterminism)", file=sys.stderr)
+            return 1
+        print(f"ok: {len(cases)} cases and {len([s for s in needed.values() if s.is_random])} models reproduced bit for bit", file=sys.stderr)
+    else:
+        print(f"regenerated {done} of {len(cases)} cases", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
