@@ -610,13 +610,36 @@ fn expand_taps(doc: &Doc, specs: &[TapSpec], modules: &[Module], default_tol: &T
                 .collect();
             let hint = match did_you_mean(&generalize(&spec.pattern), names.iter().map(|s| s.as_str())) {
                 Some(n) => format!("did you mean `{n}`?"),
-                None => format!("taps of this model: {}", names.join(", ")),
+                None => children_hint(&generalize(&spec.pattern), &names),
             };
             let what = if spec.pattern.contains('*') { "matches no module" } else { "is not a module of this model" };
             return Err(doc.err(&path, format!("tap `{}` {what}", spec.pattern)).hint(hint));
         }
     }
     Ok(chosen.into_iter().flatten().collect())
+}
+
+/// The modules one level below the longest prefix of `pattern` that exists, e.g. for
+/// `model.layers.*.attention`: "under `model.layers.*`: input_layernorm, self_attn, ...".
+fn children_hint(pattern: &str, names: &[String]) -> String {
+    let segs: Vec<&str> = pattern.split('.').collect();
+    for k in (0..segs.len()).rev() {
+        let prefix = segs[..k].join(".");
+        let mut kids: Vec<&str> = Vec::new();
+        for n in names {
+            let rest = if k == 0 { Some(n.as_str()) } else { n.strip_prefix(&format!("{prefix}.")) };
+            if let Some(first) = rest.and_then(|r| r.split('.').next())
+                && !kids.contains(&first)
+            {
+                kids.push(first);
+            }
+        }
+        if !kids.is_empty() {
+            let under = if k == 0 { "at the top".to_string() } else { format!("under `{prefix}`") };
+            return format!("{under} this model has: {}", kids.join(", "));
+        }
+    }
+    format!("taps of this model: {}", names.join(", "))
 }
 
 /// `model.layers.3.mlp` -> `model.layers.*.mlp`, for listing and suggesting tap names.

@@ -134,7 +134,7 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), c))
-        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1) + 1)
+        .filter(|(d, c)| *d <= 1 + c.len().min(word.len()) / 8)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }

@@ -122,9 +122,12 @@ impl Store {
         let bytes = match std::fs::read(&mpath) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::golden(format!("no goldens for case `{}`", case.id))
-                    .file(&mpath)
-                    .hint(format!("generate them: {regen}")));
+                return Err(Error::golden(format!(
+                    "no goldens for this case ({} does not exist)",
+                    crate::error::display_path(&mpath)
+                ))
+                .file(&case.file)
+                .hint(format!("generate them: {regen}")));
             }
             Err(e) => return Err(Error::io(&mpath, &e)),
         };

@@ -165,7 +165,10 @@ fn decode(bytes: &[u8], declared: Option<&str>) -> Result<Decoded> {
     precheck_shape(bytes)?;
     let mut cursor = bytes;
     let header = npyz::NpyHeader::from_reader(&mut cursor).map_err(|e| {
-        Error::golden(format!("not a valid .npy file: {}", crate::error::lowercase_first(&e.to_string())))
+        // npyz's parse errors span several lines (a caret diagram); the first says what is wrong.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("").split(" -->").next().unwrap_or("").trim_end_matches([':', ' ']);
+        Error::golden(format!("not a valid .npy file: {}", crate::error::lowercase_first(first)))
             .hint("the file is corrupt or truncated; regenerate it with tools/regen_goldens.py")
     })?;
     let offset = file_len - cursor.len();

@@ -84,12 +84,9 @@ impl Doc {
 
     fn serde_error(&self, e: serde_norway::Error) -> Error {
         let pos = e.location().map(|l| Pos { line: l.line(), col: l.column() });
-        let full = e.to_string();
-        // serde_norway appends " at line L column C"; the position is reported separately.
-        let msg = match full.rfind(" at line ") {
-            Some(i) if pos.is_some() => full[..i].to_string(),
-            _ => full,
-        };
+        // serde_norway (and libyaml inside it) write " at line L column C" into the text; the
+        // position is reported separately, once.
+        let msg = strip_positions(&e.to_string());
         let (msg, hint) = humanize(&msg);
         let mut err = Error::input(msg).file(&self.file).at(pos);
         if let Some(h) = hint {
@@ -143,7 +140,35 @@ fn humanize(msg: &str) -> (String, Option<String>) {
     if msg.starts_with("invalid type") || msg.contains(": invalid type") {
         return (msg.to_string(), Some("check the value's type against README.md's schema".into()));
     }
+    if msg.contains("while parsing") || msg.contains("while scanning") || msg.contains("did not find expected") {
+        return (
+            format!("invalid YAML: {msg}"),
+            Some("check brackets, quotes and indentation at this position".into()),
+        );
+    }
     (crate::error::lowercase_first(msg), None)
+}
+
+fn strip_positions(msg: &str) -> String {
+    let mut out = String::new();
+    let mut rest = msg;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + " at line ".len()..];
+        let skip = tail.find(" column ").map(|c| {
+            let after = &tail[c + " column ".len()..];
+            c + " column ".len() + after.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(after.len())
+        });
+        match skip {
+            Some(n) => rest = &tail[n..],
+            None => {
+                out.push_str(&rest[i..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn msg_after<'a>(msg: &'a str, needle: &str) -> Option<&'a str> {
@@ -214,6 +239,16 @@ mod tests {
         assert_eq!(d.pos("tolerance"), Some(Pos { line: 1, col: 12 }));
         // an unknown child falls back to its parent
         assert_eq!(d.pos("taps[1][7]"), Some(Pos { line: 4, col: 5 }));
+    }
+
+    #[test]
+    fn libyaml_positions_are_not_repeated() {
+        assert_eq!(
+            strip_positions(
+                "did not find expected ',' at line 4 column 1, while parsing a flow sequence at line 3 column 14"
+            ),
+            "did not find expected ',', while parsing a flow sequence"
+        );
     }
 
     #[test]

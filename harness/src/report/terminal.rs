@@ -106,7 +106,7 @@ pub fn render(r: &TrialReport) -> String {
                         t.name,
                         shape,
                         num(m.max_abs),
-                        index(&t.max_abs_index),
+                        if m.max_abs > 0.0 { index(&t.max_abs_index) } else { "-".into() },
                         num(m.mean_abs),
                         num(m.max_rel),
                         m.cosine,

@@ -1,0 +1,99 @@
+//! Helpers for integration tests: a throwaway copy of part of the repository.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use harness::case::{Case, load_case};
+use harness::engine::{Engine, Registry};
+use harness::report::TrialReport;
+use harness::runner::Suite;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A temp directory holding copies of the given cases, their model specs, weights and goldens.
+pub struct TempRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl TempRepo {
+    pub fn with_cases(case_ids: &[&str]) -> TempRepo {
+        let src = repo_root();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("cases/models")).unwrap();
+        std::fs::create_dir_all(root.join("goldens/models")).unwrap();
+        for id in case_ids {
+            let case_file = src.join("cases").join(format!("{id}.yaml"));
+            let text = std::fs::read_to_string(&case_file).unwrap();
+            let dst = root.join("cases").join(format!("{id}.yaml"));
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::write(&dst, &text).unwrap();
+            let model = text.lines().find_map(|l| l.strip_prefix("model: ")).unwrap().trim().to_string();
+            std::fs::copy(
+                src.join(format!("cases/models/{model}.yaml")),
+                root.join(format!("cases/models/{model}.yaml")),
+            )
+            .unwrap();
+            let mdir = src.join("goldens/models").join(&model);
+            if mdir.exists() && !root.join("goldens/models").join(&model).exists() {
+                copy_dir(&mdir, &root.join("goldens/models").join(&model));
+            }
+            let gdir = src.join("goldens").join(id);
+            if gdir.exists() {
+                copy_dir(&gdir, &root.join("goldens").join(id));
+            }
+        }
+        TempRepo { dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn load(&self, id: &str) -> harness::Result<Case> {
+        load_case(self.root(), &self.path(&format!("cases/{id}.yaml")), &mut Default::default())
+    }
+
+    pub fn suite(&self, engines: Vec<Arc<dyn Engine>>) -> Arc<Suite> {
+        let mut r = Registry::builtin();
+        for e in engines {
+            r.add(e);
+        }
+        Suite::new(self.root().to_path_buf(), r)
+    }
+
+    /// Run one case on one engine (by name) and return the report.
+    pub fn run(&self, id: &str, engine: &str, extra: Vec<Arc<dyn Engine>>) -> TrialReport {
+        let suite = self.suite(extra);
+        let case = self.load(id).expect("case loads");
+        let e = suite.registry.get(engine).expect("engine registered").clone();
+        suite.run_trial(&case, &e)
+    }
+}
