@@ -147,6 +147,7 @@ impl Suite {
             verdict: Verdict::Error,
             taps: vec![],
             first_divergence: None,
+            hints: vec![],
             error: Some(err.to_string()),
             rerun: rerun_command(trial),
         }

@@ -92,6 +92,7 @@ pub fn run(case: &Case, engine: &str, model: &dyn LoadedModel, goldens: &Goldens
         verdict: Verdict::Pass,
         taps: vec![],
         first_divergence: None,
+        hints: vec![],
         error: None,
         rerun,
     };

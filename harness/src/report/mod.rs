@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::diagnose::Hint;
 use crate::metrics::Metrics;
 use crate::tolerance::{Failure, Tolerance};
 
@@ -70,6 +71,8 @@ pub struct TrialReport {
     pub taps: Vec<TapReport>,
     /// Index into `taps` of the first tap (in forward order) that is not within tolerance.
     pub first_divergence: Option<usize>,
+    /// What the first divergence looks like, best first.
+    pub hints: Vec<Hint>,
     /// Why the trial could not be judged (verdict `error`).
     pub error: Option<String>,
     /// A command that reruns just this trial.

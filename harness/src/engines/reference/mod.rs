@@ -19,11 +19,46 @@ use crate::tensor::Tensor;
 pub mod llama;
 pub mod ops;
 
-/// A bug injected into the reference engine (tests and the mutant zoo only).
+/// A bug injected into the reference engine: the mutant zoo. Each variant is a bug a real port
+/// made (see ../shared/seeds/); families implement the ones that apply to them and ignore the
+/// rest. Mutant engines are never in [`crate::engine::Registry::builtin`]; tests and
+/// `Registry::with_zoo` register them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
     /// Add `delta` to one element of a weight, to show a failure is localized to its first use.
     PerturbWeight { name: String, index: usize, delta: f32 },
+    /// Sentence pooling takes the last token instead of CLS (ModernBERT port, seed 001).
+    PoolLastToken,
+    /// Local-attention layers attend to every token (sliding window not applied).
+    NoSlidingWindow,
+    /// The global RoPE theta is used on local layers too.
+    GlobalRopeOnLocal,
+    /// The two halves of a fused gated-MLP input projection (ModernBERT `Wi`) are swapped.
+    GegluSwapped,
+    /// The final norm before the outputs is skipped.
+    NoFinalNorm,
+    /// LayerNorm epsilon replaced (e.g. 1e-5 where the config says 1e-12).
+    LayerNormEps(f64),
+    /// GELU with the tanh approximation where the model uses erf.
+    GeluTanh,
+    /// Dropout left on at inference, with this probability (random every run).
+    DropoutOn(f64),
+    /// The attention mask is ignored (padding is attended to).
+    IgnoreAttentionMask,
+    /// RoPE rotates adjacent pairs (2i, 2i+1) instead of HF's half-split pairs (i, i + d/2).
+    RopeInterleaved,
+    /// GQA: query head h reads kv head h % kv_heads instead of h / (heads / kv_heads).
+    GqaWrongRepeat,
+    /// KV cache: the new token's key/value are written one slot off (decode only).
+    KvCacheWrongPosition,
+    /// One projection weight used transposed (named by its weight, e.g.
+    /// `model.layers.0.self_attn.o_proj.weight`; must be square).
+    TransposedWeight(String),
+    /// Attention scores not scaled by 1/sqrt(head_dim).
+    NoAttentionScale,
+    /// The residual connection around this sublayer (`attention` or `mlp`) of every layer is
+    /// missing.
+    NoResidual(&'static str),
 }
 
 pub struct ReferenceEngine {
