@@ -80,6 +80,8 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
         raise SpecError(case.file, f"taps {never} did not produce a tensor in the HF forward (module never ran or returned no tensor)")
     position = {n: i for i, n in reversed(list(enumerate(order)))}
     taps.sort(key=lambda t: position.get(t, len(order)))
+    # The same forward in float64: how far float32 itself is from the math, per tap.
+    _, exact = hf.run(hf.load(case.model, model_dir, dtype=hf.torch.float64), case.inputs, taps)
     files: dict[str, bytes] = {}
     entries = []
     for t in taps:
@@ -87,7 +89,10 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
         fname = f"{t}.npy"
         files[fname] = data
         a = arrays[t]
-        entries.append({"name": t, "file": fname, "shape": list(a.shape), "dtype": str(a.dtype), "sha256": sha256_bytes(data)})
+        entry = {"name": t, "file": fname, "shape": list(a.shape), "dtype": str(a.dtype), "sha256": sha256_bytes(data)}
+        if a.dtype.kind == "f" and t in exact:
+            entry["noise"] = noise_floor(a, exact[t])
+        entries.append(entry)
     manifest = {
         "format": store.FORMAT,
         "case": case.id,
@@ -104,6 +109,17 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
     }
     files[store.MANIFEST] = store.manifest_bytes(manifest)
     return files
+
+
+def noise_floor(f32, f64) -> dict:
+    """max |f32 - f64|, and the floor used by `noise:` tolerances: never below one float32 ulp
+    (2^-23 relative) of the largest golden value, so an exact tap still has a usable unit."""
+    import numpy as np
+
+    diff = np.abs(f32.astype(np.float64) - f64.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(f32).max()) if f32.size else 0.0
+    return {"max_abs": max_abs, "floor": max(max_abs, scale * 2.0**-23)}
 
 
 def case_is_stale(case: Case, d: Path, model_dir: Path) -> bool:

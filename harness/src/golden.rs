@@ -54,6 +54,17 @@ pub struct TapEntry {
     pub shape: Vec<usize>,
     pub dtype: String,
     pub sha256: String,
+    /// How far HF's float32 result is from its float64 result on this tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseFloor>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NoiseFloor {
+    /// `max |golden_f32 - reference_f64|`.
+    pub max_abs: f64,
+    /// `max(max_abs, 2^-23 * max |golden|)`: never 0, the unit of `noise:` tolerances.
+    pub floor: f64,
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {

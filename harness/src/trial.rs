@@ -1,6 +1,7 @@
 //! One trial: a case run on one engine, every tap compared with its golden, in forward order.
 
 use crate::case::{Case, Tap};
+use crate::diagnose::logits::{self, is_logits_tap};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::Result;
 use crate::family::TapKind;
@@ -8,6 +9,7 @@ use crate::golden::Goldens;
 use crate::metrics::{Selection, compare, unravel};
 use crate::report::{TapReport, TapStatus, TrialReport, Verdict};
 use crate::tensor::Tensor;
+use crate::tolerance::Observed;
 
 /// Row flags selecting the real (non-padding) tokens of a `[batch, seq, ...]` tap, or None when
 /// every element is compared.
@@ -22,13 +24,22 @@ pub fn token_selection(case: &Case, tap: &Tap, shape: &[usize]) -> Option<Vec<bo
     Some(mask.data.iter().map(|&m| m != 0).collect())
 }
 
-/// Compare one tap. `actual` is None when the engine did not return it.
-pub fn compare_tap(case: &Case, tap: &Tap, actual: Option<&Tensor>, golden: Result<Tensor>) -> TapReport {
+/// Compare one tap. `actual` is None when the engine did not return it; `noise_floor` is the
+/// tap's recorded float32 noise floor.
+pub fn compare_tap(
+    case: &Case,
+    tap: &Tap,
+    actual: Option<&Tensor>,
+    golden: Result<Tensor>,
+    noise_floor: Option<f64>,
+) -> TapReport {
     let mut rep = TapReport {
         name: tap.name.clone(),
         shape: vec![],
         tolerance: tap.tolerance.clone(),
         metrics: None,
+        logits: None,
+        noise_floor,
         max_abs_index: None,
         first_mismatch_index: None,
         status: TapStatus::Pass,
@@ -53,6 +64,11 @@ pub fn compare_tap(case: &Case, tap: &Tap, actual: Option<&Tensor>, golden: Resu
     let sel = rows.as_deref().map(|rows| Selection { row_len: golden.numel() / rows.len().max(1), rows });
     let m = compare(actual.data(), golden.data(), tap.tolerance.allclose(), sel);
     let shape = golden.shape();
+    if is_logits_tap(&tap.name) {
+        // One row per position: the token selection, if any, is exactly the row selection.
+        rep.logits =
+            Some(logits::compute(actual.data(), golden.data(), shape, tap.tolerance.allclose(), rows.as_deref()));
+    }
     rep.max_abs_index = m.max_abs_at.map(|i| unravel(i, shape));
     rep.first_mismatch_index = m.first_mismatch_at.map(|i| unravel(i, shape));
     if m.golden_nonfinite > 0 {
@@ -65,7 +81,8 @@ pub fn compare_tap(case: &Case, tap: &Tap, actual: Option<&Tensor>, golden: Resu
             ),
         };
     } else {
-        let failures = tap.tolerance.check(&m);
+        let failures =
+            tap.tolerance.check(Observed { metrics: &m, logits: rep.logits.as_ref(), noise_floor: rep.noise_floor });
         if !failures.is_empty() {
             rep.status = TapStatus::Fail { failures };
         }
@@ -107,7 +124,8 @@ pub fn run(case: &Case, engine: &str, model: &dyn LoadedModel, goldens: &Goldens
         }
     };
     for tap in taps {
-        report.taps.push(compare_tap(case, tap, outputs.get(&tap.name), goldens.load(&tap.name)));
+        let floor = goldens.entry(&tap.name).and_then(|e| e.noise.as_ref()).map(|n| n.floor);
+        report.taps.push(compare_tap(case, tap, outputs.get(&tap.name), goldens.load(&tap.name), floor));
     }
     report.first_divergence = crate::diagnose::first_divergence(&report.taps);
     if report.taps.iter().any(|t| matches!(t.status, TapStatus::Error { .. })) {

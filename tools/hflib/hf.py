@@ -156,6 +156,8 @@ def run(model, inputs: dict, taps: list[str] | None):
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
+    if t.dtype == torch.float64:
+        return np.ascontiguousarray(t.cpu().numpy())
     if t.dtype.is_floating_point:
         return np.ascontiguousarray(t.to(torch.float32).cpu().numpy())
     return np.ascontiguousarray(t.to(torch.int64).cpu().numpy())

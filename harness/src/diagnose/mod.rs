@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use crate::report::TapReport;
 
+pub mod logits;
+
 /// The first tap in forward order that is not within tolerance.
 pub fn first_divergence(taps: &[TapReport]) -> Option<usize> {
     taps.iter().position(|t| !t.status.is_pass())

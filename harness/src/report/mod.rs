@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::diagnose::Hint;
+use crate::diagnose::logits::LogitsMetrics;
 use crate::metrics::Metrics;
 use crate::tolerance::{Failure, Tolerance};
 
@@ -53,6 +54,10 @@ pub struct TapReport {
     pub shape: Vec<usize>,
     pub tolerance: Tolerance,
     pub metrics: Option<Metrics>,
+    /// For logits taps: argmax agreement, top-k overlap, KL divergence.
+    pub logits: Option<LogitsMetrics>,
+    /// The tap's float32 noise floor from the manifest (max_abs of HF float32 vs float64).
+    pub noise_floor: Option<f64>,
     /// `max_abs` position as a multi-index into `shape`.
     pub max_abs_index: Option<Vec<usize>>,
     pub first_mismatch_index: Option<Vec<usize>>,

@@ -40,6 +40,30 @@ pub fn describe_failure(f: &Failure) -> String {
         Failure::NonFinite { nan, inf } => {
             format!("engine produced {nan} NaN and {inf} Inf where the golden is finite")
         }
+        Failure::Argmax { agree, clear, min } => {
+            format!("argmax agrees on {agree} of {clear} clear positions (< {min})")
+        }
+        Failure::Noise { multiple, max, floor } => {
+            format!("max_abs is {multiple:.1}x the float32 noise floor {} (allowed {max}x)", num(*floor))
+        }
+        Failure::Unjudgeable { reason } => reason.clone(),
+    }
+}
+
+/// `max_abs` as a multiple of the tap's float32 noise floor: `0.3`, `12`, `4.1e3`.
+pub fn floor_multiple(max_abs: f64, floor: Option<f64>) -> String {
+    match floor {
+        Some(f) if f > 0.0 => {
+            let x = max_abs / f;
+            if x < 10.0 {
+                format!("{x:.1}")
+            } else if x < 1e4 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.1e}")
+            }
+        }
+        _ => "-".into(),
     }
 }
 
@@ -92,8 +116,8 @@ pub fn render(r: &TrialReport) -> String {
         let w = r.taps.iter().map(|t| t.name.len()).max().unwrap_or(3).max(3);
         let _ = writeln!(
             s,
-            "   {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9} {:>7} {:>10}  verdict",
-            "tap", "shape", "max_abs", "at", "mean_abs", "max_rel", "cosine", "sqnr_dB", "mismatch"
+            "   {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9} {:>7} {:>8} {:>10}  verdict",
+            "tap", "shape", "max_abs", "at", "mean_abs", "max_rel", "cosine", "sqnr_dB", "x_floor", "mismatch"
         );
         for (i, t) in r.taps.iter().enumerate() {
             let mark = if Some(i) == r.first_divergence { ">" } else { " " };
@@ -102,7 +126,7 @@ pub fn render(r: &TrialReport) -> String {
                 Some(m) => {
                     let _ = writeln!(
                         s,
-                        " {mark} {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9.6} {:>7} {:>10}  {}",
+                        " {mark} {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9.6} {:>7} {:>8} {:>10}  {}",
                         t.name,
                         shape,
                         num(m.max_abs),
@@ -111,6 +135,7 @@ pub fn render(r: &TrialReport) -> String {
                         num(m.max_rel),
                         m.cosine,
                         db(m.sqnr_db),
+                        floor_multiple(m.max_abs, t.noise_floor),
                         format!("{}/{}", m.mismatches, m.n + m.nan + m.inf),
                         status_word(t)
                     );
