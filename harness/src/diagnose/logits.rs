@@ -59,7 +59,7 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 /// `rows` selects which rows take part (None: all).
 pub fn compute(actual: &[f32], golden: &[f32], shape: &[usize], tol: AllClose, rows: Option<&[bool]>) -> LogitsMetrics {
     let vocab = *shape.last().unwrap_or(&1);
-    let n_rows = if vocab == 0 { 0 } else { golden.len() / vocab };
+    let n_rows = golden.len().checked_div(vocab).unwrap_or(0);
     let k = vocab.min(5);
     let mut m = LogitsMetrics {
         rows: 0,
