@@ -14,6 +14,7 @@ use libtest_mimic::{Arguments, Conclusion, Failed, Trial};
 
 use crate::case::{Case, ModelSpec, case_id, load_case};
 use crate::engine::{Engine, LoadedModel, Registry};
+use crate::engines::reference::ReferenceProbe;
 use crate::error::{Error, Result, did_you_mean};
 use crate::golden::Store;
 use crate::report::{TrialReport, Verdict, terminal};
@@ -158,7 +159,8 @@ impl Suite {
         let trial = format!("{}::{}", engine.name(), case.id);
         let report = match self.store.open(case).and_then(|g| Ok((g, self.model(engine, &case.model)?))) {
             Ok((goldens, model)) => {
-                crate::trial::run(case, engine.name(), model.as_ref(), &goldens, rerun_command(&trial))
+                let probe = ReferenceProbe { case };
+                crate::trial::run(case, engine.name(), model.as_ref(), &goldens, rerun_command(&trial), Some(&probe))
             }
             Err(e) => self.error_report(&trial, engine.name(), &case.id, &case.file, &e),
         };

@@ -2,6 +2,8 @@
 
 use crate::case::{Case, Tap};
 use crate::diagnose::logits::{self, is_logits_tap};
+use crate::diagnose::probes::Variants;
+use crate::diagnose::{Ctx, Reruns, diagnose};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::Result;
 use crate::family::TapKind;
@@ -13,9 +15,9 @@ use crate::tolerance::Observed;
 
 /// Row flags selecting the real (non-padding) tokens of a `[batch, seq, ...]` tap, or None when
 /// every element is compared.
-pub fn token_selection(case: &Case, tap: &Tap, shape: &[usize]) -> Option<Vec<bool>> {
+pub fn selection_rows(case: &Case, kind: TapKind, shape: &[usize]) -> Option<Vec<bool>> {
     let mask = case.inputs.attention_mask.as_ref()?;
-    if case.compare_padding || tap.module.kind != TapKind::Tokens || !mask.data.contains(&0) {
+    if case.compare_padding || kind != TapKind::Tokens || !mask.data.contains(&0) {
         return None;
     }
     if shape.len() < 2 || shape[0] != mask.batch || shape[1] != mask.seq {
@@ -60,7 +62,7 @@ pub fn compare_tap(
         rep.status = TapStatus::ShapeMismatch { actual: actual.shape().to_vec(), expected: golden.shape().to_vec() };
         return rep;
     }
-    let rows = token_selection(case, tap, golden.shape());
+    let rows = selection_rows(case, tap.module.kind, golden.shape());
     let sel = rows.as_deref().map(|rows| Selection { row_len: golden.numel() / rows.len().max(1), rows });
     let m = compare(actual.data(), golden.data(), tap.tolerance.allclose(), sel);
     let shape = golden.shape();
@@ -99,8 +101,16 @@ pub fn taps_in_forward_order<'a>(case: &'a Case, goldens: &Goldens) -> Vec<&'a T
     taps
 }
 
-/// Run `case` on a loaded engine model and compare every tap.
-pub fn run(case: &Case, engine: &str, model: &dyn LoadedModel, goldens: &Goldens, rerun: String) -> TrialReport {
+/// Run `case` on a loaded engine model and compare every tap; diagnose a failure (with the
+/// reference engine's variants, when given).
+pub fn run(
+    case: &Case,
+    engine: &str,
+    model: &dyn LoadedModel,
+    goldens: &Goldens,
+    rerun: String,
+    variants: Option<&dyn Variants>,
+) -> TrialReport {
     let mut report = TrialReport {
         trial: format!("{engine}::{}", case.id),
         engine: engine.to_string(),
@@ -130,8 +140,11 @@ pub fn run(case: &Case, engine: &str, model: &dyn LoadedModel, goldens: &Goldens
     report.first_divergence = crate::diagnose::first_divergence(&report.taps);
     if report.taps.iter().any(|t| matches!(t.status, TapStatus::Error { .. })) {
         report.verdict = Verdict::Error;
-    } else if report.first_divergence.is_some() {
+    } else if let Some(first) = report.first_divergence {
         report.verdict = Verdict::Fail;
+        let again = || model.run(&case.inputs, &names);
+        let mut ctx = Ctx::new(case, goldens, &outputs, &report.taps, first);
+        report.hints = diagnose(&mut ctx, &Reruns { engine: Some(&again), variants });
     }
     report
 }

@@ -4,11 +4,27 @@
 //! the error at that tap looks like (a shifted token, a transposed layout, a uniform scale, an
 //! error that starts at some position, ...), ranked by score.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::Serialize;
 
-use crate::report::TapReport;
+use crate::case::Case;
+use crate::engine::Outputs;
+use crate::error::Result;
+use crate::family::TapKind;
+use crate::golden::Goldens;
+use crate::report::{TapReport, TapStatus};
+use crate::tensor::Tensor;
 
 pub mod logits;
+pub mod patterns;
+pub mod probes;
+pub mod transforms;
+pub mod view;
+
+/// How many hints a report keeps (best first).
+pub const MAX_HINTS: usize = 6;
 
 /// The first tap in forward order that is not within tolerance.
 pub fn first_divergence(taps: &[TapReport]) -> Option<usize> {
@@ -47,6 +63,16 @@ pub enum HintKind {
     NonFinite,
     /// A candidate transform of the engine output brings it within tolerance.
     BlameTransform,
+    /// Each token is off by its own scale factor (a normalization constant).
+    RowScale,
+    /// The engine's output equals this module's input: the module looks skipped.
+    ModuleSkipped,
+    /// The engine's output equals a sublayer's output, or adding an input fixes it.
+    ResidualMissing,
+    /// The prompt matches and a later decode step diverges first.
+    DecodeStep,
+    /// The reference engine with a known port bug reproduces the engine's output.
+    KnownBug,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,4 +84,136 @@ pub struct Hint {
     pub score: f64,
     /// One sentence for a person: what the error looks like and where to look.
     pub message: String,
+}
+
+/// What diagnosis can look at for one failing trial.
+pub struct Ctx<'a> {
+    pub case: &'a Case,
+    pub goldens: &'a Goldens,
+    /// The engine's outputs from the trial's run.
+    pub outputs: &'a Outputs,
+    /// The compared taps, in forward order.
+    pub taps: &'a [TapReport],
+    /// Index of the first divergent tap.
+    pub first: usize,
+    cache: HashMap<String, Option<Arc<Tensor>>>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        case: &'a Case,
+        goldens: &'a Goldens,
+        outputs: &'a Outputs,
+        taps: &'a [TapReport],
+        first: usize,
+    ) -> Self {
+        Ctx { case, goldens, outputs, taps, first, cache: HashMap::new() }
+    }
+    pub fn actual(&self, name: &str) -> Option<&'a Tensor> {
+        self.outputs.get(name)
+    }
+    /// A golden by tap name (any tap the manifest has, compared or not), loaded once.
+    pub fn golden(&mut self, name: &str) -> Option<Arc<Tensor>> {
+        if let Some(t) = self.cache.get(name) {
+            return t.clone();
+        }
+        let t = self.goldens.entry(name).and_then(|_| self.goldens.load(name).ok()).map(Arc::new);
+        self.cache.insert(name.to_string(), t.clone());
+        t
+    }
+    pub fn kind_of(&self, name: &str) -> TapKind {
+        let base = name.split('@').next().unwrap_or(name);
+        self.case
+            .taps
+            .iter()
+            .find(|t| t.name == name || t.name == base)
+            .map(|t| t.module.kind)
+            .unwrap_or(TapKind::Tokens)
+    }
+    /// Attention head size from the model config, when it has one.
+    pub fn head_dim(&self) -> Option<usize> {
+        let c = &self.case.model.config;
+        if let Ok(Some(d)) = c.opt_usize("head_dim") {
+            return Some(d);
+        }
+        let (h, n) = (c.opt_usize("hidden_size").ok()??, c.opt_usize("num_attention_heads").ok()??);
+        (n > 0 && h % n == 0).then(|| h / n)
+    }
+}
+
+/// Optional probes that run things again.
+pub struct Reruns<'a> {
+    /// Runs the engine under test again on the same inputs.
+    pub engine: Option<&'a dyn Fn() -> Result<Outputs>>,
+    /// The reference engine with known bugs injected.
+    pub variants: Option<&'a dyn probes::Variants>,
+}
+
+/// Hints for the first divergence of a failing trial, best first.
+pub fn diagnose(ctx: &mut Ctx<'_>, reruns: &Reruns<'_>) -> Vec<Hint> {
+    let mut out = Vec::new();
+    nonfinite(ctx, &mut out);
+    decode_step(ctx, &mut out);
+    patterns::analyze(ctx, &mut out);
+    transforms::blame(ctx, &mut out);
+    if let Some(rerun) = reruns.engine {
+        probes::nondeterminism(ctx, rerun, &mut out);
+    }
+    if let Some(v) = reruns.variants {
+        probes::known_bugs(ctx, v, &mut out);
+    }
+    rank(out)
+}
+
+/// Best first; one hint per (kind, message); at most [`MAX_HINTS`].
+pub fn rank(mut hints: Vec<Hint>) -> Vec<Hint> {
+    hints.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut seen = Vec::new();
+    hints.retain(|h| {
+        let key = (h.kind, h.message.clone());
+        let new = !seen.contains(&key);
+        seen.push(key);
+        new
+    });
+    hints.truncate(MAX_HINTS);
+    hints
+}
+
+fn nonfinite(ctx: &Ctx<'_>, out: &mut Vec<Hint>) {
+    let Some(t) = ctx.taps.iter().find(|t| t.metrics.as_ref().is_some_and(|m| m.nan + m.inf > 0)) else { return };
+    let m = t.metrics.as_ref().unwrap();
+    let at = m.first_nonfinite_at.map(|i| crate::metrics::unravel(i, &t.shape));
+    out.push(Hint {
+        kind: HintKind::NonFinite,
+        tap: t.name.clone(),
+        score: 0.95,
+        message: format!(
+            "the engine first produces NaN/Inf at `{}` {} ({} NaN, {} Inf): look for an overflow (exp without max \
+             subtraction, float16 range), a division by zero (norm epsilon, empty mask) or uninitialized memory",
+            t.name,
+            crate::report::terminal::index(&at),
+            m.nan,
+            m.inf
+        ),
+    });
+}
+
+/// Decode cases: the prompt (step 0) passes and step k is the first to diverge.
+fn decode_step(ctx: &Ctx<'_>, out: &mut Vec<Hint>) {
+    let name = &ctx.taps[ctx.first].name;
+    let Some((_, step)) = name.rsplit_once('@') else { return };
+    let Ok(step) = step.parse::<usize>() else { return };
+    let prompt_ok = ctx.taps.iter().filter(|t| t.name.ends_with("@0")).all(|t| t.status == TapStatus::Pass);
+    if step == 0 || !prompt_ok {
+        return;
+    }
+    out.push(Hint {
+        kind: HintKind::DecodeStep,
+        tap: name.clone(),
+        score: 0.85,
+        message: format!(
+            "the prompt (step 0) matches and decode step {step} is the first to diverge: look at the KV cache \
+             (where the new key/value is written and which slots are read) and the new token's position"
+        ),
+    });
 }

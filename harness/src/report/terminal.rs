@@ -112,6 +112,18 @@ pub fn render(r: &TrialReport) -> String {
             let _ = writeln!(s, "  {p}");
         }
     }
+    if !r.hints.is_empty() {
+        let _ = writeln!(s, "what it looks like (best first):");
+        for (i, h) in r.hints.iter().enumerate() {
+            let kind = serde_json::to_value(h.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let at = if Some(h.tap.as_str()) == r.first_divergent_tap().map(|t| t.name.as_str()) {
+                String::new()
+            } else {
+                format!(" (at `{}`)", h.tap)
+            };
+            let _ = writeln!(s, "  {}. [{kind}] {}{at}", i + 1, h.message);
+        }
+    }
     if !r.taps.is_empty() {
         let w = r.taps.iter().map(|t| t.name.len()).max().unwrap_or(3).max(3);
         let _ = writeln!(

@@ -61,6 +61,56 @@ pub enum Mutation {
     NoResidual(&'static str),
 }
 
+impl Mutation {
+    /// What a port with this bug does, for hints and the zoo scorecard.
+    pub fn describe(&self) -> String {
+        match self {
+            Mutation::PerturbWeight { name, index, delta } => format!("weight `{name}`[{index}] off by {delta}"),
+            Mutation::PoolLastToken => "CLS pooling takes the last token instead of token 0".into(),
+            Mutation::NoSlidingWindow => "local-attention layers attend to every token (no sliding window)".into(),
+            Mutation::GlobalRopeOnLocal => "the global RoPE theta is used on local-attention layers".into(),
+            Mutation::GegluSwapped => "the gated MLP's fused input projection is split in the wrong order".into(),
+            Mutation::NoFinalNorm => "the final norm is skipped".into(),
+            Mutation::LayerNormEps(e) => format!("LayerNorm epsilon {e:e} instead of the config's"),
+            Mutation::GeluTanh => "GELU uses the tanh approximation instead of erf".into(),
+            Mutation::DropoutOn(p) => format!("dropout p={p} left on at inference"),
+            Mutation::IgnoreAttentionMask => "the attention mask is ignored".into(),
+            Mutation::RopeInterleaved => {
+                "RoPE rotates interleaved pairs (2i, 2i+1) instead of halves (i, i+d/2)".into()
+            }
+            Mutation::GqaWrongRepeat => "grouped-query heads map to kv head h % kv_heads instead of h / group".into(),
+            Mutation::KvCacheWrongPosition => "the KV cache is written one slot off".into(),
+            Mutation::TransposedWeight(w) => format!("weight `{w}` is used transposed"),
+            Mutation::NoAttentionScale => "attention scores are not scaled by 1/sqrt(head_dim)".into(),
+            Mutation::NoResidual(which) => format!("the residual connection around each {which} block is missing"),
+        }
+    }
+
+    /// The variants diagnosis re-runs the reference with, for a failure first seen at `tap`.
+    pub fn probes(tap: &str) -> Vec<Mutation> {
+        let mut v = vec![
+            Mutation::PoolLastToken,
+            Mutation::NoSlidingWindow,
+            Mutation::GlobalRopeOnLocal,
+            Mutation::GegluSwapped,
+            Mutation::NoFinalNorm,
+            Mutation::LayerNormEps(1e-5),
+            Mutation::LayerNormEps(1e-6),
+            Mutation::GeluTanh,
+            Mutation::IgnoreAttentionMask,
+            Mutation::RopeInterleaved,
+            Mutation::GqaWrongRepeat,
+            Mutation::KvCacheWrongPosition,
+            Mutation::NoAttentionScale,
+            Mutation::NoResidual("attention"),
+            Mutation::NoResidual("mlp"),
+        ];
+        let module = tap.split('@').next().unwrap_or(tap);
+        v.push(Mutation::TransposedWeight(format!("{module}.weight")));
+        v
+    }
+}
+
 pub struct ReferenceEngine {
     name: String,
     mutation: Option<Mutation>,
@@ -101,6 +151,21 @@ impl Engine for ReferenceEngine {
             llama::CLASS => Ok(Box::new(llama::Llama::new(spec, w, self.mutation.clone())?)),
             other => Err(Error::engine(format!("the reference engine does not implement `{other}`"))),
         }
+    }
+}
+
+/// Diagnosis probes: the reference engine with a known bug injected, on a case's inputs.
+pub struct ReferenceProbe<'a> {
+    pub case: &'a crate::case::Case,
+}
+
+impl crate::diagnose::probes::Variants for ReferenceProbe<'_> {
+    fn run(&self, mutation: &Mutation, taps: &[&str]) -> Option<Result<Outputs>> {
+        let engine = ReferenceEngine::mutant("probe", mutation.clone());
+        if !engine.supports(self.case.model.family) {
+            return None;
+        }
+        Some(engine.load(&self.case.model).and_then(|m| m.run(&self.case.inputs, taps)))
     }
 }
 

@@ -1,0 +1,374 @@
+//! What the error of the first divergent tap looks like, read off (engine, golden) alone:
+//! which rows, positions, sequences, channels or heads are wrong, and whether rows are shifted.
+
+use super::view::{Rows, row_ratio, row_tolerance};
+use super::{Ctx, Hint, HintKind};
+use crate::family::TapKind;
+use crate::metrics::AllClose;
+
+fn hint(kind: HintKind, tap: &str, score: f64, message: String) -> Hint {
+    Hint { kind, tap: tap.to_string(), score, message }
+}
+
+fn list(v: &[usize]) -> String {
+    const MAX: usize = 8;
+    let mut s: Vec<String> = v.iter().take(MAX).map(|x| x.to_string()).collect();
+    if v.len() > MAX {
+        s.push(format!("... ({} in all)", v.len()));
+    }
+    s.join(", ")
+}
+
+/// Per (sequence, position) failure ratios over the real rows of a token tap.
+struct RowErrors {
+    batch: usize,
+    seq: usize,
+    /// ratio[b][s]; None for padding.
+    ratio: Vec<Vec<Option<f64>>>,
+}
+
+impl RowErrors {
+    fn new(ctx: &Ctx<'_>, a: &Rows<'_>, e: &Rows<'_>, tol: AllClose) -> RowErrors {
+        let ratio = (0..a.batch)
+            .map(|b| {
+                (0..a.seq)
+                    .map(|s| {
+                        (a.seq == 1 || ctx.case.inputs.is_real(b, s)).then(|| row_ratio(a.row(b, s), e.row(b, s), tol))
+                    })
+                    .collect()
+            })
+            .collect();
+        RowErrors { batch: a.batch, seq: a.seq, ratio }
+    }
+    fn failing(&self, b: usize) -> Vec<usize> {
+        (0..self.seq).filter(|&s| self.ratio[b][s].is_some_and(|r| r > 1.0)).collect()
+    }
+}
+
+/// All the row-based analyses of a token-level (or pooled) tap.
+pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
+    let tap = &ctx.taps[ctx.first];
+    let name = tap.name.clone();
+    let kind = ctx.kind_of(&name);
+    let tol = row_tolerance(&tap.tolerance);
+    let (Some(actual), Some(golden)) = (ctx.actual(&name), ctx.golden(&name)) else { return };
+    if actual.shape() != golden.shape() {
+        return;
+    }
+    let shape = golden.shape().to_vec();
+    let (Some(a), Some(e)) = (Rows::new(actual.data(), &shape, kind), Rows::new(golden.data(), &shape, kind)) else {
+        return;
+    };
+    if kind == TapKind::Pooled {
+        if let Some(h) = pooled_misalignment(ctx, &name, &a) {
+            out.push(h);
+        }
+        return;
+    }
+    let errs = RowErrors::new(ctx, &a, &e, tol);
+    out.extend(padded_rows_only(ctx, &name, &errs));
+    out.extend(onset(&name, &errs));
+    out.extend(grows_with_position(&name, &a, &e, ctx));
+    out.extend(token_misalignment(&name, &a, &e, &errs, tol, ctx));
+    out.extend(channels_and_heads(ctx, &name, &a, &e, &errs, tol));
+}
+
+fn padded_rows_only(ctx: &Ctx<'_>, tap: &str, errs: &RowErrors) -> Option<Hint> {
+    let mask = ctx.case.inputs.attention_mask.as_ref()?;
+    let padded: Vec<usize> = (0..mask.batch).filter(|&b| mask.row(b).contains(&0)).collect();
+    let full: Vec<usize> = (0..mask.batch).filter(|b| !padded.contains(b)).collect();
+    let bad: Vec<usize> = (0..errs.batch).filter(|&b| !errs.failing(b).is_empty()).collect();
+    if bad.is_empty() || padded.is_empty() || full.is_empty() || !bad.iter().all(|b| padded.contains(b)) {
+        return None;
+    }
+    Some(hint(
+        HintKind::PaddedRowsOnly,
+        tap,
+        0.9,
+        format!(
+            "only sequences that contain padding are wrong (batch rows {}); the full-length rows ({}) match: \
+             the attention mask is ignored or applied wrongly (0/1 vs additive, inverted, wrong axis)",
+            list(&bad),
+            list(&full)
+        ),
+    ))
+}
+
+fn onset(tap: &str, errs: &RowErrors) -> Option<Hint> {
+    if errs.seq < 3 {
+        return None;
+    }
+    let mut firsts = Vec::new();
+    for b in 0..errs.batch {
+        let fail = errs.failing(b);
+        let Some(&first) = fail.first() else { continue };
+        let real_after = (first..errs.seq).filter(|&s| errs.ratio[b][s].is_some()).count();
+        if first == 0 || (fail.len() as f64) < 0.6 * real_after as f64 {
+            return None;
+        }
+        firsts.push((b, first));
+    }
+    let (_, k) = *firsts.first()?;
+    let same = firsts.iter().all(|&(_, f)| f == k);
+    let msg = if same {
+        format!(
+            "exact up to position {} and wrong from position {k} on{}: something changes at that position \
+             (a sliding window or attention mask boundary, a cache slot, a position-embedding offset)",
+            k - 1,
+            if errs.batch > 1 { " in every wrong sequence" } else { "" }
+        )
+    } else {
+        let v: Vec<String> = firsts.iter().map(|(b, f)| format!("row {b}: {f}")).collect();
+        format!(
+            "each sequence is exact up to some position and wrong after it ({}): check position-dependent masking",
+            v.join(", ")
+        )
+    };
+    Some(hint(HintKind::ErrorOnsetAtPosition, tap, if same { 0.8 } else { 0.6 }, msg))
+}
+
+/// Spearman rank correlation.
+fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    fn ranks(v: &[f64]) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+        let mut r = vec![0.0; v.len()];
+        for (rank, &i) in idx.iter().enumerate() {
+            r[i] = rank as f64;
+        }
+        r
+    }
+    let (rx, ry) = (ranks(x), ranks(y));
+    let n = x.len() as f64;
+    let mean = (n - 1.0) / 2.0;
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mean) * (b - mean)).sum();
+    let var: f64 = rx.iter().map(|a| (a - mean).powi(2)).sum();
+    if var == 0.0 { 0.0 } else { cov / var }
+}
+
+fn grows_with_position(tap: &str, a: &Rows<'_>, e: &Rows<'_>, ctx: &Ctx<'_>) -> Option<Hint> {
+    if a.seq < 6 {
+        return None;
+    }
+    let mut pos = Vec::new();
+    let mut err = Vec::new();
+    for s in 0..a.seq {
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for b in 0..a.batch {
+            if !ctx.case.inputs.is_real(b, s) {
+                continue;
+            }
+            let (x, y) = (a.row(b, s), e.row(b, s));
+            sum += x.iter().zip(y).map(|(&p, &q)| (p as f64 - q as f64).powi(2)).sum::<f64>() / x.len() as f64;
+            n += 1;
+        }
+        if n > 0 {
+            pos.push(s as f64);
+            err.push((sum / n as f64).sqrt());
+        }
+    }
+    if pos.len() < 6 {
+        return None;
+    }
+    let rho = spearman(&pos, &err);
+    let k = err.len() / 4;
+    let early = err[..k.max(1)].iter().sum::<f64>() / k.max(1) as f64;
+    let late = err[err.len() - k.max(1)..].iter().sum::<f64>() / k.max(1) as f64;
+    if rho < 0.8 || late < 3.0 * early {
+        return None;
+    }
+    Some(hint(
+        HintKind::ErrorGrowsWithPosition,
+        tap,
+        0.55 + 0.3 * ((rho - 0.8) / 0.2).clamp(0.0, 1.0),
+        format!(
+            "the error grows with position (rms {:.2e} over the first quarter, {:.2e} over the last; rank correlation \
+             {rho:.2}): typical of RoPE (theta, pair layout, position ids) or a position-embedding mix-up",
+            early, late
+        ),
+    ))
+}
+
+fn token_misalignment(
+    tap: &str,
+    a: &Rows<'_>,
+    e: &Rows<'_>,
+    errs: &RowErrors,
+    tol: AllClose,
+    ctx: &Ctx<'_>,
+) -> Option<Hint> {
+    if a.seq < 2 || a.seq > 4096 {
+        return None;
+    }
+    let mut matched = Vec::new();
+    let mut failing = 0usize;
+    for b in 0..a.batch {
+        for i in errs.failing(b) {
+            failing += 1;
+            let best = (0..a.seq)
+                .filter(|&j| j != i && ctx.case.inputs.is_real(b, j))
+                .map(|j| (j, row_ratio(a.row(b, i), e.row(b, j), tol)))
+                .min_by(|x, y| x.1.total_cmp(&y.1));
+            if let Some((j, r)) = best
+                && r <= 1.0
+            {
+                matched.push((b, i, j));
+            }
+        }
+    }
+    if failing == 0 || (matched.len() as f64) < 0.8 * failing as f64 {
+        return None;
+    }
+    let d0 = matched[0].2 as i64 - matched[0].1 as i64;
+    let constant = matched.iter().all(|&(_, i, j)| j as i64 - i as i64 == d0);
+    let msg = if constant {
+        format!(
+            "engine token i equals golden token i{:+} ({} of {} wrong positions): the tokens are shifted by {} \
+             (position ids, a dropped or extra BOS/CLS, an off-by-one in slicing)",
+            d0,
+            matched.len(),
+            failing,
+            d0.abs()
+        )
+    } else {
+        let (b, i, j) = matched[0];
+        format!(
+            "{} of {} wrong positions equal another golden position (e.g. row {b}: engine token {i} = golden token {j}): \
+             tokens are permuted or gathered with the wrong index",
+            matched.len(),
+            failing
+        )
+    };
+    Some(hint(HintKind::TokenMisalignment, tap, 0.9, msg))
+}
+
+/// A pooled tap (one vector per sequence) that equals some token of `last_hidden_state`.
+fn pooled_misalignment(ctx: &mut Ctx<'_>, tap: &str, a: &Rows<'_>) -> Option<Hint> {
+    let source = ctx.golden("last_hidden_state")?;
+    let shape = source.shape().to_vec();
+    let src = Rows::new(source.data(), &shape, TapKind::Tokens)?;
+    if src.width != a.width || src.batch != a.batch {
+        return None;
+    }
+    let normalized = tap.ends_with(".normalized");
+    let tol = row_tolerance(&ctx.taps[ctx.first].tolerance);
+    let mut found = Vec::new();
+    for b in 0..a.batch {
+        let best = (0..src.seq)
+            .filter(|&j| ctx.case.inputs.is_real(b, j))
+            .map(|j| {
+                let mut cand = src.row(b, j).to_vec();
+                if normalized {
+                    let n = cand.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+                    cand.iter_mut().for_each(|x| *x = (*x as f64 / n) as f32);
+                }
+                (j, row_ratio(a.row(b, 0), &cand, tol))
+            })
+            .min_by(|x, y| x.1.total_cmp(&y.1));
+        match best {
+            Some((j, r)) if r <= 1.0 => found.push((b, j)),
+            _ => return None,
+        }
+    }
+    let last_real = |b: usize| (0..src.seq).rev().find(|&s| ctx.case.inputs.is_real(b, s));
+    let all_last = found.iter().all(|&(b, j)| Some(j) == last_real(b));
+    let all_first = found.iter().all(|&(_, j)| j == 0);
+    let which = if all_last {
+        "the last real token".to_string()
+    } else if all_first {
+        "token 0 (CLS)".to_string()
+    } else {
+        format!("tokens {}", list(&found.iter().map(|&(_, j)| j).collect::<Vec<_>>()))
+    };
+    let expect = if tap.contains("cls") { ", where CLS pooling takes token 0" } else { "" };
+    Some(hint(
+        HintKind::TokenMisalignment,
+        tap,
+        0.95,
+        format!(
+            "the engine's pooled vector of every sequence equals last_hidden_state at {which}{expect}: \
+             pooling picks the wrong token (or the wrong pooling mode)"
+        ),
+    ))
+}
+
+fn channels_and_heads(
+    ctx: &Ctx<'_>,
+    tap: &str,
+    a: &Rows<'_>,
+    e: &Rows<'_>,
+    errs: &RowErrors,
+    tol: AllClose,
+) -> Option<Hint> {
+    let width = a.width;
+    if width < 4 {
+        return None;
+    }
+    let mut bad = vec![false; width];
+    let mut any = false;
+    for b in 0..a.batch {
+        for s in 0..a.seq {
+            if errs.ratio[b][s].is_none() {
+                continue;
+            }
+            for (c, (&x, &y)) in a.row(b, s).iter().zip(e.row(b, s)).enumerate() {
+                let d = (x as f64 - y as f64).abs();
+                if !(d <= tol.atol + tol.rtol * (y as f64).abs()) {
+                    bad[c] = true;
+                    any = true;
+                }
+            }
+        }
+    }
+    let n_bad = bad.iter().filter(|&&x| x).count();
+    if !any || n_bad * 2 > width {
+        return None;
+    }
+    // Head structure is visible only on per-head projections (before the output projection
+    // mixes heads).
+    let per_head = ["q_proj", "k_proj", "v_proj", "query", "key", "value", "q_lin", "k_lin", "v_lin"];
+    if let Some(hd) = ctx.head_dim()
+        && per_head.iter().any(|p| tap.rsplit('.').next().is_some_and(|last| last.starts_with(p)))
+        && hd > 0
+        && width % hd == 0
+        && width / hd > 1
+    {
+        let heads = width / hd;
+        let bad_heads: Vec<usize> = (0..heads).filter(|h| bad[h * hd..(h + 1) * hd].iter().any(|&x| x)).collect();
+        if bad_heads.len() < heads {
+            return Some(hint(
+                HintKind::SomeHeads,
+                tap,
+                0.75,
+                format!(
+                    "only heads {} of {heads} (head_dim {hd}) are wrong, the others match: check the head mapping \
+                     (grouped-query repeat, head order, the reshape to heads)",
+                    list(&bad_heads)
+                ),
+            ));
+        }
+    }
+    let chans: Vec<usize> = (0..width).filter(|&c| bad[c]).collect();
+    Some(hint(
+        HintKind::SomeChannels,
+        tap,
+        0.6,
+        format!(
+            "only {} of {width} channels are wrong (channels {}), the others match: look at the weight rows or bias \
+             entries that produce them",
+            n_bad,
+            list(&chans)
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spearman;
+
+    #[test]
+    fn spearman_of_monotone_is_one() {
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[0.1, 0.5, 0.7, 9.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+    }
+}

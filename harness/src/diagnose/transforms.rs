@@ -1,0 +1,282 @@
+//! Blame by transform: apply candidate transforms to the engine's tensor and report those that
+//! bring it within the tap's tolerance (or, failing that, remove almost all of the error).
+
+use super::view::{Rows, judge};
+use super::{Ctx, Hint, HintKind};
+use crate::family::TapKind;
+use crate::metrics::unravel;
+
+struct Candidate {
+    kind: HintKind,
+    data: Vec<f32>,
+    message: String,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// Every candidate, judged; pushes a hint for each that passes the tolerance (score 0.9) or
+/// removes >= 99% of the squared error (score 0.5).
+pub fn blame(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
+    let first = ctx.first;
+    let name = ctx.taps[first].name.clone();
+    let kind = ctx.kind_of(&name);
+    let (Some(actual), Some(golden)) = (ctx.actual(&name), ctx.golden(&name)) else { return };
+    if actual.shape() != golden.shape() {
+        layout_from_shape(ctx, &name, kind, out);
+        return;
+    }
+    let (a, e) = (actual.data().to_vec(), golden.data().to_vec());
+    let shape = golden.shape().to_vec();
+    let base = judge(ctx.case, &ctx.taps[first], kind, &a, &e).0;
+    let mut cands = Vec::new();
+
+    cands.push(Candidate {
+        kind: HintKind::SignFlip,
+        data: a.iter().map(|x| -x).collect(),
+        message: "the engine is the golden negated (cosine ~ -1): a sign error".into(),
+    });
+    let aa = dot(&a, &a);
+    if aa > 0.0 {
+        let k = dot(&a, &e) / aa;
+        if k.is_finite() && (k - 1.0).abs() > 1e-6 {
+            cands.push(Candidate {
+                kind: HintKind::UniformScale,
+                data: a.iter().map(|&x| (x as f64 * k) as f32).collect(),
+                message: format!(
+                    "the engine is the golden times {:.6} everywhere (a uniform scale): a scaling constant \
+                     (attention scale, embedding multiplier, norm weight) is off",
+                    1.0 / k
+                ),
+            });
+        }
+    }
+    if let Some(rows) = Rows::new(&a, &shape, kind).filter(|r| r.batch * r.seq > 1) {
+        let er = Rows::new(&e, &shape, kind).unwrap();
+        let mut data = Vec::with_capacity(a.len());
+        let (mut lo, mut hi) = (f64::INFINITY, 0.0f64);
+        for b in 0..rows.batch {
+            for s in 0..rows.seq {
+                let (x, y) = (rows.row(b, s), er.row(b, s));
+                let xx = dot(x, x);
+                let k = if xx > 0.0 { dot(x, y) / xx } else { 1.0 };
+                if ctx.case.inputs.is_real(b, s) || rows.seq == 1 {
+                    lo = lo.min(1.0 / k);
+                    hi = hi.max(1.0 / k);
+                }
+                data.extend(x.iter().map(|&v| (v as f64 * k) as f32));
+            }
+        }
+        cands.push(Candidate {
+            kind: HintKind::RowScale,
+            data,
+            message: format!(
+                "each token is the golden times its own factor ({lo:.4} to {hi:.4}): a per-token normalization \
+                 differs (LayerNorm/RMSNorm epsilon, variance formula, a missing or extra norm)"
+            ),
+        });
+    }
+    if shape.len() >= 2 && shape[shape.len() - 1] == shape[shape.len() - 2] {
+        cands.push(Candidate {
+            kind: HintKind::Transposed,
+            data: transpose_last_two(&a, &shape),
+            message: "the engine is the golden with its last two dimensions transposed: a layout mix-up".into(),
+        });
+    }
+    let w = *shape.last().unwrap_or(&0);
+    if w >= 2 && w % 2 == 0 {
+        cands.push(Candidate {
+            kind: HintKind::BlameTransform,
+            data: swap_halves(&a, w),
+            message: "the engine is the golden with the two halves of the last dimension swapped: a fused \
+                      projection (gate/up, GeGLU `Wi`) is split in the wrong order"
+                .into(),
+        });
+    }
+    for c in cands {
+        let (m, ok) = judge(ctx.case, &ctx.taps[first], kind, &c.data, &e);
+        let reduction = if base.nmse > 0.0 { 1.0 - m.nmse / base.nmse } else { 0.0 };
+        if ok {
+            out.push(Hint { kind: c.kind, tap: name.clone(), score: 0.9, message: c.message });
+        } else if reduction >= 0.99 {
+            out.push(Hint {
+                kind: c.kind,
+                tap: name.clone(),
+                score: 0.5,
+                message: format!("{} (removes {:.1}% of the squared error)", c.message, reduction * 100.0),
+            });
+        }
+    }
+    earlier_taps(ctx, &name, kind, &a, &e, out);
+}
+
+/// The engine equals an earlier tap's golden (module skipped / residual missing), or adding one
+/// earlier golden fixes it (residual missing).
+fn earlier_taps(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, a: &[f32], e: &[f32], out: &mut Vec<Hint>) {
+    let first = ctx.first;
+    let shape = ctx.taps[first].shape.clone();
+    let earlier: Vec<String> =
+        ctx.taps[..first].iter().rev().filter(|t| t.shape == shape).take(8).map(|t| t.name.clone()).collect();
+    for prev in earlier {
+        let Some(g) = ctx.golden(&prev) else { continue };
+        let g = g.data().to_vec();
+        let child = prev.starts_with(&format!("{name}."));
+        if judge(ctx.case, &ctx.taps[first], kind, a, &g).1 {
+            let (k, msg) = if child {
+                (
+                    HintKind::ResidualMissing,
+                    format!(
+                        "the engine's `{name}` equals the golden `{prev}` (its sublayer's output alone): the residual \
+                         add around it is missing"
+                    ),
+                )
+            } else {
+                (
+                    HintKind::ModuleSkipped,
+                    format!("the engine's `{name}` equals the golden `{prev}`, its input: the module looks skipped"),
+                )
+            };
+            out.push(Hint { kind: k, tap: name.to_string(), score: 0.9, message: msg });
+            return;
+        }
+        let sum: Vec<f32> = a.iter().zip(&g).map(|(x, y)| x + y).collect();
+        if !child && judge(ctx.case, &ctx.taps[first], kind, &sum, e).1 {
+            out.push(Hint {
+                kind: HintKind::ResidualMissing,
+                tap: name.to_string(),
+                score: 0.9,
+                message: format!(
+                    "the engine's `{name}` plus the golden `{prev}` equals the golden: a residual connection \
+                     (adding `{prev}`) is missing"
+                ),
+            });
+            return;
+        }
+    }
+}
+
+fn transpose_last_two(a: &[f32], shape: &[usize]) -> Vec<f32> {
+    let n = shape[shape.len() - 1];
+    let mut out = a.to_vec();
+    for (o, blk) in out.chunks_mut(n * n).zip(a.chunks(n * n)) {
+        for i in 0..n {
+            for j in 0..n {
+                o[i * n + j] = blk[j * n + i];
+            }
+        }
+    }
+    out
+}
+
+fn swap_halves(a: &[f32], w: usize) -> Vec<f32> {
+    let h = w / 2;
+    a.chunks(w).flat_map(|r| r[h..].iter().chain(&r[..h]).copied()).collect()
+}
+
+/// Permute `a` (row-major, `shape`) by `perm`: out[i_perm...] = a[i...].
+fn permute(a: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let mut out = vec![0.0; a.len()];
+    let mut out_strides = vec![1usize; shape.len()];
+    for k in (0..shape.len().saturating_sub(1)).rev() {
+        out_strides[k] = out_strides[k + 1] * out_shape[k + 1];
+    }
+    for (i, &v) in a.iter().enumerate() {
+        let idx = unravel(i, shape);
+        let o: usize = perm.iter().enumerate().map(|(k, &p)| idx[p] * out_strides[k]).sum();
+        out[o] = v;
+    }
+    (out, out_shape)
+}
+
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![vec![]];
+    }
+    let mut out = Vec::new();
+    for p in permutations(n - 1) {
+        for pos in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(pos, n - 1);
+            out.push(q);
+        }
+    }
+    out
+}
+
+/// Shape mismatch: does some permutation of the engine's dims give the golden (within
+/// tolerance)? Reversed dims is ggml's order.
+fn layout_from_shape(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, out: &mut Vec<Hint>) {
+    let (Some(actual), Some(golden)) = (ctx.actual(name), ctx.golden(name)) else { return };
+    let (ashape, gshape) = (actual.shape().to_vec(), golden.shape().to_vec());
+    let a = actual.data().to_vec();
+    let e = golden.data().to_vec();
+    if a.len() != e.len() || ashape.len() > 5 {
+        return;
+    }
+    let n = ashape.len();
+    for perm in permutations(n) {
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            continue;
+        }
+        let (data, s) = permute(&a, &ashape, &perm);
+        if s != gshape {
+            continue;
+        }
+        if judge(ctx.case, &ctx.taps[ctx.first], kind, &data, &e).1 {
+            let reversed = perm.iter().enumerate().all(|(i, &p)| p == n - 1 - i);
+            let (k, msg) = if reversed {
+                (
+                    HintKind::ReversedDims,
+                    format!(
+                        "the engine's {ashape:?} is the golden {gshape:?} with its dimensions reversed (ggml order): \
+                         map it with a `reverse` layout rule"
+                    ),
+                )
+            } else {
+                (
+                    HintKind::Transposed,
+                    format!(
+                        "the engine's {ashape:?} is the golden {gshape:?} with dimensions permuted as {perm:?}: \
+                         a layout/transpose mix-up"
+                    ),
+                )
+            };
+            out.push(Hint { kind: k, tap: name.to_string(), score: 0.95, message: msg });
+            return;
+        }
+    }
+    // Same element count, different shape, no permutation fits: maybe a bare reshape.
+    if judge(ctx.case, &ctx.taps[ctx.first], kind, &a, &e).1 {
+        out.push(Hint {
+            kind: HintKind::BlameTransform,
+            tap: name.to_string(),
+            score: 0.9,
+            message: format!(
+                "the engine's {ashape:?} holds the golden's values in the golden's memory order; only the shape \
+                 differs ({gshape:?}): reshape it"
+            ),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_reverses_dims() {
+        let a: Vec<f32> = (0..6).map(|x| x as f32).collect();
+        let (p, s) = permute(&a, &[2, 3], &[1, 0]);
+        assert_eq!(s, vec![3, 2]);
+        assert_eq!(p, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        assert_eq!(permutations(3).len(), 6);
+    }
+
+    #[test]
+    fn swap_and_transpose() {
+        assert_eq!(swap_halves(&[1.0, 2.0, 3.0, 4.0], 4), vec![3.0, 4.0, 1.0, 2.0]);
+        assert_eq!(transpose_last_two(&[1.0, 2.0, 3.0, 4.0], &[2, 2]), vec![1.0, 3.0, 2.0, 4.0]);
+    }
+}
