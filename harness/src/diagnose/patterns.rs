@@ -313,7 +313,7 @@ fn channels_and_heads(
             }
             for (c, (&x, &y)) in a.row(b, s).iter().zip(e.row(b, s)).enumerate() {
                 let d = (x as f64 - y as f64).abs();
-                if !(d <= tol.atol + tol.rtol * (y as f64).abs()) {
+                if d.is_nan() || d > tol.atol + tol.rtol * (y as f64).abs() {
                     bad[c] = true;
                     any = true;
                 }
