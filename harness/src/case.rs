@@ -298,7 +298,12 @@ pub struct Case {
 /// Read and validate a model spec; `root` is the repository root.
 pub fn load_model_spec(root: &Path, id: &str) -> Result<ModelSpec> {
     let file = root.join("cases").join("models").join(format!("{id}.yaml"));
-    let mut doc = Doc::read(&file)?;
+    parse_model_spec(root, id, Doc::read(&file)?)
+}
+
+/// Validate a model spec already read into `doc` (also the fuzz target's entry point).
+pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec> {
+    let file = doc.file.clone();
     let spec: ModelSpecFile = doc.parse()?;
     let family = family::lookup(&spec.family).ok_or_else(|| {
         let names = family::all().iter().map(|f| f.class);
@@ -385,9 +390,15 @@ pub fn case_id(cases_dir: &Path, file: &Path) -> String {
 
 /// Load and validate one case. `models` caches model specs by id across cases.
 pub fn load_case(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<ModelSpec>>) -> Result<Case> {
+    parse_case(root, Doc::read(file)?, models)
+}
+
+/// Validate a case already read into `doc` (also the fuzz target's entry point).
+pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Result<ModelSpec>>) -> Result<Case> {
+    let file = doc.file.clone();
+    let file = file.as_path();
     let cases_dir = root.join("cases");
     let id = case_id(&cases_dir, file);
-    let mut doc = Doc::read(file)?;
     let cf: CaseFile = doc.parse()?;
 
     let model = models.entry(cf.model.clone()).or_insert_with(|| load_model_spec(root, &cf.model)).clone();

@@ -36,6 +36,18 @@ impl Doc {
             .hint("long inputs belong in .npy files, not inline YAML"));
         }
         let bytes = std::fs::read(file).map_err(|e| Error::io(file, &e))?;
+        Doc::from_bytes(file, bytes)
+    }
+
+    /// A document from raw bytes (must be UTF-8); `file` is only used in messages.
+    pub fn from_bytes(file: &Path, bytes: Vec<u8>) -> Result<Doc> {
+        if bytes.len() as u64 > MAX_YAML_BYTES {
+            return Err(Error::input(format!(
+                "{} bytes is more than the {MAX_YAML_BYTES} allowed for a YAML file",
+                bytes.len()
+            ))
+            .file(file));
+        }
         let text = String::from_utf8(bytes).map_err(|e| {
             Error::input(format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()))
                 .file(file)
