@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result, did_you_mean};
+use crate::error::{Error, Pos, Result, did_you_mean};
 use crate::family::{self, Config, Family, Module};
 use crate::tolerance::Tolerance;
 use crate::yaml::Doc;
@@ -21,7 +21,7 @@ use crate::yaml::Doc;
 pub struct ModelSpecFile {
     /// The HF class, e.g. `LlamaForCausalLM`.
     pub family: String,
-    pub source: Source,
+    pub source: SourceFile,
     /// HF config keys. For `random` models this *is* the config; for `path` models it is optional
     /// and must agree with the checkpoint's config.json.
     #[serde(default)]
@@ -42,9 +42,10 @@ pub enum Source {
     Path { path: PathBuf, allow_outside_root: bool },
 }
 
+/// `source:` as written: exactly one of `random` and `path` (checked with a located error).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SourceFile {
+pub struct SourceFile {
     #[serde(default)]
     random: Option<RandomFile>,
     #[serde(default)]
@@ -60,16 +61,14 @@ struct RandomFile {
     seed: u64,
 }
 
-impl<'de> Deserialize<'de> for Source {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        use serde::de::Error as _;
-        let f = SourceFile::deserialize(d)?;
-        match (f.random, f.path) {
-            (Some(r), None) if !f.allow_outside_root => Ok(Source::Random { seed: r.seed }),
-            (Some(_), None) => Err(D::Error::custom("`allow_outside_root` only applies to `path` sources")),
-            (None, Some(path)) => Ok(Source::Path { path, allow_outside_root: f.allow_outside_root }),
-            (Some(_), Some(_)) => Err(D::Error::custom("give either `random` or `path` as the source, not both")),
-            (None, None) => Err(D::Error::custom("the source needs `random: {seed: N}` or `path: DIR`")),
+impl SourceFile {
+    fn resolve(&self) -> std::result::Result<Source, &'static str> {
+        match (&self.random, &self.path) {
+            (Some(r), None) if !self.allow_outside_root => Ok(Source::Random { seed: r.seed }),
+            (Some(_), None) => Err("`allow_outside_root` only applies to `path` sources"),
+            (None, Some(path)) => Ok(Source::Path { path: path.clone(), allow_outside_root: self.allow_outside_root }),
+            (Some(_), Some(_)) => Err("give either `random` or `path` as the source, not both"),
+            (None, None) => Err("the source needs `random: {seed: N}` or `path: DIR`"),
         }
     }
 }
@@ -292,6 +291,8 @@ pub struct Case {
     pub inputs: Inputs,
     pub taps: Vec<Tap>,
     pub engines: Option<Vec<String>>,
+    /// Where each entry of `engines:` is, for errors found later (unknown engine).
+    pub engine_positions: Vec<Option<Pos>>,
     pub compare_padding: bool,
 }
 
@@ -313,7 +314,8 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
         };
         doc.err("family", format!("unknown model family `{}`", spec.family)).hint(hint)
     })?;
-    let dir = match &spec.source {
+    let source = spec.source.resolve().map_err(|m| doc.err("source", m))?;
+    let dir = match &source {
         Source::Random { .. } => {
             if spec.config.is_empty() {
                 return Err(doc
@@ -330,6 +332,20 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
                         .hint("set `allow_outside_root: true` under `source:` if this is intended")
                 })?;
             }
+            if dir.is_dir()
+                && !dir.join("model.safetensors").exists()
+                && let Some(p) = PICKLES.iter().find(|p| dir.join(p).exists())
+            {
+                return Err(doc
+                    .err(
+                        "source.path",
+                        format!(
+                            "`{}` holds only a pickled checkpoint `{p}`; pickles are refused (they can run code)",
+                            path.display()
+                        ),
+                    )
+                    .hint("convert it to model.safetensors (safetensors.torch.save_file)"));
+            }
             dir
         }
     };
@@ -345,8 +361,11 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
     }
     let config = Config::new(config, file.clone());
     (family.validate)(&config).map_err(|e| e.file(&file).at(doc.pos("config")))?;
-    Ok(ModelSpec { id: id.to_string(), file, family, source: spec.source, dtype: spec.dtype, dir, config })
+    Ok(ModelSpec { id: id.to_string(), file, family, source, dtype: spec.dtype, dir, config })
 }
+
+/// Checkpoint files that are Python pickles: never loaded.
+pub const PICKLES: &[&str] = &["pytorch_model.bin", "model.bin", "model.pt", "model.pth", "model.ckpt"];
 
 /// Refuse paths that leave `root`, lexically (`..`) or through a symlink.
 fn check_inside(root: &Path, dir: &Path) -> std::result::Result<(), String> {
@@ -444,6 +463,9 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
         model,
         inputs,
         taps,
+        engine_positions: (0..cf.engines.as_ref().map_or(0, |e| e.len()))
+            .map(|i| doc.pos(&format!("engines[{i}]")))
+            .collect(),
         engines: cf.engines,
         compare_padding: cf.compare_padding,
     })
@@ -490,7 +512,9 @@ fn matrix(doc: &Doc, key: &str, rows: &IdRows, expect: Option<[usize; 2]>) -> Re
     }
     let data: Vec<i64> = rows_v.iter().flat_map(|r| r.iter().copied()).collect();
     if let Some(i) = data.iter().position(|&v| v < 0) {
-        return Err(doc.err(&path_of(i / seq, i % seq), format!("negative value {} in `{key}`", data[i])));
+        return Err(doc
+            .err(&path_of(i / seq, i % seq), format!("negative value {} in `{key}`", data[i]))
+            .hint("ids, masks and token types are non-negative integers"));
     }
     let _ = path_of;
     Ok(IdMatrix { batch, seq, data })
@@ -591,7 +615,9 @@ fn expand_taps(doc: &Doc, specs: &[TapSpec], modules: &[Module], default_tol: &T
     for (i, spec) in specs.iter().enumerate() {
         let path = format!("taps[{i}]");
         if spec.pattern.trim().is_empty() {
-            return Err(doc.err(&path, "empty tap name"));
+            return Err(doc
+                .err(&path, "empty tap name")
+                .hint("name an HF module path, e.g. `model.layers.*.mlp`, or `logits`"));
         }
         let tol = match &spec.tolerance {
             Some(t) => {

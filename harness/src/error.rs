@@ -121,10 +121,12 @@ pub fn display_path(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// Lowercase the first letter of a message from a library, unless it starts an acronym (`EOF`).
 pub(crate) fn lowercase_first(s: &str) -> String {
     let mut c = s.chars();
+    let second_upper = s.chars().nth(1).is_some_and(|ch| ch.is_uppercase() || ch == '/');
     match c.next() {
-        Some(first) if !s.starts_with("I/O") => first.to_lowercase().chain(c).collect(),
+        Some(first) if !second_upper => first.to_lowercase().chain(c).collect(),
         _ => s.to_string(),
     }
 }

@@ -113,18 +113,22 @@ impl Suite {
         match &case.engines {
             Some(names) => names
                 .iter()
-                .map(|n| {
+                .enumerate()
+                .map(|(i, n)| {
+                    let pos = case.engine_positions.get(i).copied().flatten();
                     let e = self.registry.get(n).ok_or_else(|| {
                         let known = self.registry.names();
                         let hint = match did_you_mean(n, known.iter().copied()) {
                             Some(k) => format!("did you mean `{k}`?"),
                             None => format!("known engines: {}", known.join(", ")),
                         };
-                        Error::input(format!("unknown engine `{n}`")).file(&case.file).hint(hint)
+                        Error::input(format!("unknown engine `{n}`")).file(&case.file).at(pos).hint(hint)
                     })?;
                     if !e.supports(case.model.family) {
                         return Err(Error::input(format!("engine `{n}` does not support {}", case.model.family.class))
-                            .file(&case.file));
+                            .file(&case.file)
+                            .at(pos)
+                            .hint("remove it from `engines:`"));
                     }
                     Ok(e.clone())
                 })

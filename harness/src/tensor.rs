@@ -146,16 +146,17 @@ fn precheck_shape(bytes: &[u8]) -> Result<()> {
     }
     let mut total: u64 = 1;
     for part in rest[open + 1..close].split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let d: u64 = part
-            .trim_end_matches('L')
-            .parse()
-            .map_err(|_| Error::golden(format!("invalid dimension `{part}` in the .npy header")))?;
+        let d: u64 = part.trim_end_matches('L').parse().map_err(|_| {
+            Error::golden(format!("invalid dimension `{part}` in the .npy header")).hint("the file is corrupt")
+        })?;
         total = total.checked_mul(d).ok_or_else(|| {
             Error::golden(format!("shape ({}) has more elements than fit in memory", &rest[open + 1..close]))
+                .hint("the header is corrupt or hostile")
         })?;
     }
     if total > isize::MAX as u64 / 8 {
-        return Err(Error::golden(format!("shape ({}) has more elements than fit in memory", &rest[open + 1..close])));
+        return Err(Error::golden(format!("shape ({}) has more elements than fit in memory", &rest[open + 1..close]))
+            .hint("the header is corrupt or hostile"));
     }
     Ok(())
 }
@@ -187,6 +188,18 @@ fn decode(bytes: &[u8], declared: Option<&str>) -> Result<Decoded> {
         DType::Plain(ts) => ts,
         other => return Err(Error::golden(format!("structured dtype `{}` is not a tensor", other.descr()))),
     };
+    match ts.type_char() {
+        TypeChar::Float | TypeChar::Int | TypeChar::Uint | TypeChar::Bool => {}
+        TypeChar::Object => {
+            return Err(Error::golden("object (pickled) arrays are refused: they can run code")
+                .hint("goldens hold plain numbers; save with allow_pickle=False"));
+        }
+        _ => {
+            return Err(Error::golden(format!("unsupported dtype `{ts}`")).hint(
+                "goldens must be float32, float64, float16, bfloat16 (declared in the manifest), int64, int32, int8, uint8 or bool",
+            ));
+        }
+    }
     let size = ts.size_field() as usize;
     let big = ts.endianness() == npyz::Endianness::Big && size > 1;
     if big {

@@ -34,6 +34,7 @@ pub fn compare_tap(
     actual: Option<&Tensor>,
     golden: Result<Tensor>,
     noise_floor: Option<f64>,
+    golden_file: Option<&std::path::Path>,
 ) -> TapReport {
     let mut rep = TapReport {
         name: tap.name.clone(),
@@ -75,13 +76,16 @@ pub fn compare_tap(
     rep.first_mismatch_index = m.first_mismatch_at.map(|i| unravel(i, shape));
     if m.golden_nonfinite > 0 {
         let at = m.first_golden_nonfinite_at.map(|i| unravel(i, shape));
-        rep.status = TapStatus::Error {
-            message: format!(
-                "the golden holds {} NaN/Inf values (first at {}); goldens must be finite",
-                m.golden_nonfinite,
-                crate::report::terminal::index(&at)
-            ),
-        };
+        let mut err = crate::Error::golden(format!(
+            "the golden holds {} NaN/Inf values (first at {})",
+            m.golden_nonfinite,
+            crate::report::terminal::index(&at)
+        ))
+        .hint("goldens must be finite: check the reference run for an overflow, then regenerate");
+        if let Some(p) = golden_file {
+            err = err.file(p);
+        }
+        rep.status = TapStatus::Error { message: err.to_string() };
     } else {
         let failures =
             tap.tolerance.check(Observed { metrics: &m, logits: rep.logits.as_ref(), noise_floor: rep.noise_floor });
@@ -134,8 +138,17 @@ pub fn run(
         }
     };
     for tap in taps {
-        let floor = goldens.entry(&tap.name).and_then(|e| e.noise.as_ref()).map(|n| n.floor);
-        report.taps.push(compare_tap(case, tap, outputs.get(&tap.name), goldens.load(&tap.name), floor));
+        let entry = goldens.entry(&tap.name);
+        let floor = entry.and_then(|e| e.noise.as_ref()).map(|n| n.floor);
+        let file = entry.map(|e| goldens.dir.join(&e.file));
+        report.taps.push(compare_tap(
+            case,
+            tap,
+            outputs.get(&tap.name),
+            goldens.load(&tap.name),
+            floor,
+            file.as_deref(),
+        ));
     }
     report.first_divergence = crate::diagnose::first_divergence(&report.taps);
     if report.taps.iter().any(|t| matches!(t.status, TapStatus::Error { .. })) {

@@ -100,6 +100,7 @@ impl Doc {
         // position is reported separately, once.
         let msg = strip_positions(&e.to_string());
         let (msg, hint) = humanize(&msg);
+        let pos = self.better_pos(&msg).or(pos);
         let mut err = Error::input(msg).file(&self.file).at(pos);
         if let Some(h) = hint {
             err = err.hint(h);
@@ -108,12 +109,37 @@ impl Doc {
     }
 }
 
+impl Doc {
+    /// libyaml places some errors at the document start; find the offending line instead.
+    fn better_pos(&self, msg: &str) -> Option<Pos> {
+        let line_of = |pred: &dyn Fn(&str) -> bool, nth: usize| {
+            self.text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| pred(l))
+                .nth(nth)
+                .map(|(i, l)| Pos { line: i + 1, col: l.len() - l.trim_start().len() + 1 })
+        };
+        if let Some(key) = msg.strip_prefix("duplicate key `").and_then(|r| r.split('`').next()) {
+            let is_key = |l: &str| {
+                let t = l.trim_start().trim_start_matches("- ");
+                t.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':'))
+            };
+            return line_of(&is_key, 1);
+        }
+        if msg.contains("more than one YAML document") {
+            return line_of(&|l: &str| l.trim_end() == "---", usize::from(self.text.trim_start().starts_with("---")));
+        }
+        None
+    }
+}
+
 /// Rewrite serde's messages in the project's voice, with a hint where one helps.
 fn humanize(msg: &str) -> (String, Option<String>) {
     if let Some(rest) = msg_after(msg, "unknown field `") {
         let (prefix, _) = msg.split_at(msg.find("unknown field `").unwrap_or(0));
         let key = rest.split('`').next().unwrap_or("");
-        let expected: Vec<&str> = rest.split('`').skip(1).filter(|s| s.chars().any(|c| c.is_alphanumeric())).collect();
+        let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
         let hint = match did_you_mean(key, expected.iter().copied()) {
             Some(k) => format!("did you mean `{k}`?"),
             None if expected.is_empty() => "this mapping takes no keys".to_string(),
@@ -126,7 +152,7 @@ fn humanize(msg: &str) -> (String, Option<String>) {
     if let Some(rest) = msg_after(msg, "unknown variant `") {
         let (prefix, _) = msg.split_at(msg.find("unknown variant `").unwrap_or(0));
         let val = rest.split('`').next().unwrap_or("");
-        let expected: Vec<&str> = rest.split('`').skip(1).filter(|s| s.chars().any(|c| c.is_alphanumeric())).collect();
+        let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
         let hint = match did_you_mean(val, expected.iter().copied()) {
             Some(k) => format!("did you mean `{k}`?"),
             None => {
@@ -146,8 +172,18 @@ fn humanize(msg: &str) -> (String, Option<String>) {
             Some("YAML aliases that expand exponentially (an alias bomb) are refused".into()),
         );
     }
-    if msg.contains("duplicate entry") || msg.contains("duplicate field") {
-        return (msg.replace("duplicate field", "duplicate key"), Some("each key may appear once per mapping".into()));
+    if let Some(rest) = msg_after(msg, "duplicate field `").or_else(|| msg_after(msg, "duplicate entry with key \"")) {
+        let key = rest.split(['`', '"']).next().unwrap_or("");
+        return (format!("duplicate key `{key}`"), Some("each key may appear once per mapping".into()));
+    }
+    if msg.contains("more than one document") {
+        return (
+            "the file holds more than one YAML document".into(),
+            Some("a case or model spec is one document; remove the `---` separator and what follows".into()),
+        );
+    }
+    if let Some(i) = msg.find("expected struct ") {
+        return (format!("{}expected a mapping of keys", &msg[..i]), Some("see README.md for the schema".into()));
     }
     if msg.starts_with("invalid type") || msg.contains(": invalid type") {
         return (msg.to_string(), Some("check the value's type against README.md's schema".into()));

@@ -21,8 +21,11 @@ fn case_error(repo: &TempRepo, id: &str) -> Option<String> {
         Err(e) => return Some(e.to_string()),
     };
     let suite = repo.suite(vec![]);
-    let engine = suite.registry.get("reference").unwrap().clone();
-    let r = suite.run_trial(&case, &engine);
+    let engines = match suite.engines_for(&case) {
+        Ok(e) => e,
+        Err(e) => return Some(e.to_string()),
+    };
+    let r = suite.run_trial(&case, &engines[0]);
     r.error.or_else(|| r.taps.iter().find_map(harness::report::terminal::tap_problem))
 }
 
@@ -39,7 +42,8 @@ fn bad_cases_give_located_one_line_errors() {
     for f in corpus("cases") {
         let name = f.file_stem().unwrap().to_string_lossy().to_string();
         let id = format!("bad/{name}");
-        repo.write(&format!("cases/{id}.yaml"), &std::fs::read_to_string(&f).unwrap());
+        std::fs::create_dir_all(repo.path("cases/bad")).unwrap();
+        std::fs::write(repo.path(&format!("cases/{id}.yaml")), std::fs::read(&f).unwrap()).unwrap();
         let msg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case_error(&repo, &id)))
             .unwrap_or_else(|_| panic!("{name}: panicked"))
             .unwrap_or_else(|| panic!("{name}: no error"));
@@ -47,6 +51,24 @@ fn bad_cases_give_located_one_line_errors() {
         out += &check_line(&name, &msg, "cases/bad/");
     }
     insta::assert_snapshot!("cases", out);
+}
+
+#[test]
+fn bad_model_specs_give_located_one_line_errors() {
+    let repo = TempRepo::with_cases(&["llama/mha"]);
+    let mut out = String::new();
+    for f in corpus("models") {
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        repo.write(&format!("cases/models/{name}.yaml"), &std::fs::read_to_string(&f).unwrap());
+        let msg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            harness::case::load_model_spec(repo.root(), &name).err().map(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| panic!("{name}: panicked"))
+        .unwrap_or_else(|| panic!("{name}: no error"));
+        let msg = msg.replace(&repo.root().display().to_string(), "<repo>");
+        out += &check_line(&name, &msg, &format!("cases/models/{name}.yaml"));
+    }
+    insta::assert_snapshot!("models", out);
 }
 
 #[test]
@@ -62,4 +84,127 @@ fn bad_npy_files_are_refused_with_the_reason() {
         out += &check_line(&name, &msg, &name);
     }
     insta::assert_snapshot!("npy", out);
+}
+
+/// Re-sign one golden's sha256 in its manifest (as if tools/ had written the file).
+fn resign(repo: &TempRepo, case: &str, tap: &str) {
+    let path = repo.path(&format!("goldens/{case}/{tap}.npy"));
+    let mpath = repo.path(&format!("goldens/{case}/manifest.json"));
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    for e in m["taps"].as_array_mut().unwrap() {
+        if e["name"] == tap {
+            e["sha256"] = harness::golden::sha256_file(&path).unwrap().into();
+        }
+    }
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+fn edit_manifest(repo: &TempRepo, f: impl FnOnce(&mut serde_json::Value)) {
+    let mpath = repo.path("goldens/llama/mha/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    f(&mut m);
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Bad inputs that need more than one file: goldens and manifests tampered with, model
+/// directories that escape the repository or hold only a pickle.
+#[test]
+fn constructed_bad_inputs() {
+    type Setup = fn(&TempRepo);
+    let scenarios: Vec<(&str, Setup)> = vec![
+        ("stale-case", |r| {
+            let p = r.path("cases/llama/mha.yaml");
+            let t = std::fs::read_to_string(&p).unwrap().replace("[[1, 17,", "[[1, 18,");
+            std::fs::write(p, t).unwrap();
+        }),
+        ("stale-model-spec", |r| {
+            let p = r.path("cases/models/llama-tiny-mha.yaml");
+            let t = std::fs::read_to_string(&p).unwrap() + "# edited\n";
+            std::fs::write(p, t).unwrap();
+        }),
+        ("golden-edited-behind-manifest", |r| {
+            let p = r.path("goldens/llama/mha/logits.npy");
+            let mut b = std::fs::read(&p).unwrap();
+            let n = b.len();
+            b[n - 1] ^= 0x40;
+            std::fs::write(p, b).unwrap();
+        }),
+        ("golden-with-nan", |r| {
+            let p = r.path("goldens/llama/mha/logits.npy");
+            let mut b = std::fs::read(&p).unwrap();
+            let n = b.len();
+            b[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+            std::fs::write(p, b).unwrap();
+            resign(r, "llama/mha", "logits");
+        }),
+        ("golden-truncated", |r| {
+            let p = r.path("goldens/llama/mha/model.norm.npy");
+            let b = std::fs::read(&p).unwrap();
+            std::fs::write(p, &b[..b.len() - 10]).unwrap();
+            resign(r, "llama/mha", "model.norm");
+        }),
+        ("manifest-not-json", |r| {
+            std::fs::write(r.path("goldens/llama/mha/manifest.json"), "{\"format\": 1,").unwrap()
+        }),
+        ("manifest-shape-differs", |r| {
+            edit_manifest(r, |m| {
+                for e in m["taps"].as_array_mut().unwrap() {
+                    if e["name"] == "logits" {
+                        e["shape"] = serde_json::json!([1, 12, 255]);
+                    }
+                }
+            })
+        }),
+        ("manifest-file-escapes", |r| {
+            edit_manifest(r, |m| {
+                for e in m["taps"].as_array_mut().unwrap() {
+                    if e["name"] == "logits" {
+                        e["file"] = "../../../etc/passwd".into();
+                    }
+                }
+            })
+        }),
+        ("manifest-missing-tap", |r| {
+            edit_manifest(r, |m| m["taps"].as_array_mut().unwrap().retain(|e| e["name"] != "model.norm"))
+        }),
+        ("weights-missing", |r| {
+            std::fs::remove_file(r.path("goldens/models/llama-tiny-mha/model.safetensors")).unwrap()
+        }),
+        ("weights-pickle-only", |r| {
+            std::fs::create_dir_all(r.path("models/pickled")).unwrap();
+            std::fs::copy(r.path("goldens/models/llama-tiny-mha/config.json"), r.path("models/pickled/config.json"))
+                .unwrap();
+            std::fs::write(r.path("models/pickled/pytorch_model.bin"), b"\x80\x02}q\x00.").unwrap();
+            std::fs::write(
+                r.path("cases/models/llama-tiny-mha.yaml"),
+                "family: LlamaForCausalLM\nsource:\n  path: models/pickled\n",
+            )
+            .unwrap();
+        }),
+        ("model-path-symlink-escapes", |r| {
+            let outside = tempfile::tempdir().unwrap().keep();
+            std::os::unix::fs::symlink(outside, r.path("models-link")).unwrap();
+            std::fs::write(
+                r.path("cases/models/llama-tiny-mha.yaml"),
+                "family: LlamaForCausalLM\nsource:\n  path: models-link\n",
+            )
+            .unwrap();
+        }),
+    ];
+    let mut out = String::new();
+    for (name, setup) in scenarios {
+        let repo = TempRepo::with_cases(&["llama/mha"]);
+        setup(&repo);
+        let msg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case_error(&repo, "llama/mha")))
+            .unwrap_or_else(|_| panic!("{name}: panicked"))
+            .unwrap_or_else(|| panic!("{name}: no error"));
+        let msg = msg.replace(&repo.root().display().to_string(), "<repo>");
+        // The symlink's temp target varies from run to run.
+        let msg = match msg.split_once("resolves to `") {
+            Some((a, b)) => format!("{a}resolves to `<outside>{}", &b[b.find('`').unwrap()..]),
+            None => msg,
+        };
+        out += &check_line(name, &msg, "<repo>/");
+    }
+    insta::assert_snapshot!("constructed", out);
 }

@@ -54,11 +54,14 @@ impl LlamaDims {
         if act != "silu" {
             return Err(c.err(format!("hidden_act `{act}` is not supported for Llama")).hint("Llama uses `silu`"));
         }
+        let vocab = c.usize("vocab_size")?;
+        let (layers, intermediate) = (c.usize("num_hidden_layers")?, c.usize("intermediate_size")?);
+        super::check_param_count(c, &[&[vocab, hidden], &[layers, hidden, intermediate], &[layers, hidden, hidden]])?;
         Ok(LlamaDims {
-            vocab: c.usize("vocab_size")?,
+            vocab,
             hidden,
-            intermediate: c.usize("intermediate_size")?,
-            layers: c.usize("num_hidden_layers")?,
+            intermediate,
+            layers,
             heads,
             kv_heads,
             head_dim,

@@ -75,6 +75,21 @@ pub fn lookup(class: &str) -> Option<&'static Family> {
     FAMILIES.iter().copied().find(|f| f.class == class)
 }
 
+/// Refuse configs whose weight matrices cannot exist: each product of dims (e.g.
+/// `[vocab, hidden]`) must fit in memory (2^40 elements, 4 TiB of float32, is the limit).
+pub fn check_param_count(c: &Config, products: &[&[usize]]) -> Result<()> {
+    const LIMIT: usize = 1 << 40;
+    for dims in products {
+        let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if n.is_none_or(|n| n > LIMIT) {
+            return Err(c
+                .err(format!("config dimensions {dims:?} imply more than 2^40 weights in one matrix"))
+                .hint("check the config's sizes; tiny random models use dims in the tens or hundreds"));
+        }
+    }
+    Ok(())
+}
+
 /// An HF config (config.json keys), with typed getters whose errors name the model spec.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -156,7 +171,9 @@ impl Config {
             let ty =
                 scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
             if ty != "default" {
-                return Err(self.err(format!("rope_scaling `{ty}` is not supported by the reference engine")));
+                return Err(self
+                    .err(format!("rope_scaling `{ty}` is not supported by the reference engine"))
+                    .hint("only the default RoPE is implemented; remove `rope_scaling`"));
             }
         }
         self.f64_or("rope_theta", default)
