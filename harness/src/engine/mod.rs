@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::case::{Inputs, ModelSpec};
-use crate::error::Result;
+use crate::case::{IdMatrix, Inputs, ModelSpec};
+use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::tensor::Tensor;
 
@@ -33,6 +33,14 @@ pub trait LoadedModel: Send + Sync {
     /// Taps this engine can produce for this model; `None` means every module of the family.
     fn taps(&self) -> Option<Vec<String>> {
         None
+    }
+    /// Incremental decoding with a KV cache, for `decode:` cases: step 0 runs the prompt, step k
+    /// feeds `tokens[:, k-1]` alone, positions continuing from the prompt length. Returns one
+    /// `Outputs` per step (`tokens.seq + 1` of them), taps under their plain names (no `@step`).
+    fn decode(&self, prompt: &Inputs, tokens: &IdMatrix, taps: &[&str]) -> Result<Vec<Outputs>> {
+        let _ = (prompt, tokens, taps);
+        Err(Error::engine("this engine does not support incremental decoding (`decode:` cases)")
+            .hint("list only engines that decode under the case's `engines:`"))
     }
 }
 

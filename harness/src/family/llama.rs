@@ -21,10 +21,22 @@ pub struct LlamaDims {
     pub attention_bias: bool,
     pub mlp_bias: bool,
     pub act: String,
+    /// Qwen3: RMSNorm over each query / key head (`q_norm`, `k_norm`) before RoPE.
+    pub qk_norm: bool,
 }
 
 impl LlamaDims {
+    /// LlamaForCausalLM: `head_dim` defaults to hidden_size / num_attention_heads.
     pub fn from_config(c: &Config) -> Result<Self> {
+        Self::parse(c, false)
+    }
+
+    /// Qwen3ForCausalLM: `head_dim` defaults to 128 (Qwen3Config), q_norm / k_norm, no MLP bias.
+    pub fn qwen3(c: &Config) -> Result<Self> {
+        Self::parse(c, true)
+    }
+
+    fn parse(c: &Config, qwen3: bool) -> Result<Self> {
         let hidden = c.usize("hidden_size")?;
         let heads = c.usize("num_attention_heads")?;
         let kv_heads = c.usize_or("num_key_value_heads", heads)?;
@@ -36,7 +48,7 @@ impl LlamaDims {
                 .err(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"))
                 .hint("grouped-query attention shares each key/value head among a whole number of query heads"));
         }
-        let head_dim = match c.opt_usize("head_dim")? {
+        let head_dim = match c.opt_usize("head_dim")?.or(qwen3.then_some(128)) {
             Some(d) => d,
             None => {
                 if hidden % heads != 0 {
@@ -69,8 +81,9 @@ impl LlamaDims {
             rope_theta: c.rope_theta(10000.0)?,
             tie_embeddings: c.bool_or("tie_word_embeddings", false)?,
             attention_bias: c.bool_or("attention_bias", false)?,
-            mlp_bias: c.bool_or("mlp_bias", false)?,
+            mlp_bias: !qwen3 && c.bool_or("mlp_bias", false)?,
             act,
+            qk_norm: qwen3,
         })
     }
 }
@@ -97,14 +110,24 @@ pub fn decoder_layer_modules(prefix: &str, attn: &[&str]) -> Vec<Module> {
 }
 
 fn modules(c: &Config) -> Result<Vec<Module>> {
-    let d = LlamaDims::from_config(c)?;
+    Ok(decoder_modules(&LlamaDims::from_config(c)?))
+}
+
+/// Every module of a Llama-like causal LM (Llama, Qwen3) in completion order. q_norm runs on
+/// q_proj's output before k_proj starts (likewise k_norm), as HF's recorded module_order shows.
+pub fn decoder_modules(d: &LlamaDims) -> Vec<Module> {
+    let attn: &[&str] = if d.qk_norm {
+        &["q_proj", "q_norm", "k_proj", "k_norm", "v_proj", "o_proj"]
+    } else {
+        &["q_proj", "k_proj", "v_proj", "o_proj"]
+    };
     let mut m = vec![Module::tokens("model.embed_tokens"), Module::with_kind("model.rotary_emb", TapKind::Positions)];
     for i in 0..d.layers {
-        m.extend(decoder_layer_modules(&format!("model.layers.{i}"), &["q_proj", "k_proj", "v_proj", "o_proj"]));
+        m.extend(decoder_layer_modules(&format!("model.layers.{i}"), attn));
     }
     m.push(Module::tokens("model.norm"));
     m.push(Module::tokens("last_hidden_state"));
     m.push(Module::tokens("lm_head"));
     m.push(Module::tokens("logits"));
-    Ok(m)
+    m
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 
 pub mod llama;
+pub mod qwen3;
 
 /// How a tap's axes line up with the input tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -65,7 +66,7 @@ impl std::fmt::Debug for Family {
     }
 }
 
-static FAMILIES: &[&Family] = &[&llama::LLAMA];
+static FAMILIES: &[&Family] = &[&llama::LLAMA, &qwen3::QWEN3];
 
 pub fn all() -> &'static [&'static Family] {
     FAMILIES

@@ -1,15 +1,25 @@
-//! LlamaForCausalLM, following transformers' modeling_llama.py (eager attention, float32).
+//! The Llama-like decoder of `LlamaForCausalLM` and `Qwen3ForCausalLM`, following transformers'
+//! modeling_llama.py and modeling_qwen3.py (eager attention, float32). Qwen3 differs only by the
+//! per-head `q_norm` / `k_norm` before RoPE and its `head_dim` default (see `LlamaDims`).
+//!
+//! `run` is the full forward; `decode` feeds the prompt, then one token per step through a
+//! [`KvCache`], positions continuing from the prompt length.
 
 use candle_core::{Device, Tensor as CTensor};
 
-use super::ops::{apply_rope, attention, attention_bias, linear, repeat_kv, rms_norm, rope_tables};
-use super::{Mutation, Recorder, Weights, input_ids};
-use crate::case::{Inputs, ModelSpec};
+use super::kv_cache::KvCache;
+use super::ops::{
+    apply_rope, apply_rope_interleaved, attention, attention_bias, ids_tensor, linear, repeat_kv, repeat_kv_tiled,
+    rms_norm, rope_tables,
+};
+use super::{Mutation, Recorder, Weights};
+use crate::case::{IdMatrix, Inputs, ModelSpec};
 use crate::engine::{LoadedModel, Outputs};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::family::llama::LlamaDims;
 
 pub const CLASS: &str = "LlamaForCausalLM";
+pub const QWEN3_CLASS: &str = "Qwen3ForCausalLM";
 
 struct Layer {
     in_norm: CTensor,
@@ -17,6 +27,8 @@ struct Layer {
     k: (CTensor, Option<CTensor>),
     v: (CTensor, Option<CTensor>),
     o: (CTensor, Option<CTensor>),
+    /// Qwen3's q_norm and k_norm weights (`[head_dim]`).
+    qk_norm: Option<(CTensor, CTensor)>,
     post_norm: CTensor,
     gate: (CTensor, Option<CTensor>),
     up: (CTensor, Option<CTensor>),
@@ -29,7 +41,6 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: CTensor,
     lm_head: CTensor,
-    #[allow(dead_code)]
     mutation: Option<Mutation>,
 }
 
@@ -41,17 +52,29 @@ fn lin(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<(C
 
 impl Llama {
     pub fn new(spec: &ModelSpec, w: Weights, mutation: Option<Mutation>) -> Result<Self> {
-        let d = LlamaDims::from_config(&spec.config)?;
+        let d = match spec.family.class {
+            QWEN3_CLASS => LlamaDims::qwen3(&spec.config)?,
+            _ => LlamaDims::from_config(&spec.config)?,
+        };
         let (h, hd) = (d.hidden, d.head_dim);
         let mut layers = Vec::with_capacity(d.layers);
         for i in 0..d.layers {
             let p = format!("model.layers.{i}");
+            let qk_norm = if d.qk_norm {
+                Some((
+                    w.get(&format!("{p}.self_attn.q_norm.weight"), &[hd])?,
+                    w.get(&format!("{p}.self_attn.k_norm.weight"), &[hd])?,
+                ))
+            } else {
+                None
+            };
             layers.push(Layer {
                 in_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
                 q: lin(&w, &format!("{p}.self_attn.q_proj"), d.heads * hd, h, d.attention_bias)?,
                 k: lin(&w, &format!("{p}.self_attn.k_proj"), d.kv_heads * hd, h, d.attention_bias)?,
                 v: lin(&w, &format!("{p}.self_attn.v_proj"), d.kv_heads * hd, h, d.attention_bias)?,
                 o: lin(&w, &format!("{p}.self_attn.o_proj"), h, d.heads * hd, d.attention_bias)?,
+                qk_norm,
                 post_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 gate: lin(&w, &format!("{p}.mlp.gate_proj"), d.intermediate, h, d.mlp_bias)?,
                 up: lin(&w, &format!("{p}.mlp.up_proj"), d.intermediate, h, d.mlp_bias)?,
@@ -65,26 +88,46 @@ impl Llama {
         };
         Ok(Llama { embed, layers, norm: w.get("model.norm.weight", &[h])?, lm_head, d, mutation })
     }
-}
 
-impl LoadedModel for Llama {
-    fn run(&self, inputs: &Inputs, taps: &[&str]) -> Result<Outputs> {
+    fn mutated(&self, m: &Mutation) -> bool {
+        self.mutation.as_ref() == Some(m)
+    }
+
+    /// One forward over `ids` (`[b, s]`). Without a cache the positions are `0..s`; with one they
+    /// continue from the tokens it holds, and the new keys/values are appended to it. `mask`
+    /// marks padding among the first `mask.seq` keys (1 = real token).
+    fn forward(
+        &self,
+        ids: &IdMatrix,
+        mask: Option<&IdMatrix>,
+        mut cache: Option<&mut KvCache>,
+        rec: &mut Recorder,
+    ) -> Result<()> {
         let dev = Device::Cpu;
         let d = &self.d;
-        let (b, s) = (inputs.input_ids.batch, inputs.input_ids.seq);
-        let mut rec = Recorder::new(taps);
+        let (b, s) = (ids.batch, ids.seq);
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let total = past + s;
 
-        let mut x = self.embed.embedding(&input_ids(inputs)?.flatten_all()?)?.reshape((b, s, d.hidden))?;
+        let mut x =
+            self.embed.embedding(&ids_tensor(&ids.data, b, s, &dev)?.flatten_all()?)?.reshape((b, s, d.hidden))?;
         rec.tap("model.embed_tokens", &x);
 
-        let pos: Vec<usize> = (0..s).collect();
+        let pos: Vec<usize> = (past..total).collect();
         let (cos, sin) = rope_tables(&pos, d.head_dim, d.rope_theta, &dev)?;
         rec.tap("model.rotary_emb", &cos.unsqueeze(0)?);
 
-        // Causal, and keys that are padding are never attended to.
-        let bias = attention_bias(|bi, i, j| j <= i && inputs.is_real(bi, j), b, s, s, &dev)?;
-        let scale = 1.0 / (d.head_dim as f64).sqrt();
+        // Causal over all `total` keys, and keys that are padding are never attended to.
+        let ignore_mask = self.mutated(&Mutation::IgnoreAttentionMask);
+        let real = |bi: usize, j: usize| match mask {
+            Some(m) if j < m.seq && !ignore_mask => m.data[bi * m.seq + j] != 0,
+            _ => true,
+        };
+        let bias = attention_bias(|bi, i, j| j <= past + i && real(bi, j), b, s, total, &dev)?;
+        let scale = if self.mutated(&Mutation::NoAttentionScale) { 1.0 } else { 1.0 / (d.head_dim as f64).sqrt() };
         let n_rep = d.heads / d.kv_heads;
+        // Decode steps only (the prompt is written correctly): the new token lands one slot late.
+        let cache_skew = usize::from(past > 0 && self.mutated(&Mutation::KvCacheWrongPosition));
 
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
@@ -93,24 +136,38 @@ impl LoadedModel for Llama {
 
             let q = linear(&h, &l.q.0, l.q.1.as_ref())?;
             rec.tap(&format!("{p}.self_attn.q_proj"), &q);
+            let mut q = q.reshape((b, s, d.heads, d.head_dim))?;
+            if let Some((qn, _)) = &l.qk_norm {
+                q = rms_norm(&q, qn, d.rms_eps)?;
+                rec.tap(&format!("{p}.self_attn.q_norm"), &q);
+            }
             let k = linear(&h, &l.k.0, l.k.1.as_ref())?;
             rec.tap(&format!("{p}.self_attn.k_proj"), &k);
+            let mut k = k.reshape((b, s, d.kv_heads, d.head_dim))?;
+            if let Some((_, kn)) = &l.qk_norm {
+                k = rms_norm(&k, kn, d.rms_eps)?;
+                rec.tap(&format!("{p}.self_attn.k_norm"), &k);
+            }
             let v = linear(&h, &l.v.0, l.v.1.as_ref())?;
             rec.tap(&format!("{p}.self_attn.v_proj"), &v);
 
-            let q = q.reshape((b, s, d.heads, d.head_dim))?.transpose(1, 2)?;
-            let k = k.reshape((b, s, d.kv_heads, d.head_dim))?.transpose(1, 2)?;
+            let q = q.transpose(1, 2)?;
+            let k = k.transpose(1, 2)?;
             let v = v.reshape((b, s, d.kv_heads, d.head_dim))?.transpose(1, 2)?;
-            let q = apply_rope(&q, &cos, &sin)?;
-            let k = apply_rope(&k, &cos, &sin)?;
-            let k = repeat_kv(&k, n_rep)?;
-            let v = repeat_kv(&v, n_rep)?;
-            let a = attention(&q, &k, &v, scale, &bias)?;
+            let rope = if self.mutated(&Mutation::RopeInterleaved) { apply_rope_interleaved } else { apply_rope };
+            let q = rope(&q, &cos, &sin)?;
+            let k = rope(&k, &cos, &sin)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.write_read(i, &k, &v, past + cache_skew)?,
+                None => (k, v),
+            };
+            let repeat = if self.mutated(&Mutation::GqaWrongRepeat) { repeat_kv_tiled } else { repeat_kv };
+            let a = attention(&q, &repeat(&k, n_rep)?, &repeat(&v, n_rep)?, scale, &bias)?;
             let a = a.transpose(1, 2)?.reshape((b, s, d.heads * d.head_dim))?;
             let a = linear(&a, &l.o.0, l.o.1.as_ref())?;
             rec.tap(&format!("{p}.self_attn.o_proj"), &a);
             rec.tap(&format!("{p}.self_attn"), &a);
-            x = (x + a)?;
+            x = if self.mutated(&Mutation::NoResidual("attention")) { a } else { (x + a)? };
 
             let h = rms_norm(&x, &l.post_norm, d.rms_eps)?;
             rec.tap(&format!("{p}.post_attention_layernorm"), &h);
@@ -123,15 +180,47 @@ impl LoadedModel for Llama {
             let m = linear(&(g * u)?, &l.down.0, l.down.1.as_ref())?;
             rec.tap(&format!("{p}.mlp.down_proj"), &m);
             rec.tap(&format!("{p}.mlp"), &m);
-            x = (x + m)?;
+            x = if self.mutated(&Mutation::NoResidual("mlp")) { m } else { (x + m)? };
             rec.tap(&p, &x);
         }
-        let x = rms_norm(&x, &self.norm, d.rms_eps)?;
+        if let Some(c) = cache {
+            c.advance(s);
+        }
+        let x = if self.mutated(&Mutation::NoFinalNorm) { x } else { rms_norm(&x, &self.norm, d.rms_eps)? };
         rec.tap("model.norm", &x);
         rec.tap("last_hidden_state", &x);
         let logits = linear(&x, &self.lm_head, None)?;
         rec.tap("lm_head", &logits);
         rec.tap("logits", &logits);
+        Ok(())
+    }
+}
+
+impl LoadedModel for Llama {
+    fn run(&self, inputs: &Inputs, taps: &[&str]) -> Result<Outputs> {
+        let mut rec = Recorder::new(taps);
+        self.forward(&inputs.input_ids, inputs.attention_mask.as_ref(), None, &mut rec)?;
         rec.finish()
+    }
+
+    fn decode(&self, prompt: &Inputs, tokens: &IdMatrix, taps: &[&str]) -> Result<Vec<Outputs>> {
+        let b = prompt.input_ids.batch;
+        if tokens.batch != b {
+            return Err(Error::engine(format!("decode: {} rows of tokens for a batch of {b}", tokens.batch)));
+        }
+        // One spare slot so a cache written one slot late still fits (KvCacheWrongPosition).
+        let capacity = prompt.input_ids.seq + tokens.seq + 1;
+        let mut cache = KvCache::new(self.layers.len(), b, self.d.kv_heads, capacity, self.d.head_dim)?;
+        let mut steps = Vec::with_capacity(tokens.seq + 1);
+        let mut rec = Recorder::new(taps);
+        self.forward(&prompt.input_ids, prompt.attention_mask.as_ref(), Some(&mut cache), &mut rec)?;
+        steps.push(rec.finish()?);
+        for k in 0..tokens.seq {
+            let ids = IdMatrix { batch: b, seq: 1, data: (0..b).map(|r| tokens.row(r)[k]).collect() };
+            let mut rec = Recorder::new(taps);
+            self.forward(&ids, prompt.attention_mask.as_ref(), Some(&mut cache), &mut rec)?;
+            steps.push(rec.finish()?);
+        }
+        Ok(steps)
     }
 }

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::tensor::Tensor;
 
+pub mod kv_cache;
 pub mod llama;
 pub mod ops;
 
@@ -137,7 +138,7 @@ impl Engine for ReferenceEngine {
         &self.name
     }
     fn supports(&self, family: &Family) -> bool {
-        family.class == llama::CLASS
+        family.class == llama::CLASS || family.class == llama::QWEN3_CLASS
     }
     fn default_enabled(&self) -> bool {
         self.mutation.is_none()
@@ -147,8 +148,11 @@ impl Engine for ReferenceEngine {
         if let Some(Mutation::PerturbWeight { name, index, delta }) = &self.mutation {
             w.perturb(name, *index, *delta)?;
         }
+        if let Some(Mutation::TransposedWeight(name)) = &self.mutation {
+            w.transpose(name)?;
+        }
         match spec.family.class {
-            llama::CLASS => Ok(Box::new(llama::Llama::new(spec, w, self.mutation.clone())?)),
+            llama::CLASS | llama::QWEN3_CLASS => Ok(Box::new(llama::Llama::new(spec, w, self.mutation.clone())?)),
             other => Err(Error::engine(format!("the reference engine does not implement `{other}`"))),
         }
     }
@@ -236,6 +240,18 @@ impl Weights {
         let slot = v.get_mut(index).ok_or_else(|| Error::engine(format!("index {index} out of range for `{name}`")))?;
         *slot += delta;
         self.map.insert(name.to_string(), CTensor::from_vec(v, shape, &Device::Cpu)?);
+        Ok(())
+    }
+
+    /// Replace a square matrix by its transpose (a weight read in the wrong layout).
+    fn transpose(&mut self, name: &str) -> Result<()> {
+        let t = self.map.get(name).ok_or_else(|| Error::engine(format!("no weight `{name}` to transpose")))?;
+        match t.dims() {
+            [r, c] if r == c => {}
+            dims => return Err(Error::engine(format!("weight `{name}` of shape {dims:?} is not a square matrix"))),
+        }
+        let tt = t.t()?.contiguous()?;
+        self.map.insert(name.to_string(), tt);
         Ok(())
     }
 }

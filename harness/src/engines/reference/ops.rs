@@ -67,6 +67,24 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
 }
 
+/// RoPE over adjacent pairs `(2i, 2i+1)` with pair i's frequency (GPT-J / ggml "normal" style):
+/// the wrong pairing for HF checkpoints, used by the `RopeInterleaved` mutation. Same tables as
+/// [`apply_rope`].
+pub fn apply_rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let d = x.dim(D::Minus1)?;
+    let mut pairs = dims.clone();
+    pairs.pop();
+    pairs.extend([d / 2, 2]);
+    let xp = x.reshape(pairs)?;
+    let x0 = xp.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+    let x1 = xp.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+    let (c, s) = (cos.narrow(D::Minus1, 0, d / 2)?, sin.narrow(D::Minus1, 0, d / 2)?);
+    let y0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+    let y1 = (x1.broadcast_mul(&c)? + x0.broadcast_mul(&s)?)?;
+    Ok(Tensor::stack(&[&y0, &y1], D::Minus1)?.reshape(dims)?)
+}
+
 /// `[b, kv_heads, s, d]` -> `[b, kv_heads * n_rep, s, d]`, each kv head repeated n_rep times in a
 /// row (HF repeat_kv: query head h reads kv head h / n_rep).
 pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
@@ -75,6 +93,13 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
     }
     let (b, h, s, d) = x.dims4()?;
     Ok(x.unsqueeze(2)?.broadcast_as((b, h, n_rep, s, d))?.reshape((b, h * n_rep, s, d))?)
+}
+
+/// Like [`repeat_kv`] but tiled: query head h reads kv head `h % kv_heads` (the `GqaWrongRepeat`
+/// mutation; `torch.repeat` where HF means `repeat_interleave`).
+pub fn repeat_kv_tiled(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    let (b, h, s, d) = x.dims4()?;
+    Ok(x.unsqueeze(1)?.broadcast_as((b, n_rep, h, s, d))?.reshape((b, h * n_rep, s, d))?)
 }
 
 /// Additive attention bias `[b, 1, q, k]`: 0 where query i may attend key j, f32::MIN elsewhere.
