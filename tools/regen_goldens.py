@@ -74,7 +74,15 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
     model = hf.load(case.model, model_dir)
     declared = [n for n, _ in model.named_modules() if n] + ["last_hidden_state", "logits"]
     taps = expand_taps(case.file, case.taps, declared)
-    order, arrays = hf.run(model, case.inputs, taps)
+    if case.decode is None:
+        order, arrays = hf.run(model, case.inputs, taps)
+    else:
+        # Decode cases: every tap once per step as `{tap}@{step}`, step-major.
+        order, arrays = [], {}
+        for k, (o, a) in enumerate(hf.run_decode(model, case.inputs, case.decode, taps)):
+            order += [f"{n}@{k}" for n in o]
+            arrays.update({f"{n}@{k}": v for n, v in a.items()})
+        taps = [f"{t}@{k}" for k in range(len(case.decode[0]) + 1) for t in taps]
     never = [t for t in taps if t not in arrays]
     if never:
         raise SpecError(case.file, f"taps {never} did not produce a tensor in the HF forward (module never ran or returned no tensor)")

@@ -126,6 +126,17 @@ pub struct CaseFile {
     /// Compare positions whose attention_mask is 0 too (default: only real tokens).
     #[serde(default)]
     pub compare_padding: bool,
+    /// Incremental decoding after the prompt (causal families).
+    #[serde(default)]
+    pub decode: Option<DecodeFile>,
+}
+
+/// `decode: {tokens: [[...]]}`: tokens fed one per step after the prompt, through the KV cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeFile {
+    /// One row per batch row; step k feeds column k-1.
+    pub tokens: IdRows,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +282,32 @@ impl Inputs {
     }
 }
 
+/// A validated `decode:`: step 0 is the prompt, step k (1..=steps) feeds `tokens[:, k-1]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decode {
+    /// batch x steps.
+    pub tokens: IdMatrix,
+}
+
+impl Decode {
+    pub fn steps(&self) -> usize {
+        self.tokens.seq
+    }
+
+    /// The prompt followed by the first `k` decode tokens, as one unpadded input: what a full
+    /// forward must see to reproduce decode step `k` at its last position.
+    pub fn prefix(&self, prompt: &Inputs, k: usize) -> Inputs {
+        let p = &prompt.input_ids;
+        let seq = p.seq + k;
+        let mut data = Vec::with_capacity(p.batch * seq);
+        for b in 0..p.batch {
+            data.extend_from_slice(p.row(b));
+            data.extend_from_slice(&self.tokens.row(b)[..k]);
+        }
+        Inputs { input_ids: IdMatrix { batch: p.batch, seq, data }, attention_mask: None, token_type_ids: None }
+    }
+}
+
 /// One tap of a case after glob expansion, in forward order.
 #[derive(Debug, Clone)]
 pub struct Tap {
@@ -279,6 +316,8 @@ pub struct Tap {
     pub tolerance: Tolerance,
     /// The pattern that selected it (for messages), and where that pattern is.
     pub pattern: String,
+    /// Decode cases: the step (0 = prompt); `name` is then `{module}@{step}`.
+    pub step: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +333,9 @@ pub struct Case {
     /// Where each entry of `engines:` is, for errors found later (unknown engine).
     pub engine_positions: Vec<Option<Pos>>,
     pub compare_padding: bool,
+    /// The case's default tolerance (taps may have their own).
+    pub tolerance: Tolerance,
+    pub decode: Option<Decode>,
 }
 
 /// Read and validate a model spec; `root` is the repository root.
@@ -437,6 +479,7 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
     })?;
 
     let inputs = validate_inputs(&doc, &cf.inputs, &model)?;
+    let decode = cf.decode.as_ref().map(|d| validate_decode(&doc, &cf, d, &inputs, &model)).transpose()?;
     let default_tol = match &cf.tolerance {
         Some(t) => {
             t.validate().map_err(|m| doc.err("tolerance", m))?;
@@ -448,7 +491,10 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
         return Err(doc.err("taps", "no taps to compare").hint("list at least one, e.g. `taps: [logits]`"));
     }
     let modules = (model.family.modules)(&model.config)?;
-    let taps = expand_taps(&doc, &cf.taps, &modules, &default_tol)?;
+    let mut taps = expand_taps(&doc, &cf.taps, &modules, &default_tol)?;
+    if let Some(d) = &decode {
+        taps = per_step(&taps, d.steps());
+    }
     if let Some(engines) = &cf.engines
         && engines.is_empty()
     {
@@ -468,6 +514,8 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
             .collect(),
         engines: cf.engines,
         compare_padding: cf.compare_padding,
+        tolerance: default_tol,
+        decode,
     })
 }
 
@@ -485,14 +533,15 @@ pub fn list_model_ids(root: &Path) -> Vec<String> {
     ids
 }
 
-fn matrix(doc: &Doc, key: &str, rows: &IdRows, expect: Option<[usize; 2]>) -> Result<IdMatrix> {
+/// Rows of ids at `{section}.{key}` (e.g. `inputs.input_ids`, `decode.tokens`) as a matrix.
+fn matrix(doc: &Doc, section: &str, key: &str, rows: &IdRows, expect: Option<[usize; 2]>) -> Result<IdMatrix> {
     let rows_v = rows.rows();
     let path_of = |b: usize, s: usize| {
-        if rows.is_flat() { format!("inputs.{key}[{s}]") } else { format!("inputs.{key}[{b}][{s}]") }
+        if rows.is_flat() { format!("{section}.{key}[{s}]") } else { format!("{section}.{key}[{b}][{s}]") }
     };
-    let row_path = |b: usize| if rows.is_flat() { format!("inputs.{key}") } else { format!("inputs.{key}[{b}]") };
+    let row_path = |b: usize| if rows.is_flat() { format!("{section}.{key}") } else { format!("{section}.{key}[{b}]") };
     if rows_v.is_empty() || rows_v[0].is_empty() {
-        return Err(doc.err(&format!("inputs.{key}"), format!("`{key}` is empty")).hint("give at least one token"));
+        return Err(doc.err(&format!("{section}.{key}"), format!("`{key}` is empty")).hint("give at least one token"));
     }
     let seq = rows_v[0].len();
     for (b, r) in rows_v.iter().enumerate() {
@@ -507,7 +556,7 @@ fn matrix(doc: &Doc, key: &str, rows: &IdRows, expect: Option<[usize; 2]>) -> Re
         && e != [batch, seq]
     {
         return Err(doc
-            .err(&format!("inputs.{key}"), format!("`{key}` is {batch}x{seq} but input_ids is {}x{}", e[0], e[1]))
+            .err(&format!("{section}.{key}"), format!("`{key}` is {batch}x{seq} but input_ids is {}x{}", e[0], e[1]))
             .hint(format!("give `{key}` one value per token of input_ids")));
     }
     let data: Vec<i64> = rows_v.iter().flat_map(|r| r.iter().copied()).collect();
@@ -521,20 +570,10 @@ fn matrix(doc: &Doc, key: &str, rows: &IdRows, expect: Option<[usize; 2]>) -> Re
 }
 
 fn validate_inputs(doc: &Doc, f: &InputsFile, model: &ModelSpec) -> Result<Inputs> {
-    let ids = matrix(doc, "input_ids", &f.input_ids, None)?;
+    let ids = matrix(doc, "inputs", "input_ids", &f.input_ids, None)?;
     let flat = f.input_ids.is_flat();
-    let at = |key: &str, i: usize, seq: usize| {
-        if flat { format!("inputs.{key}[{i}]") } else { format!("inputs.{key}[{}][{}]", i / seq, i % seq) }
-    };
-    let vocab = model.config.usize("vocab_size")?;
-    if let Some(i) = ids.data.iter().position(|&v| v as u64 >= vocab as u64) {
-        return Err(doc
-            .err(
-                &at("input_ids", i, ids.seq),
-                format!("token id {} is out of range: vocab_size is {vocab}", ids.data[i]),
-            )
-            .hint(format!("ids must be in 0..{vocab} for model `{}`", model.id)));
-    }
+    let at = |key: &str, i: usize, seq: usize| element_path("inputs", key, flat, i, seq);
+    check_vocab(doc, "inputs", "input_ids", flat, &ids, model)?;
     if let Some(max_pos) = model.config.opt_usize("max_position_embeddings")? {
         let offset = model.family.position_offset;
         if ids.seq + offset > max_pos {
@@ -546,7 +585,8 @@ fn validate_inputs(doc: &Doc, f: &InputsFile, model: &ModelSpec) -> Result<Input
                 .hint("shorten the input or raise max_position_embeddings in the model config"));
         }
     }
-    let mask = f.attention_mask.as_ref().map(|m| matrix(doc, "attention_mask", m, Some(ids.shape()))).transpose()?;
+    let mask =
+        f.attention_mask.as_ref().map(|m| matrix(doc, "inputs", "attention_mask", m, Some(ids.shape()))).transpose()?;
     if let (Some(m), Some(mf)) = (&mask, &f.attention_mask) {
         if let Some(i) = m.data.iter().position(|&v| v > 1) {
             let flat = mf.is_flat();
@@ -567,7 +607,8 @@ fn validate_inputs(doc: &Doc, f: &InputsFile, model: &ModelSpec) -> Result<Input
             }
         }
     }
-    let types = f.token_type_ids.as_ref().map(|t| matrix(doc, "token_type_ids", t, Some(ids.shape()))).transpose()?;
+    let types =
+        f.token_type_ids.as_ref().map(|t| matrix(doc, "inputs", "token_type_ids", t, Some(ids.shape()))).transpose()?;
     if let Some(t) = &types {
         let n = model.config.opt_usize("type_vocab_size")?.unwrap_or(0);
         if n == 0 {
@@ -586,6 +627,76 @@ fn validate_inputs(doc: &Doc, f: &InputsFile, model: &ModelSpec) -> Result<Input
         }
     }
     Ok(Inputs { input_ids: ids, attention_mask: mask, token_type_ids: types })
+}
+
+/// The serde-style path of element `i` of a `seq`-wide matrix given as rows (or one flat row).
+fn element_path(section: &str, key: &str, flat: bool, i: usize, seq: usize) -> String {
+    if flat { format!("{section}.{key}[{i}]") } else { format!("{section}.{key}[{}][{}]", i / seq, i % seq) }
+}
+
+fn check_vocab(doc: &Doc, section: &str, key: &str, flat: bool, ids: &IdMatrix, model: &ModelSpec) -> Result<()> {
+    let vocab = model.config.usize("vocab_size")?;
+    if let Some(i) = ids.data.iter().position(|&v| v as u64 >= vocab as u64) {
+        return Err(doc
+            .err(
+                &element_path(section, key, flat, i, ids.seq),
+                format!("token id {} is out of range: vocab_size is {vocab}", ids.data[i]),
+            )
+            .hint(format!("ids must be in 0..{vocab} for model `{}`", model.id)));
+    }
+    Ok(())
+}
+
+fn validate_decode(doc: &Doc, cf: &CaseFile, f: &DecodeFile, inputs: &Inputs, model: &ModelSpec) -> Result<Decode> {
+    if !model.family.causal {
+        return Err(doc
+            .err("decode", format!("`decode:` needs a causal language model; `{}` is not one", model.family.class))
+            .hint("remove `decode:`"));
+    }
+    let tokens = matrix(doc, "decode", "tokens", &f.tokens, None)?;
+    let prompt = &inputs.input_ids;
+    let rows = |n: usize| if n == 1 { "1 row".to_string() } else { format!("{n} rows") };
+    if tokens.batch != prompt.batch {
+        return Err(doc
+            .err(
+                "decode.tokens",
+                format!("`decode.tokens` has {} but input_ids has {}", rows(tokens.batch), rows(prompt.batch)),
+            )
+            .hint("give one row of decode tokens per prompt row"));
+    }
+    check_vocab(doc, "decode", "tokens", f.tokens.is_flat(), &tokens, model)?;
+    let mask_flat = cf.inputs.attention_mask.as_ref().is_some_and(|m| m.is_flat());
+    if let Some(m) = &inputs.attention_mask
+        && let Some(i) = m.data.iter().position(|&v| v == 0)
+    {
+        return Err(doc
+            .err(
+                &element_path("inputs", "attention_mask", mask_flat, i, m.seq),
+                "decode cases take no padding, but attention_mask is 0 here",
+            )
+            .hint("give every prompt row the same number of real tokens, or drop `decode:`"));
+    }
+    if let Some(max_pos) = model.config.opt_usize("max_position_embeddings")?
+        && prompt.seq + tokens.seq + model.family.position_offset > max_pos
+    {
+        return Err(doc
+            .err(
+                "decode.tokens",
+                format!(
+                    "a prompt of {} tokens plus {} decode steps is longer than max_position_embeddings {max_pos}",
+                    prompt.seq, tokens.seq
+                ),
+            )
+            .hint("use fewer decode tokens or a shorter prompt"));
+    }
+    Ok(Decode { tokens })
+}
+
+/// A decode case's taps: every tap once per step, step-major (`logits@0`, ..., `logits@N`).
+fn per_step(taps: &[Tap], steps: usize) -> Vec<Tap> {
+    (0..=steps)
+        .flat_map(|k| taps.iter().map(move |t| Tap { name: format!("{}@{k}", t.name), step: Some(k), ..t.clone() }))
+        .collect()
 }
 
 /// `*` matches one path segment (no dots); everything else matches itself.
@@ -635,6 +746,7 @@ fn expand_taps(doc: &Doc, specs: &[TapSpec], modules: &[Module], default_tol: &T
                     module: m.clone(),
                     tolerance: tol.clone(),
                     pattern: spec.pattern.clone(),
+                    step: None,
                 });
             }
         }

@@ -2,6 +2,7 @@
 //! engines. See README.md for the user's view and `../shared/design.md` for the design.
 
 pub mod case;
+pub mod decode;
 pub mod diagnose;
 pub mod engine;
 pub mod engines;

@@ -128,8 +128,14 @@ pub fn run(
         rerun,
     };
     let taps = taps_in_forward_order(case, goldens);
-    let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
-    let outputs: Outputs = match model.run(&case.inputs, &names) {
+    let ran = match &case.decode {
+        Some(dec) => crate::decode::run(case, dec, model, &taps),
+        None => {
+            let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
+            model.run(&case.inputs, &names).map(|o| (o, vec![]))
+        }
+    };
+    let (outputs, checks): (Outputs, _) = match ran {
         Ok(o) => o,
         Err(e) => {
             report.verdict = Verdict::Error;
@@ -150,6 +156,7 @@ pub fn run(
             file.as_deref(),
         ));
     }
+    crate::decode::insert_checks(&mut report.taps, checks);
     report.first_divergence = crate::diagnose::first_divergence(&report.taps);
     if report.taps.iter().any(|t| matches!(t.status, TapStatus::Error { .. })) {
         report.verdict = Verdict::Error;

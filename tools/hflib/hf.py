@@ -63,8 +63,20 @@ def build_random(spec: ModelSpec, out_dir: Path) -> None:
     cfg = model.config.to_dict()
     cfg.pop("_attn_implementation_autoset", None)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    # save_model handles tied (shared) tensors; metadata is fixed so the bytes are reproducible.
-    safetensors.torch.save_model(model, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    # Tied weights are saved once, under the source name (as save_pretrained does: the embedding,
+    # not lm_head); metadata is fixed so the bytes are reproducible.
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for k in _tied_copies(model, state):
+        del state[k]
+    safetensors.torch.save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _tied_copies(model, state: dict) -> list[str]:
+    """Keys of `_tied_weights_keys` ({tied: source}) that share memory with their source."""
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    if not isinstance(tied, dict):
+        return []
+    return [k for k, src in tied.items() if k in state and src in state and state[k].data_ptr() == state[src].data_ptr()]
 
 
 def load(spec: ModelSpec, model_dir: Path, dtype: torch.dtype = torch.float32):
@@ -111,11 +123,12 @@ def _first(out):
     return out
 
 
-def run(model, inputs: dict, taps: list[str] | None):
+def run(model, inputs: dict, taps: list[str] | None, cache: dict | None = None):
     """Forward `inputs` once. Returns (module_order, {tap: np.ndarray}).
 
     `module_order` lists every module (HF path) in the order its forward completed, with the
     named outputs placed where they become available. `taps=None` captures every module.
+    With `cache` (a dict), the forward uses and updates `cache["past_key_values"]`.
     """
     base = base_model_name(model)
     order: list[str] = []
@@ -140,8 +153,12 @@ def run(model, inputs: dict, taps: list[str] | None):
         with torch.no_grad():
             kwargs = {k: torch.tensor(v, dtype=torch.long) for k, v in inputs.items()}
             if "use_cache" in inspect.signature(model.forward).parameters:
-                kwargs["use_cache"] = False
+                kwargs["use_cache"] = cache is not None
+            if cache is not None and "past_key_values" in cache:
+                kwargs["past_key_values"] = cache["past_key_values"]
             out = model(**kwargs)
+            if cache is not None:
+                cache["past_key_values"] = out.past_key_values
     finally:
         for h in handles:
             h.remove()
@@ -153,6 +170,16 @@ def run(model, inputs: dict, taps: list[str] | None):
         captured["logits"] = out.logits.detach()
     arrays = {k: to_numpy(v) for k, v in captured.items() if want is None or k in want}
     return order, arrays
+
+
+def run_decode(model, inputs: dict, tokens: list[list[int]], taps: list[str]):
+    """The prompt with `use_cache=True`, then `tokens[:, k-1]` alone at step k with the cache
+    (positions continue from the prompt length). Returns one `run` result per step."""
+    cache: dict = {}
+    steps = [run(model, inputs, taps, cache)]
+    for k in range(len(tokens[0])):
+        steps.append(run(model, {"input_ids": [[row[k]] for row in tokens]}, taps, cache))
+    return steps
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -65,6 +65,8 @@ class Case:
     taps: list[str]
     sha256: str
     raw: dict = field(default_factory=dict)
+    # `decode.tokens`: one row per batch row, fed one token per step after the prompt.
+    decode: list[list[int]] | None = None
 
 
 def _load_yaml(file: Path) -> tuple[dict, bytes]:
@@ -141,7 +143,17 @@ def load_case(root: Path, file: Path, models: dict[str, ModelSpec]) -> Case:
     taps = []
     for t in doc.get("taps") or []:
         taps.append(t["tap"] if isinstance(t, dict) else t)
-    return Case(id=case_id(root, file), file=file, model=models[mid], inputs=inputs, taps=taps, sha256=sha256_bytes(data), raw=doc)
+    decode = None
+    if doc.get("decode") is not None:
+        d = doc["decode"]
+        if not isinstance(d, dict) or "tokens" not in d:
+            raise SpecError(file, "`decode` must be `{tokens: [[...]]}`")
+        decode = _rows(file, "decode.tokens", d["tokens"])
+        if len(decode) != len(inputs["input_ids"]):
+            raise SpecError(file, "`decode.tokens` needs one row per row of input_ids")
+    return Case(
+        id=case_id(root, file), file=file, model=models[mid], inputs=inputs, taps=taps, sha256=sha256_bytes(data), raw=doc, decode=decode
+    )
 
 
 def glob_to_regex(pattern: str) -> re.Pattern:
