@@ -69,27 +69,32 @@ def build_model(spec: ModelSpec, final: Path) -> None:
     store.commit_dir(tmp, final)
 
 
+def forward(model, case: Case, taps: list[str]):
+    """The case's forward: (module_order, {tap: array}). Decode cases run the prompt then each
+    token with the KV cache, and name everything `{name}@{step}`, step-major."""
+    if case.decode is None:
+        return hf.run(model, case.inputs, taps)
+    order, arrays = [], {}
+    for k, (o, a) in enumerate(hf.run_decode(model, case.inputs, case.decode, taps)):
+        order += [f"{n}@{k}" for n in o]
+        arrays.update({f"{n}@{k}": v for n, v in a.items()})
+    return order, arrays
+
+
 def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
     """Run the reference forward and return every file of the case's golden directory."""
     model = hf.load(case.model, model_dir)
     declared = [n for n, _ in model.named_modules() if n] + ["last_hidden_state", "logits"]
-    taps = expand_taps(case.file, case.taps, declared)
-    if case.decode is None:
-        order, arrays = hf.run(model, case.inputs, taps)
-    else:
-        # Decode cases: every tap once per step as `{tap}@{step}`, step-major.
-        order, arrays = [], {}
-        for k, (o, a) in enumerate(hf.run_decode(model, case.inputs, case.decode, taps)):
-            order += [f"{n}@{k}" for n in o]
-            arrays.update({f"{n}@{k}": v for n, v in a.items()})
-        taps = [f"{t}@{k}" for k in range(len(case.decode[0]) + 1) for t in taps]
+    modules = expand_taps(case.file, case.taps, declared)
+    order, arrays = forward(model, case, modules)
+    taps = list(modules) if case.decode is None else [f"{t}@{k}" for k in range(len(case.decode[0]) + 1) for t in modules]
     never = [t for t in taps if t not in arrays]
     if never:
         raise SpecError(case.file, f"taps {never} did not produce a tensor in the HF forward (module never ran or returned no tensor)")
     position = {n: i for i, n in reversed(list(enumerate(order)))}
     taps.sort(key=lambda t: position.get(t, len(order)))
     # The same forward in float64: how far float32 itself is from the math, per tap.
-    _, exact = hf.run(hf.load(case.model, model_dir, dtype=hf.torch.float64), case.inputs, taps)
+    _, exact = forward(hf.load(case.model, model_dir, dtype=hf.torch.float64), case, modules)
     files: dict[str, bytes] = {}
     entries = []
     for t in taps:
@@ -98,8 +103,9 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
         files[fname] = data
         a = arrays[t]
         entry = {"name": t, "file": fname, "shape": list(a.shape), "dtype": str(a.dtype), "sha256": sha256_bytes(data)}
-        if a.dtype.kind == "f" and t in exact:
-            entry["noise"] = noise_floor(a, exact[t])
+        noise = noise_floor(case, a, exact[t]) if a.dtype.kind == "f" and t in exact else None
+        if noise is not None:
+            entry["noise"] = noise
         entries.append(entry)
     manifest = {
         "format": store.FORMAT,
@@ -119,11 +125,21 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
     return files
 
 
-def noise_floor(f32, f64) -> dict:
+def noise_floor(case: Case, f32, f64) -> dict | None:
     """max |f32 - f64|, and the floor used by `noise:` tolerances: never below one float32 ulp
-    (2^-23 relative) of the largest golden value, so an exact tap still has a usable unit."""
+    (2^-23 relative) of the largest golden value, so an exact tap still has a usable unit.
+    Measured over the positions the harness compares (padding rows left out). None when the
+    float64 run is not finite there: HF's eager softmax casts float64 scores to float32, so a
+    fully masked (left-padding) row becomes -inf -> NaN and spreads through the next layers."""
     import numpy as np
 
+    mask = case.inputs.get("attention_mask")
+    if mask is not None and not case.raw.get("compare_padding", False):
+        real = np.array(mask) != 0
+        if f32.shape[:2] == real.shape:
+            f32, f64 = f32[real], f64[real]
+    if not np.isfinite(f64).all():
+        return None
     diff = np.abs(f32.astype(np.float64) - f64.astype(np.float64))
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(f32).max()) if f32.size else 0.0

@@ -11,6 +11,7 @@ use crate::case::{Case, Decode, Tap};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::{Error, Result};
 use crate::family::Module;
+use crate::golden::Goldens;
 use crate::report::TapReport;
 use crate::tensor::Tensor;
 use crate::trial::compare_tap;
@@ -23,18 +24,14 @@ pub fn check_name(k: usize) -> String {
     format!("{CHECKED}@{k} == full forward")
 }
 
-/// Run every step of `dec` on `model`. Returns the outputs keyed `{tap}@{step}` and the
-/// full-forward checks as `(step, report)`.
-pub fn run(
-    case: &Case,
-    dec: &Decode,
-    model: &dyn LoadedModel,
-    taps: &[&Tap],
-) -> Result<(Outputs, Vec<(usize, TapReport)>)> {
+/// Run every step of `dec` on `model` and return the outputs keyed `{tap}@{step}`. `taps` are
+/// the wanted names, with or without their `@step`; `logits` is always returned.
+pub fn outputs(case: &Case, dec: &Decode, model: &dyn LoadedModel, taps: &[&str]) -> Result<Outputs> {
     let mut names: Vec<&str> = vec![CHECKED];
     for t in taps {
-        if !names.contains(&t.module.path.as_str()) {
-            names.push(&t.module.path);
+        let base = t.rsplit_once('@').map_or(*t, |(b, _)| b);
+        if !names.contains(&base) {
+            names.push(base);
         }
     }
     let steps = model.decode(&case.inputs, &dec.tokens, &names)?;
@@ -46,9 +43,26 @@ pub fn run(
             dec.steps()
         )));
     }
+    let mut out = Outputs::new();
+    for (k, step) in steps.into_iter().enumerate() {
+        out.extend(step.into_iter().map(|(name, t)| (format!("{name}@{k}"), t)));
+    }
+    Ok(out)
+}
+
+/// "Cache decode == full forward": decode step k's logits (in `outputs`, from [`outputs`])
+/// against the engine's full forward over the prompt and the first k tokens, for k = 1..=steps,
+/// as `(step, report)`. The tolerance is the `logits` tap's, else the case default.
+pub fn full_forward_checks(
+    case: &Case,
+    dec: &Decode,
+    model: &dyn LoadedModel,
+    outputs: &Outputs,
+    goldens: &Goldens,
+) -> Result<Vec<(usize, TapReport)>> {
     let tolerance = case.taps.iter().find(|t| t.module.path == CHECKED).map_or(&case.tolerance, |t| &t.tolerance);
     let mut checks = Vec::with_capacity(dec.steps());
-    for (k, step) in steps.iter().enumerate().skip(1) {
+    for k in 1..=dec.steps() {
         let full = model.run(&dec.prefix(&case.inputs, k), &[CHECKED])?;
         let tap = Tap {
             name: check_name(k),
@@ -61,13 +75,11 @@ pub fn run(
             Some(t) => last_position(t),
             None => Err(Error::engine(format!("the full forward returned no `{CHECKED}`"))),
         };
-        checks.push((k, compare_tap(case, &tap, step.get(CHECKED), expected)));
+        // The golden's float32 noise floor at this step is the unit for `noise:` tolerances.
+        let floor = goldens.entry(&format!("{CHECKED}@{k}")).and_then(|e| e.noise.as_ref()).map(|n| n.floor);
+        checks.push((k, compare_tap(case, &tap, outputs.get(&format!("{CHECKED}@{k}")), expected, floor)));
     }
-    let mut out = Outputs::new();
-    for (k, step) in steps.into_iter().enumerate() {
-        out.extend(step.into_iter().map(|(name, t)| (format!("{name}@{k}"), t)));
-    }
-    Ok((out, checks))
+    Ok(checks)
 }
 
 /// `[b, n, ...]` -> `[b, 1, ...]`: the last position of every row.

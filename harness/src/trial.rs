@@ -105,6 +105,15 @@ pub fn taps_in_forward_order<'a>(case: &'a Case, goldens: &Goldens) -> Vec<&'a T
     taps
 }
 
+/// The engine's outputs for `case`'s inputs: one forward, or for a decode case every step
+/// keyed `{tap}@{step}`.
+pub fn run_case(case: &Case, model: &dyn LoadedModel, taps: &[&str]) -> Result<Outputs> {
+    match &case.decode {
+        Some(dec) => crate::decode::outputs(case, dec, model, taps),
+        None => model.run(&case.inputs, taps),
+    }
+}
+
 /// Run `case` on a loaded engine model and compare every tap; diagnose a failure (with the
 /// reference engine's variants, when given).
 pub fn run(
@@ -128,13 +137,14 @@ pub fn run(
         rerun,
     };
     let taps = taps_in_forward_order(case, goldens);
-    let ran = match &case.decode {
-        Some(dec) => crate::decode::run(case, dec, model, &taps),
-        None => {
-            let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
-            model.run(&case.inputs, &names).map(|o| (o, vec![]))
-        }
-    };
+    let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
+    let ran = run_case(case, model, &names).and_then(|o| {
+        let checks = match &case.decode {
+            Some(dec) => crate::decode::full_forward_checks(case, dec, model, &o, goldens)?,
+            None => vec![],
+        };
+        Ok((o, checks))
+    });
     let (outputs, checks): (Outputs, _) = match ran {
         Ok(o) => o,
         Err(e) => {
@@ -162,7 +172,7 @@ pub fn run(
         report.verdict = Verdict::Error;
     } else if let Some(first) = report.first_divergence {
         report.verdict = Verdict::Fail;
-        let again = || model.run(&case.inputs, &names);
+        let again = || run_case(case, model, &names);
         let mut ctx = Ctx::new(case, goldens, &outputs, &report.taps, first);
         report.hints = diagnose(&mut ctx, &Reruns { engine: Some(&again), variants });
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use common::TempRepo;
 use harness::case::{Inputs, ModelSpec};
+use harness::diagnose::HintKind;
 use harness::engine::{Engine, LoadedModel, Outputs};
 use harness::engines::reference::{Mutation, ReferenceEngine};
 use harness::family::Family;
@@ -38,6 +39,11 @@ fn decode_with_the_cache_written_one_slot_late_fails_at_step_1_not_the_prompt() 
         let check = r.taps.iter().find(|t| t.name == format!("logits@{k} == full forward")).unwrap();
         assert!(!check.status.is_pass(), "step {k}: {}", render(&r));
     }
+    // Diagnosis names the step, and the reference re-run through its own cache reproduces it.
+    let kinds: Vec<HintKind> = r.hints.iter().map(|h| h.kind).collect();
+    assert!(kinds.contains(&HintKind::DecodeStep) && kinds.contains(&HintKind::KnownBug), "{:?}", r.hints);
+    let bug = r.hints.iter().find(|h| h.kind == HintKind::KnownBug).unwrap();
+    assert!(bug.message.contains("KV cache is written one slot off"), "{}", bug.message);
 }
 
 #[test]

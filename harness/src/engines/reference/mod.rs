@@ -169,7 +169,7 @@ impl crate::diagnose::probes::Variants for ReferenceProbe<'_> {
         if !engine.supports(self.case.model.family) {
             return None;
         }
-        Some(engine.load(&self.case.model).and_then(|m| m.run(&self.case.inputs, taps)))
+        Some(engine.load(&self.case.model).and_then(|m| crate::trial::run_case(self.case, m.as_ref(), taps)))
     }
 }
 
