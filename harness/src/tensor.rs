@@ -136,6 +136,25 @@ struct Decoded {
 /// npyz multiplies the header's dimensions unchecked (a panic on overflow in debug builds), so a
 /// hostile shape is refused before npyz sees it.
 fn precheck_shape(bytes: &[u8]) -> Result<()> {
+    // npyz also allocates the header length the file claims (u32 in format 2/3) before reading
+    // it: a 19-byte file claiming a 2.6 GB header was enough to exhaust memory (found by fuzzing).
+    if bytes.len() >= 8 && bytes.starts_with(b"\x93NUMPY") {
+        let (len_bytes, start) = if bytes[6] == 1 { (2, 10) } else { (4, 12) };
+        if bytes.len() < start {
+            return Err(Error::golden("not a valid .npy file: the header is cut short")
+                .hint("the file is corrupt or truncated"));
+        }
+        let mut n = [0u8; 4];
+        n[..len_bytes].copy_from_slice(&bytes[8..8 + len_bytes]);
+        let header_len = u32::from_le_bytes(n) as usize;
+        if header_len > bytes.len() - start {
+            return Err(Error::golden(format!(
+                "not a valid .npy file: the header claims {header_len} bytes, the file has {} after the preamble",
+                bytes.len() - start
+            ))
+            .hint("the file is corrupt or truncated; regenerate it with tools/regen_goldens.py"));
+        }
+    }
     let head = &bytes[..bytes.len().min(65536 + 12)];
     let text = String::from_utf8_lossy(head);
     let Some(i) = text.find("'shape'") else { return Ok(()) };
