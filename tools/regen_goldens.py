@@ -72,12 +72,19 @@ def build_model(spec: ModelSpec, final: Path) -> None:
 def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
     """Run the reference forward and return every file of the case's golden directory."""
     model = hf.load(case.model, model_dir)
-    declared = [n for n, _ in model.named_modules() if n] + ["last_hidden_state", "logits"]
+    declared = [n for n, _ in model.named_modules() if n] + hf.named_outputs(model)
     taps = expand_taps(case.file, case.taps, declared)
     order, arrays = hf.run(model, case.inputs, taps)
+    # A glob may match modules that exist but never run (e.g. BERT's attention.self.dropout, whose
+    # forward is replaced by a functional call); the Rust side does not list those, so drop them.
+    # A tap named literally must run.
+    taps = [t for t in taps if t in arrays or t in case.taps]
     never = [t for t in taps if t not in arrays]
     if never:
         raise SpecError(case.file, f"taps {never} did not produce a tensor in the HF forward (module never ran or returned no tensor)")
+    repeated = [t for t in taps if order.count(t) > 1]
+    if repeated:
+        raise SpecError(case.file, f"taps {repeated} run more than once per forward, so their output is ambiguous; tap the modules that use them instead")
     position = {n: i for i, n in reversed(list(enumerate(order)))}
     taps.sort(key=lambda t: position.get(t, len(order)))
     # The same forward in float64: how far float32 itself is from the math, per tap.
