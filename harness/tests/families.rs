@@ -242,3 +242,24 @@ fn transposing_a_missing_or_non_square_weight_is_an_engine_error() {
         assert!(r.error.as_deref().unwrap().contains(msg), "{:?}", r.error);
     }
 }
+
+/// End to end: a port with one of these bugs gets a hint naming it (the diagnosis re-runs the
+/// reference with each known bug and finds the one that reproduces the port's output).
+#[test]
+fn diagnosis_names_the_encoder_bugs() {
+    for (case, m) in [
+        ("modernbert/long", Mutation::NoSlidingWindow),
+        ("modernbert/long", Mutation::GlobalRopeOnLocal),
+        ("modernbert/sequence", Mutation::GegluSwapped),
+        ("modernbert/long", Mutation::PoolLastToken),
+        ("distilbert/sequence", Mutation::LayerNormEps(1e-5)),
+        ("bert/sequence", Mutation::GeluTanh),
+    ] {
+        let r = run_mutant(case, m.clone());
+        let first = &r.first_divergent_tap().unwrap().name;
+        let named = r.hints.iter().any(|h| {
+            h.kind == harness::diagnose::HintKind::KnownBug && h.tap == *first && h.message.contains(&m.describe())
+        });
+        assert!(named, "{m:?} on {case}: no hint names it: {:#?}", r.hints);
+    }
+}
