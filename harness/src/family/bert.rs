@@ -36,15 +36,28 @@ impl BertDims {
                 .err(format!("position_embedding_type `{pos_type}` is not supported"))
                 .hint("the reference engine implements `absolute` positions"));
         }
+        let (vocab, layers, intermediate) =
+            (c.usize("vocab_size")?, c.usize("num_hidden_layers")?, c.usize("intermediate_size")?);
+        let (max_positions, type_vocab) = (c.usize("max_position_embeddings")?, c.usize("type_vocab_size")?);
+        super::check_param_count(
+            c,
+            &[
+                &[vocab, hidden],
+                &[max_positions, hidden],
+                &[type_vocab, hidden],
+                &[layers, hidden, intermediate],
+                &[layers, hidden, hidden, 4],
+            ],
+        )?;
         Ok(BertDims {
-            vocab: c.usize("vocab_size")?,
+            vocab,
             hidden,
-            intermediate: c.usize("intermediate_size")?,
-            layers: c.usize("num_hidden_layers")?,
+            intermediate,
+            layers,
             heads,
             head_dim,
-            max_positions: c.usize("max_position_embeddings")?,
-            type_vocab: c.usize("type_vocab_size")?,
+            max_positions,
+            type_vocab,
             ln_eps: c.f64_or("layer_norm_eps", 1e-12)?,
         })
     }

@@ -54,16 +54,20 @@ impl DistilBertDims {
         if num_labels == 0 {
             return Err(c.err("num_labels must be at least 1").hint("set `num_labels:` under `config:`"));
         }
-        Ok(DistilBertDims {
-            vocab: c.usize("vocab_size")?,
-            dim,
-            hidden_dim: c.usize("hidden_dim")?,
-            layers: aliased(c, "n_layers", "num_hidden_layers")?,
-            heads,
-            head_dim,
-            max_positions: c.usize("max_position_embeddings")?,
-            num_labels,
-        })
+        let (vocab, hidden_dim) = (c.usize("vocab_size")?, c.usize("hidden_dim")?);
+        let (layers, max_positions) =
+            (aliased(c, "n_layers", "num_hidden_layers")?, c.usize("max_position_embeddings")?);
+        super::check_param_count(
+            c,
+            &[
+                &[vocab, dim],
+                &[max_positions, dim],
+                &[layers, dim, hidden_dim],
+                &[layers, dim, dim, 4],
+                &[num_labels, dim],
+            ],
+        )?;
+        Ok(DistilBertDims { vocab, dim, hidden_dim, layers, heads, head_dim, max_positions, num_labels })
     }
 }
 

@@ -93,11 +93,16 @@ impl ModernBertDims {
             return Err(c.err(format!("head_dim {head_dim} is odd; RoPE rotates pairs")));
         }
         check_gelu(c, "hidden_activation")?;
-        let layers = c.usize("num_hidden_layers")?;
+        let (vocab, layers, intermediate) =
+            (c.usize("vocab_size")?, c.usize("num_hidden_layers")?, c.usize("intermediate_size")?);
+        super::check_param_count(
+            c,
+            &[&[vocab, hidden], &[layers, hidden, intermediate, 3], &[layers, hidden, hidden, 4]],
+        )?;
         Ok(ModernBertDims {
-            vocab: c.usize("vocab_size")?,
+            vocab,
             hidden,
-            intermediate: c.usize("intermediate_size")?,
+            intermediate,
             layers,
             heads,
             head_dim,
@@ -215,6 +220,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rope type `linear` for sliding_attention layers is not supported"), "{e}");
+        let e = dims(serde_json::json!({"vocab_size": 1u64 << 40})).unwrap_err().to_string();
+        assert!(e.contains("imply more than 2^40 weights"), "{e}");
         let e = dims(serde_json::json!({"hidden_activation": "silu"})).unwrap_err().to_string();
         assert!(e.contains("hidden_activation `silu` is not supported") && e.contains("hint"), "{e}");
     }
