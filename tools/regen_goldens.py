@@ -84,16 +84,25 @@ def forward(model, case: Case, taps: list[str]):
 def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
     """Run the reference forward and return every file of the case's golden directory."""
     model = hf.load(case.model, model_dir)
-    declared = [n for n, _ in model.named_modules() if n] + ["last_hidden_state", "logits"]
+    declared = [n for n, _ in model.named_modules() if n] + hf.named_outputs(model)
     modules = expand_taps(case.file, case.taps, declared)
     order, arrays = forward(model, case, modules)
+    # A glob may match modules that exist but never run (e.g. BERT's attention.self.dropout, whose
+    # forward is replaced by a functional call); the Rust side does not list those, so drop them.
+    # A tap named literally must run.
+    ran = {t.split("@")[0] for t in arrays}
+    modules = [m for m in modules if m in ran or m in case.taps]
     taps = list(modules) if case.decode is None else [f"{t}@{k}" for k in range(len(case.decode[0]) + 1) for t in modules]
     never = [t for t in taps if t not in arrays]
     if never:
         raise SpecError(case.file, f"taps {never} did not produce a tensor in the HF forward (module never ran or returned no tensor)")
+    repeated = [t for t in taps if order.count(t) > 1]
+    if repeated:
+        raise SpecError(case.file, f"taps {repeated} run more than once per forward, so their output is ambiguous; tap the modules that use them instead")
     position = {n: i for i, n in reversed(list(enumerate(order)))}
     taps.sort(key=lambda t: position.get(t, len(order)))
-    # The same forward in float64: how far float32 itself is from the math, per tap.
+    # The same forward in float64: how far float32 itself is from the math, per tap (see
+    # noise_floor for taps where float64 is not finite).
     _, exact = forward(hf.load(case.model, model_dir, dtype=hf.torch.float64), case, modules)
     files: dict[str, bytes] = {}
     entries = []

@@ -31,6 +31,11 @@ torch.use_deterministic_algorithms(True)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+# Sentence-embedding taps computed from `last_hidden_state` (see `pooled`), for encoder families
+# that embedding models are built on.
+POOLED_TAPS = ("pooled.cls", "pooled.mean", "pooled.cls.normalized", "pooled.mean.normalized")
+POOLED_FAMILIES = {"BertModel", "ModernBertModel"}
+
 
 def versions() -> dict:
     return {
@@ -115,6 +120,30 @@ def base_model_name(model) -> str:
     return ""
 
 
+def named_outputs(model) -> list[str]:
+    """Tap names that are not module paths."""
+    names = ["last_hidden_state", "logits"]
+    if type(model).__name__ in POOLED_FAMILIES:
+        names += POOLED_TAPS
+    return names
+
+
+def pooled(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """CLS and mean pooling, plain and L2-normalized, exactly as sentence-transformers computes
+    them (Pooling `cls` / `mean`, then Normalize): CLS is the first real token; the mean is
+    sum(h * mask) / clamp(sum(mask), min=1e-9); normalization is F.normalize(p=2, dim=1)."""
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long)
+    first = attention_mask.to(torch.int).argmax(dim=1)
+    cls = torch.gather(hidden, 1, first.unsqueeze(-1).unsqueeze(1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * mask).sum(dim=1, dtype=hidden.dtype) / torch.clamp(mask.sum(dim=1, dtype=hidden.dtype), min=1e-9)
+    out = {"pooled.cls": cls, "pooled.mean": mean}
+    out["pooled.cls.normalized"] = torch.nn.functional.normalize(cls, p=2, dim=1)
+    out["pooled.mean.normalized"] = torch.nn.functional.normalize(mean, p=2, dim=1)
+    return out
+
+
 def _first(out):
     if isinstance(out, (tuple, list)):
         return out[0]
@@ -168,6 +197,10 @@ def run(model, inputs: dict, taps: list[str] | None, cache: dict | None = None):
     if getattr(out, "logits", None) is not None:
         order.append("logits")
         captured["logits"] = out.logits.detach()
+    if type(model).__name__ in POOLED_FAMILIES:
+        for name, t in pooled(captured["last_hidden_state"], kwargs.get("attention_mask")).items():
+            order.append(name)
+            captured[name] = t
     arrays = {k: to_numpy(v) for k, v in captured.items() if want is None or k in want}
     return order, arrays
 

@@ -111,7 +111,8 @@ def recover(root: Path) -> list[str]:
 
 
 def manifest_bytes(m: dict) -> bytes:
-    return (json.dumps(m, indent=1) + "\n").encode()
+    # allow_nan=False: NaN is not JSON; the Rust side could not read the manifest.
+    return (json.dumps(m, indent=1, allow_nan=False) + "\n").encode()
 
 
 def read_manifest(d: Path) -> dict | None:

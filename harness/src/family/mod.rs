@@ -10,7 +10,10 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+pub mod bert;
+pub mod distilbert;
 pub mod llama;
+pub mod modernbert;
 pub mod qwen3;
 
 /// How a tap's axes line up with the input tokens.
@@ -66,7 +69,17 @@ impl std::fmt::Debug for Family {
     }
 }
 
-static FAMILIES: &[&Family] = &[&llama::LLAMA, &qwen3::QWEN3];
+static FAMILIES: &[&Family] =
+    &[&llama::LLAMA, &qwen3::QWEN3, &bert::BERT, &distilbert::DISTILBERT, &modernbert::MODERNBERT];
+
+/// Sentence-embedding taps of encoder families, computed from `last_hidden_state` as
+/// sentence-transformers does: CLS (first real token) and mean over real tokens, each optionally
+/// L2-normalized. Shape `[batch, hidden]`.
+pub const POOLED_TAPS: [&str; 4] = ["pooled.cls", "pooled.mean", "pooled.cls.normalized", "pooled.mean.normalized"];
+
+pub fn pooled_modules() -> Vec<Module> {
+    POOLED_TAPS.iter().map(|n| Module::with_kind(*n, TapKind::Pooled)).collect()
+}
 
 pub fn all() -> &'static [&'static Family] {
     FAMILIES

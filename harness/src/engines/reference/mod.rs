@@ -16,8 +16,12 @@ use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::tensor::Tensor;
 
+pub mod bert;
+pub mod distilbert;
+pub mod encoder;
 pub mod kv_cache;
 pub mod llama;
+pub mod modernbert;
 pub mod ops;
 
 /// A bug injected into the reference engine: the mutant zoo. Each variant is a bug a real port
@@ -138,7 +142,7 @@ impl Engine for ReferenceEngine {
         &self.name
     }
     fn supports(&self, family: &Family) -> bool {
-        family.class == llama::CLASS || family.class == llama::QWEN3_CLASS
+        [llama::CLASS, llama::QWEN3_CLASS, bert::CLASS, distilbert::CLASS, modernbert::CLASS].contains(&family.class)
     }
     fn default_enabled(&self) -> bool {
         self.mutation.is_none()
@@ -153,6 +157,9 @@ impl Engine for ReferenceEngine {
         }
         match spec.family.class {
             llama::CLASS | llama::QWEN3_CLASS => Ok(Box::new(llama::Llama::new(spec, w, self.mutation.clone())?)),
+            bert::CLASS => Ok(Box::new(bert::Bert::new(spec, w, self.mutation.clone())?)),
+            distilbert::CLASS => Ok(Box::new(distilbert::DistilBert::new(spec, w, self.mutation.clone())?)),
+            modernbert::CLASS => Ok(Box::new(modernbert::ModernBert::new(spec, w, self.mutation.clone())?)),
             other => Err(Error::engine(format!("the reference engine does not implement `{other}`"))),
         }
     }

@@ -1,0 +1,133 @@
+//! `BertModel`: word + position + token-type embeddings, post-LayerNorm blocks, tanh pooler.
+
+use super::{Config, Family, Module, TapKind, pooled_modules};
+use crate::error::Result;
+
+pub static BERT: Family = Family { class: "BertModel", causal: false, position_offset: 0, validate, modules };
+
+/// The shapes the reference engine needs, read once from the config.
+#[derive(Debug, Clone)]
+pub struct BertDims {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub max_positions: usize,
+    pub type_vocab: usize,
+    pub ln_eps: f64,
+}
+
+impl BertDims {
+    pub fn from_config(c: &Config) -> Result<Self> {
+        let hidden = c.usize("hidden_size")?;
+        let heads = c.usize("num_attention_heads")?;
+        let head_dim = head_dim(c, hidden, heads)?;
+        check_gelu(c, "hidden_act")?;
+        if c.bool_or("is_decoder", false)? || c.bool_or("add_cross_attention", false)? {
+            return Err(c
+                .err("BertModel as a decoder (is_decoder / add_cross_attention) is not supported")
+                .hint("the reference engine runs BERT as a bidirectional encoder"));
+        }
+        let pos_type = c.str_or("position_embedding_type", "absolute")?;
+        if pos_type != "absolute" {
+            return Err(c
+                .err(format!("position_embedding_type `{pos_type}` is not supported"))
+                .hint("the reference engine implements `absolute` positions"));
+        }
+        let (vocab, layers, intermediate) =
+            (c.usize("vocab_size")?, c.usize("num_hidden_layers")?, c.usize("intermediate_size")?);
+        let (max_positions, type_vocab) = (c.usize("max_position_embeddings")?, c.usize("type_vocab_size")?);
+        super::check_param_count(
+            c,
+            &[
+                &[vocab, hidden],
+                &[max_positions, hidden],
+                &[type_vocab, hidden],
+                &[layers, hidden, intermediate],
+                &[layers, hidden, hidden, 4],
+            ],
+        )?;
+        Ok(BertDims {
+            vocab,
+            hidden,
+            intermediate,
+            layers,
+            heads,
+            head_dim,
+            max_positions,
+            type_vocab,
+            ln_eps: c.f64_or("layer_norm_eps", 1e-12)?,
+        })
+    }
+}
+
+/// `hidden / heads`, which must divide evenly.
+pub(super) fn head_dim(c: &Config, hidden: usize, heads: usize) -> Result<usize> {
+    if heads == 0 || hidden % heads != 0 {
+        return Err(c
+            .err(format!("hidden size {hidden} is not a multiple of the number of attention heads {heads}"))
+            .hint("each head gets hidden / heads channels"));
+    }
+    Ok(hidden / heads)
+}
+
+/// The encoder families use GELU with erf (`gelu` in HF's ACT2FN); other activations are refused.
+pub(super) fn check_gelu(c: &Config, key: &str) -> Result<()> {
+    let act = c.str_or(key, "gelu")?;
+    if act != "gelu" {
+        return Err(c
+            .err(format!("{key} `{act}` is not supported by the reference engine"))
+            .hint("it implements `gelu` (erf)"));
+    }
+    Ok(())
+}
+
+fn validate(c: &Config) -> Result<()> {
+    BertDims::from_config(c).map(|_| ())
+}
+
+fn modules(c: &Config) -> Result<Vec<Module>> {
+    let d = BertDims::from_config(c)?;
+    let t = |p: &str| Module::tokens(p);
+    let mut m = vec![
+        t("embeddings.word_embeddings"),
+        t("embeddings.token_type_embeddings"),
+        Module::with_kind("embeddings.position_embeddings", TapKind::Positions),
+        t("embeddings.LayerNorm"),
+        t("embeddings.dropout"),
+        t("embeddings"),
+    ];
+    for i in 0..d.layers {
+        let p = format!("encoder.layer.{i}");
+        for s in [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.self",
+            "attention.output.dense",
+            "attention.output.dropout",
+            "attention.output.LayerNorm",
+            "attention.output",
+            "attention",
+            "intermediate.dense",
+            "intermediate.intermediate_act_fn",
+            "intermediate",
+            "output.dense",
+            "output.dropout",
+            "output.LayerNorm",
+            "output",
+        ] {
+            m.push(t(&format!("{p}.{s}")));
+        }
+        m.push(t(&p));
+    }
+    m.push(t("encoder"));
+    for s in ["pooler.dense", "pooler.activation", "pooler"] {
+        m.push(Module::with_kind(s, TapKind::Pooled));
+    }
+    m.push(t("last_hidden_state"));
+    m.extend(pooled_modules());
+    Ok(m)
+}
