@@ -5,6 +5,11 @@
     tools/.venv/bin/python tools/regen_goldens.py --all      # everything
     tools/.venv/bin/python tools/regen_goldens.py --case 'llama/*'
     tools/.venv/bin/python tools/regen_goldens.py --check    # recompute into a temp dir, diff
+    tools/.venv/bin/python tools/regen_goldens.py --pending  # write beside the old, for review
+
+With --pending, new goldens go beside the accepted ones (`<tap>.npy.new` and `manifest.json.new`,
+models likewise with `provenance.json.new`) and nothing accepted changes; then
+`cargo run -p harness -- goldens review` shows how each tap moved and accepts or rejects.
 
 Random models (`source: {random: {seed: N}}`) are built from their config and seed and saved to
 goldens/models/<id>/; every case's taps are written to goldens/<case>/<tap>.npy with a
@@ -178,6 +183,17 @@ def write_case(case: Case, model_dir: Path, final: Path) -> None:
     store.commit_dir(tmp, final)
 
 
+def build_model_pending(spec: ModelSpec, final: Path, scratch: Path) -> tuple[Path, bool]:
+    """Build the model in `scratch` and write it pending beside `final`; returns the directory
+    cases must run on (the new model) and whether anything is pending."""
+    d = scratch / spec.id
+    hf.build_random(spec, d)
+    prov = model_provenance(spec, sha256_file(d / "model.safetensors"))
+    store.write_files(d, {"provenance.json": store.manifest_bytes(prov)})
+    files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    return d, store.write_pending(final, files, store.MODEL_MARKER)
+
+
 def compare_dirs(committed: Path, fresh: Path, label: str) -> list[str]:
     problems = []
     names = sorted({p.name for p in committed.glob("*") if p.is_file()} | {p.name for p in fresh.glob("*") if p.is_file()})
@@ -197,10 +213,14 @@ def main() -> int:
     ap.add_argument("--all", action="store_true", help="regenerate everything, stale or not")
     ap.add_argument("--case", action="append", metavar="GLOB", help="only cases whose id matches (repeatable)")
     ap.add_argument("--check", action="store_true", help="recompute into a temp dir; exit 1 naming every file that differs")
+    ap.add_argument("--pending", action="store_true", help="write new goldens beside the accepted ones (<file>.new) for `harness goldens review`")
     ap.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this checkout)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args()
     root = args.root.resolve()
+    if args.pending and args.check:
+        print("error: --pending and --check exclude each other (hint: --check writes nothing)", file=sys.stderr)
+        return 2
     ci = os.environ.get("CI", "")
     if not args.check and ci not in ("", "0", "false"):
         print("error: refusing to write goldens with CI set (hint: run --check in CI; regenerate locally and commit)", file=sys.stderr)
@@ -231,12 +251,20 @@ def main() -> int:
 
     needed = {c.model.id: c.model for c in cases}
     out_root = Path(tempfile.mkdtemp(prefix="goldens-check-")) if args.check else goldens
+    scratch = Path(tempfile.mkdtemp(prefix="goldens-pending-")) if args.pending else None
     problems = []
+    pending = []
     try:
         model_dirs: dict[str, Path] = {}
         for spec in progress(sorted(needed.values(), key=lambda s: s.id), "models", args.quiet):
             if spec.is_random:
                 d = out_root / "models" / spec.id
+                if scratch is not None and (args.all or model_is_stale(spec, d)):
+                    new_dir, is_pending = build_model_pending(spec, d, scratch)
+                    if is_pending:
+                        pending.append(f"models/{spec.id}")
+                    model_dirs[spec.id] = new_dir
+                    continue
                 if args.check or args.all or model_is_stale(spec, d):
                     build_model(spec, d)
                 if args.check:
@@ -250,7 +278,11 @@ def main() -> int:
             md = model_dirs[case.model.id]
             try:
                 if args.check or args.all or case_is_stale(case, final, md):
-                    write_case(case, md, final)
+                    if args.pending:
+                        if store.write_pending(final, case_files(case, md), store.MANIFEST):
+                            pending.append(case.id)
+                    else:
+                        write_case(case, md, final)
                     done += 1
             except SpecError as e:
                 errors.append(str(e))
@@ -259,10 +291,12 @@ def main() -> int:
             if args.check:
                 problems += compare_dirs(goldens / case.id, final, f"goldens/{case.id}")
     finally:
-        if args.check:
-            import shutil
+        import shutil
 
+        if args.check:
             shutil.rmtree(out_root, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if args.check:
         for p in problems:
             print(f"differs: {p}", file=sys.stderr)
@@ -270,6 +304,10 @@ def main() -> int:
             print(f"error: {len(problems)} golden files are not reproduced by {TOOL} (hint: regenerate and commit, or find the nondeterminism)", file=sys.stderr)
             return 1
         print(f"ok: {len(cases)} cases and {len([s for s in needed.values() if s.is_random])} models reproduced bit for bit", file=sys.stderr)
+    elif args.pending:
+        print(f"regenerated {done} of {len(cases)} cases; {len(pending)} pending: {', '.join(pending) or 'none (nothing changed)'}", file=sys.stderr)
+        if pending:
+            print("review them: cargo run -p harness -- goldens review", file=sys.stderr)
     else:
         print(f"regenerated {done} of {len(cases)} cases", file=sys.stderr)
     return 1 if errors else 0

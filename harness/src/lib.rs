@@ -4,6 +4,8 @@
 pub mod case;
 pub mod decode;
 pub mod diagnose;
+pub mod diff;
+pub mod dump;
 pub mod engine;
 pub mod engines;
 pub mod error;

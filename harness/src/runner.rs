@@ -220,7 +220,13 @@ pub fn main_with(args: &Arguments, registry: Registry) -> Conclusion {
 }
 
 /// Run the trials selected by `args`; returns the suite (with its reports) and the conclusion.
+/// Report files go to `$HARNESS_REPORT` when it is set.
 pub fn run_suite(args: &Arguments, registry: Registry) -> (Arc<Suite>, Conclusion) {
+    run_suite_with(args, registry, None)
+}
+
+/// [`run_suite`], writing report files into `report_dir` (else `$HARNESS_REPORT`) at the end.
+pub fn run_suite_with(args: &Arguments, registry: Registry, report_dir: Option<PathBuf>) -> (Arc<Suite>, Conclusion) {
     let root = match find_root() {
         Ok(r) => r,
         Err(e) => {
@@ -237,5 +243,11 @@ pub fn run_suite(args: &Arguments, registry: Registry) -> (Arc<Suite>, Conclusio
         }
     };
     let conclusion = libtest_mimic::run(args, trials);
+    if !args.list
+        && let Err(e) = crate::report::after_run(&suite.root, &suite.reports.lock().unwrap(), report_dir)
+    {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     (suite, conclusion)
 }

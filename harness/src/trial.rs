@@ -11,7 +11,7 @@ use crate::golden::Goldens;
 use crate::metrics::{Selection, compare, unravel};
 use crate::report::{TapReport, TapStatus, TrialReport, Verdict};
 use crate::tensor::Tensor;
-use crate::tolerance::Observed;
+use crate::tolerance::{Observed, Tolerance};
 
 /// Row flags selecting the real (non-padding) tokens of a `[batch, seq, ...]` tap, or None when
 /// every element is compared.
@@ -36,16 +36,33 @@ pub fn compare_tap(
     noise_floor: Option<f64>,
     golden_file: Option<&std::path::Path>,
 ) -> TapReport {
+    let rows = |shape: &[usize]| selection_rows(case, tap.module.kind, shape);
+    compare_tensors(&tap.name, &tap.tolerance, actual, golden, &rows, noise_floor, golden_file)
+}
+
+/// Compare an engine tensor with its golden under `tolerance`; `rows` gives the compared rows
+/// for the golden's shape (see [`selection_rows`]). Shared by trials and `harness diff`.
+pub fn compare_tensors(
+    name: &str,
+    tolerance: &Tolerance,
+    actual: Option<&Tensor>,
+    golden: Result<Tensor>,
+    rows: &dyn Fn(&[usize]) -> Option<Vec<bool>>,
+    noise_floor: Option<f64>,
+    golden_file: Option<&std::path::Path>,
+) -> TapReport {
     let mut rep = TapReport {
-        name: tap.name.clone(),
+        name: name.to_string(),
         shape: vec![],
-        tolerance: tap.tolerance.clone(),
+        tolerance: tolerance.clone(),
         metrics: None,
         logits: None,
         noise_floor,
         max_abs_index: None,
         first_mismatch_index: None,
         status: TapStatus::Pass,
+        row_max_abs: None,
+        sqnr_db_at_tolerance: None,
     };
     let golden = match golden {
         Ok(g) => g,
@@ -63,14 +80,13 @@ pub fn compare_tap(
         rep.status = TapStatus::ShapeMismatch { actual: actual.shape().to_vec(), expected: golden.shape().to_vec() };
         return rep;
     }
-    let rows = selection_rows(case, tap.module.kind, golden.shape());
+    let rows = rows(golden.shape());
     let sel = rows.as_deref().map(|rows| Selection { row_len: golden.numel() / rows.len().max(1), rows });
-    let m = compare(actual.data(), golden.data(), tap.tolerance.allclose(), sel);
+    let m = compare(actual.data(), golden.data(), tolerance.allclose(), sel);
     let shape = golden.shape();
-    if is_logits_tap(&tap.name) {
+    if is_logits_tap(name) {
         // One row per position: the token selection, if any, is exactly the row selection.
-        rep.logits =
-            Some(logits::compute(actual.data(), golden.data(), shape, tap.tolerance.allclose(), rows.as_deref()));
+        rep.logits = Some(logits::compute(actual.data(), golden.data(), shape, tolerance.allclose(), rows.as_deref()));
     }
     rep.max_abs_index = m.max_abs_at.map(|i| unravel(i, shape));
     rep.first_mismatch_index = m.first_mismatch_at.map(|i| unravel(i, shape));
@@ -88,7 +104,7 @@ pub fn compare_tap(
         rep.status = TapStatus::Error { message: err.to_string() };
     } else {
         let failures =
-            tap.tolerance.check(Observed { metrics: &m, logits: rep.logits.as_ref(), noise_floor: rep.noise_floor });
+            tolerance.check(Observed { metrics: &m, logits: rep.logits.as_ref(), noise_floor: rep.noise_floor });
         if !failures.is_empty() {
             rep.status = TapStatus::Fail { failures };
         }
@@ -176,5 +192,63 @@ pub fn run(
         let mut ctx = Ctx::new(case, goldens, &outputs, &report.taps, first);
         report.hints = diagnose(&mut ctx, &Reruns { engine: Some(&again), variants });
     }
+    if report.verdict != Verdict::Pass {
+        for tap in &case.taps {
+            let Some(rep) = report.taps.iter_mut().find(|r| r.name == tap.name) else { continue };
+            if let (Some(a), Ok(g)) = (outputs.get(&tap.name), goldens.load(&tap.name)) {
+                add_detail(case, tap, rep, a, &g);
+            }
+        }
+    }
     report
+}
+
+/// Per-token error and the tolerance-equivalent SQNR of a compared tap, for the HTML report's
+/// plots. A second pass over the tap, so only trials that did not pass pay for it.
+pub fn add_detail(case: &Case, tap: &Tap, rep: &mut TapReport, actual: &Tensor, golden: &Tensor) {
+    let rows = selection_rows(case, tap.module.kind, golden.shape());
+    detail(rep, tap.module.kind == TapKind::Tokens, rows.as_deref(), actual, golden);
+}
+
+/// [`add_detail`] without a case: `tokens` says the tap is `[batch, seq, ...]`.
+pub fn detail(rep: &mut TapReport, tokens: bool, rows: Option<&[bool]>, actual: &Tensor, golden: &Tensor) {
+    if rep.metrics.is_none() || actual.shape() != golden.shape() {
+        return;
+    }
+    let (a, e) = (actual.data(), golden.data());
+    let shape = golden.shape();
+    let tol = rep.tolerance.allclose();
+    if tokens && shape.len() >= 2 && shape[0] * shape[1] > 0 {
+        let n_rows = shape[0] * shape[1];
+        let row_len = golden.numel() / n_rows;
+        let per_row = (0..n_rows)
+            .map(|r| {
+                if rows.is_some_and(|sel| !sel[r]) {
+                    return f32::NAN;
+                }
+                let span = r * row_len..(r + 1) * row_len;
+                a[span.clone()].iter().zip(&e[span]).fold(0f32, |m, (&x, &y)| {
+                    let d = (x - y).abs();
+                    if d.is_nan() { f32::INFINITY } else { m.max(d) }
+                })
+            })
+            .collect();
+        rep.row_max_abs = Some(per_row);
+    }
+    if rep.tolerance.has_allclose() {
+        let row_len = rows.map_or(1, |r| golden.numel() / r.len().max(1));
+        let (mut lim, mut ee) = (0f64, 0f64);
+        for (i, &g) in e.iter().enumerate() {
+            if rows.is_some_and(|sel| !sel[i / row_len.max(1)]) || !g.is_finite() {
+                continue;
+            }
+            let g = g as f64;
+            let l = tol.atol + tol.rtol * g.abs();
+            lim += l * l;
+            ee += g * g;
+        }
+        if ee > 0.0 && lim > 0.0 {
+            rep.sqnr_db_at_tolerance = Some(-10.0 * (lim / ee).log10());
+        }
+    }
 }

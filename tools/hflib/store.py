@@ -4,6 +4,10 @@ A case directory (or a model directory) is written complete into a hidden siblin
 `.<name>.tmp-<pid>`, fsynced, then swapped with the old one by an atomic exchange
 (renameat2 RENAME_EXCHANGE on Linux). A SIGKILL at any moment leaves either the old directory or
 the new one in place, never a mix; leftovers are cleaned up by the next run.
+
+Pending goldens (`--pending`) use the same swap: the new directory holds the accepted files
+unchanged plus `<file>.new` for each file that differs and `<marker>.new` (the complete new
+manifest), for `harness goldens review` / `accept` / `reject`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST = "manifest.json"
+MODEL_MARKER = "provenance.json"
+PENDING = ".new"
 FORMAT = 1
 
 _RENAME_EXCHANGE = 2
@@ -86,6 +92,43 @@ def commit_dir(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
     _fsync_dir(final.parent)
     shutil.rmtree(old)
+
+
+def write_pending(final: Path, files: dict[str, bytes], marker: str) -> bool:
+    """Write `files` beside the accepted contents of `final`: `<name>.new` for each file that is
+    new or differs, plus `<marker>.new` whenever anything is pending. The accepted files are kept
+    as they are; a previous pending set is replaced. One atomic swap, like commit_dir. Returns
+    whether anything is pending."""
+    current = {}
+    had_pending = False
+    if final.exists():
+        for p in final.iterdir():
+            if p.is_file():
+                if p.name.endswith(PENDING):
+                    had_pending = True
+                else:
+                    current[p.name] = p
+    changed = {n: b for n, b in files.items() if n not in current or current[n].read_bytes() != b}
+    removed = set(current) - set(files)
+    pending = bool(changed or removed)
+    if not pending and not had_pending:
+        return False
+    tmp = tmp_sibling(final)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, p in current.items():
+        try:
+            os.link(p, tmp / name)
+        except OSError:
+            shutil.copy2(p, tmp / name)
+    out = {}
+    if pending:
+        out = {f"{n}{PENDING}": b for n, b in changed.items()}
+        out[f"{marker}{PENDING}"] = files[marker]
+    write_files(tmp, out)
+    commit_dir(tmp, final)
+    return pending
 
 
 def recover(root: Path) -> list[str]:

@@ -1,7 +1,7 @@
-//! Structured results of trials. A trial produces a [`TrialReport`]; the terminal (and later
-//! JSON/JUnit/HTML) views only render it.
+//! Structured results of trials. A trial produces a [`TrialReport`]; the terminal, JSON, JUnit,
+//! HTML and GitHub-annotation views only render it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -10,7 +10,14 @@ use crate::diagnose::logits::LogitsMetrics;
 use crate::metrics::Metrics;
 use crate::tolerance::{Failure, Tolerance};
 
+pub mod files;
+pub mod github;
+pub mod html;
+pub mod json;
+pub mod junit;
 pub mod terminal;
+
+pub use files::{REPORT_ENV, after_run, report_dir_from_env, write_reports};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +69,14 @@ pub struct TapReport {
     pub max_abs_index: Option<Vec<usize>>,
     pub first_mismatch_index: Option<Vec<usize>>,
     pub status: TapStatus,
+    /// Largest |engine - golden| per token position (`[batch, seq]` row-major) of a token tap;
+    /// NaN where the position is not compared (padding), +inf where the engine gave NaN/Inf.
+    /// Filled only for trials that did not pass (it feeds the HTML heat map).
+    pub row_max_abs: Option<Vec<f32>>,
+    /// The SQNR (dB) this tap would have if every element were off by exactly its allclose limit
+    /// `atol + rtol·|golden|`: the tolerance line of the HTML error plot. Trials that did not
+    /// pass only.
+    pub sqnr_db_at_tolerance: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,4 +103,29 @@ impl TrialReport {
     pub fn first_divergent_tap(&self) -> Option<&TapReport> {
         self.first_divergence.map(|i| &self.taps[i])
     }
+}
+
+/// A case file as shown in reports: relative to the repository root, `/`-separated.
+pub fn case_path(root: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(root).unwrap_or(file);
+    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/")
+}
+
+/// Escape text for XML/HTML content and attribute values; drops the control characters XML 1.0
+/// cannot hold.
+pub fn escape_xml(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            '\n' | '\t' | '\r' => o.push(c),
+            c if (c as u32) < 0x20 => {}
+            c => o.push(c),
+        }
+    }
+    o
 }

@@ -1,6 +1,7 @@
 //! The golden store: `goldens/<case>/manifest.json` + one `.npy` per tap, written only by
 //! tools/regen_goldens.py from the reference (HF transformers). The Rust side reads and checks
-//! them; it never writes a golden.
+//! them (staleness, here); it never computes a golden. It only moves pending goldens that tools/
+//! wrote into place when a person accepts them ([`pending`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,12 @@ use sha2::{Digest, Sha256};
 use crate::case::Case;
 use crate::error::{Error, ErrorKind, Result};
 use crate::tensor::{Tensor, read_npy};
+
+pub mod atomic;
+pub mod describe;
+pub mod pending;
+pub mod review;
+pub mod session;
 
 pub const MANIFEST: &str = "manifest.json";
 
@@ -130,6 +137,15 @@ impl Store {
         let dir = self.case_dir(&case.id);
         let mpath = dir.join(MANIFEST);
         let regen = regen_command(&case.id);
+        // With new goldens waiting for review, say so next to the regenerate command.
+        let pending = dir.join(format!("{MANIFEST}{}", pending::SUFFIX)).is_file();
+        let regen_hint = |what: &str| {
+            if pending {
+                format!("new goldens are pending: `harness goldens review {}`; or {what}: {regen}", case.id)
+            } else {
+                format!("{what}: {regen}")
+            }
+        };
         let bytes = match std::fs::read(&mpath) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -138,7 +154,7 @@ impl Store {
                     crate::error::display_path(&mpath)
                 ))
                 .file(&case.file)
-                .hint(format!("generate them: {regen}")));
+                .hint(regen_hint("generate them")));
             }
             Err(e) => return Err(Error::io(&mpath, &e)),
         };
@@ -150,7 +166,7 @@ impl Store {
         let stale = |what: &str| {
             Error::new(ErrorKind::Stale, format!("goldens are stale: {what} changed since they were generated"))
                 .file(&mpath)
-                .hint(format!("review the change, then regenerate: {regen}"))
+                .hint(regen_hint("review the change, then regenerate"))
         };
         let case_bytes = std::fs::read(&case.file).map_err(|e| Error::io(&case.file, &e))?;
         if sha256_bytes(&case_bytes) != manifest.case_sha256 {
