@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::family::TapKind;
 use crate::golden::Goldens;
 use crate::metrics::{Selection, compare, unravel};
-use crate::report::{TapReport, TapStatus, TrialReport, Verdict};
+use crate::report::{Added, TapReport, TapStatus, TrialReport, Verdict};
 use crate::tensor::Tensor;
 use crate::tolerance::{Observed, Tolerance};
 
@@ -63,6 +63,7 @@ pub fn compare_tensors(
         status: TapStatus::Pass,
         row_max_abs: None,
         sqnr_db_at_tolerance: None,
+        added: None,
     };
     let golden = match golden {
         Ok(g) => g,
@@ -193,6 +194,7 @@ pub fn run(
         report.hints = diagnose(&mut ctx, &Reruns { engine: Some(&again), variants });
     }
     if report.verdict != Verdict::Pass {
+        add_block_errors(case, model, goldens, &mut report.taps);
         for tap in &case.taps {
             let Some(rep) = report.taps.iter_mut().find(|r| r.name == tap.name) else { continue };
             if let (Some(a), Ok(g)) = (outputs.get(&tap.name), goldens.load(&tap.name)) {
@@ -201,6 +203,32 @@ pub fn run(
         }
     }
     report
+}
+
+/// Fill [`TapReport::added`]: each block the engine can run alone is run on the golden of its
+/// input, and its taps are compared again, so each shows the error it adds by itself.
+fn add_block_errors(case: &Case, model: &dyn LoadedModel, goldens: &Goldens, reports: &mut [TapReport]) {
+    if case.decode.is_some() {
+        return;
+    }
+    for block in model.blocks() {
+        let names: Vec<String> = reports.iter().filter(|r| block.contains(&r.name)).map(|r| r.name.clone()).collect();
+        if names.is_empty() || goldens.entry(&block.input).is_none() {
+            continue;
+        }
+        let Ok(input) = goldens.load(&block.input) else { continue };
+        let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+        let Ok(out) = model.run_block(&case.inputs, &block.path, &input, &wanted) else { continue };
+        for rep in reports.iter_mut().filter(|r| block.contains(&r.name)) {
+            let Some(tap) = case.taps.iter().find(|t| t.name == rep.name) else { continue };
+            let alone = compare_tap(case, tap, out.get(&rep.name), goldens.load(&rep.name), rep.noise_floor, None);
+            rep.added = alone.metrics.map(|m| Added {
+                max_abs: m.max_abs,
+                sqnr_db: m.sqnr_db,
+                within_tolerance: alone.status.is_pass(),
+            });
+        }
+    }
 }
 
 /// Per-token error and the tolerance-equivalent SQNR of a compared tap, for the HTML report's

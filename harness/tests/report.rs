@@ -251,6 +251,7 @@ fn synthetic() -> Vec<TrialReport> {
         status,
         row_max_abs: None,
         sqnr_db_at_tolerance: None,
+        added: None,
     };
     let exact = Metrics { n: 12, cosine: 1.0, sqnr_db: f64::INFINITY, norm_ratio: 1.0, ..Default::default() };
     let bad = Metrics {

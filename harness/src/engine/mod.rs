@@ -42,6 +42,32 @@ pub trait LoadedModel: Send + Sync {
         Err(Error::engine("this engine does not support incremental decoding (`decode:` cases)")
             .hint("list only engines that decode under the case's `engines:`"))
     }
+    /// Blocks (decoder/encoder layers) the engine can run alone on a given input, for the
+    /// "error added" of each tap; empty when it cannot.
+    fn blocks(&self) -> Vec<Block> {
+        vec![]
+    }
+    /// Run one block of [`LoadedModel::blocks`] on `input` (the golden of the block's input tap)
+    /// with the batch's mask and positions from `inputs`; returns the block's taps.
+    fn run_block(&self, inputs: &Inputs, block: &str, input: &Tensor, taps: &[&str]) -> Result<Outputs> {
+        let _ = (inputs, input, taps);
+        Err(Error::engine(format!("this engine cannot run block `{block}` alone")))
+    }
+}
+
+/// A block and the tap whose output feeds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// Module path, e.g. `model.layers.3`; the block's taps are it and its children.
+    pub path: String,
+    /// The tap whose output is the block's input, e.g. `model.layers.2`.
+    pub input: String,
+}
+
+impl Block {
+    pub fn contains(&self, tap: &str) -> bool {
+        tap == self.path || tap.strip_prefix(self.path.as_str()).is_some_and(|r| r.starts_with('.'))
+    }
 }
 
 #[derive(Clone, Default)]

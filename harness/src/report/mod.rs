@@ -77,6 +77,17 @@ pub struct TapReport {
     /// `atol + rtol·|golden|`: the tolerance line of the HTML error plot. Trials that did not
     /// pass only.
     pub sqnr_db_at_tolerance: Option<f64>,
+    /// The error this tap adds by itself: its block run alone on the golden of the block's
+    /// input (engines with [`crate::engine::LoadedModel::run_block`]; trials that did not pass).
+    pub added: Option<Added>,
+}
+
+/// Metrics of a tap when its block runs on golden inputs (its own error, not inherited).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Added {
+    pub max_abs: f64,
+    pub sqnr_db: f64,
+    pub within_tolerance: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -124,12 +124,34 @@ pub fn render(r: &TrialReport) -> String {
             let _ = writeln!(s, "  {}. [{kind}] {}{at}", i + 1, h.message);
         }
     }
+    // Blocks whose own error (run alone on golden inputs) is out of tolerance, named by the
+    // first such tap in each layer.
+    let mut adding: Vec<&str> = Vec::new();
+    let mut last_layer = None;
+    for t in r.taps.iter().filter(|t| t.added.is_some_and(|a| !a.within_tolerance)) {
+        let layer = crate::family::layer_of(&t.name);
+        if adding.is_empty() || layer != last_layer {
+            adding.push(&t.name);
+            last_layer = layer;
+        }
+    }
+    if r.taps.iter().any(|t| t.added.is_some()) {
+        let _ = if adding.is_empty() {
+            writeln!(s, "each layer run alone on golden inputs is within tolerance: the error is inherited")
+        } else {
+            writeln!(
+                s,
+                "layers out of tolerance when run alone on golden inputs (their own error starts at): {}",
+                adding.join(", ")
+            )
+        };
+    }
     if !r.taps.is_empty() {
         let w = r.taps.iter().map(|t| t.name.len()).max().unwrap_or(3).max(3);
         let _ = writeln!(
             s,
-            "   {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9} {:>7} {:>8} {:>10}  verdict",
-            "tap", "shape", "max_abs", "at", "mean_abs", "max_rel", "cosine", "sqnr_dB", "x_floor", "mismatch"
+            "   {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9} {:>7} {:>8} {:>10} {:>9}  verdict",
+            "tap", "shape", "max_abs", "at", "mean_abs", "max_rel", "cosine", "sqnr_dB", "x_floor", "mismatch", "added"
         );
         for (i, t) in r.taps.iter().enumerate() {
             let mark = if Some(i) == r.first_divergence { ">" } else { " " };
@@ -138,7 +160,7 @@ pub fn render(r: &TrialReport) -> String {
                 Some(m) => {
                     let _ = writeln!(
                         s,
-                        " {mark} {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9.6} {:>7} {:>8} {:>10}  {}",
+                        " {mark} {:<w$}  {:<14} {:>9} {:<12} {:>9} {:>9} {:>9.6} {:>7} {:>8} {:>10} {:>9}  {}",
                         t.name,
                         shape,
                         num(m.max_abs),
@@ -149,6 +171,7 @@ pub fn render(r: &TrialReport) -> String {
                         db(m.sqnr_db),
                         floor_multiple(m.max_abs, t.noise_floor),
                         format!("{}/{}", m.mismatches, m.n + m.nan + m.inf),
+                        t.added.map_or("-".into(), |a| num(a.max_abs)),
                         status_word(t)
                     );
                 }

@@ -14,9 +14,10 @@ use super::ops::{
 };
 use super::{Mutation, Recorder, Weights};
 use crate::case::{IdMatrix, Inputs, ModelSpec};
-use crate::engine::{LoadedModel, Outputs};
+use crate::engine::{Block, LoadedModel, Outputs};
 use crate::error::{Error, Result};
 use crate::family::llama::LlamaDims;
+use crate::tensor::Tensor;
 
 pub const CLASS: &str = "LlamaForCausalLM";
 pub const QWEN3_CLASS: &str = "Qwen3ForCausalLM";
@@ -101,6 +102,7 @@ impl Llama {
         ids: &IdMatrix,
         mask: Option<&IdMatrix>,
         mut cache: Option<&mut KvCache>,
+        start: Option<(usize, CTensor)>,
         rec: &mut Recorder,
     ) -> Result<()> {
         let dev = Device::Cpu;
@@ -109,9 +111,17 @@ impl Llama {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let total = past + s;
 
-        let mut x =
-            self.embed.embedding(&ids_tensor(&ids.data, b, s, &dev)?.flatten_all()?)?.reshape((b, s, d.hidden))?;
-        rec.tap("model.embed_tokens", &x);
+        // With `start = (i, x)`, only layer i runs, on the given input (error-added probes).
+        let only = start.as_ref().map(|(i, _)| *i);
+        let mut x = match start {
+            Some((_, x)) => x,
+            None => {
+                let x = self.embed.embedding(&ids_tensor(&ids.data, b, s, &dev)?.flatten_all()?)?;
+                let x = x.reshape((b, s, d.hidden))?;
+                rec.tap("model.embed_tokens", &x);
+                x
+            }
+        };
 
         let pos: Vec<usize> = (past..total).collect();
         let (cos, sin) = rope_tables(&pos, d.head_dim, d.rope_theta, &dev)?;
@@ -130,6 +140,9 @@ impl Llama {
         let cache_skew = usize::from(past > 0 && self.mutated(&Mutation::KvCacheWrongPosition));
 
         for (i, l) in self.layers.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
             let p = format!("model.layers.{i}");
             let h = rms_norm(&x, &l.in_norm, d.rms_eps)?;
             rec.tap(&format!("{p}.input_layernorm"), &h);
@@ -183,6 +196,9 @@ impl Llama {
             x = if self.mutated(&Mutation::NoResidual("mlp")) { m } else { (x + m)? };
             rec.tap(&p, &x);
         }
+        if only.is_some() {
+            return Ok(());
+        }
         if let Some(c) = cache {
             c.advance(s);
         }
@@ -199,7 +215,28 @@ impl Llama {
 impl LoadedModel for Llama {
     fn run(&self, inputs: &Inputs, taps: &[&str]) -> Result<Outputs> {
         let mut rec = Recorder::new(taps);
-        self.forward(&inputs.input_ids, inputs.attention_mask.as_ref(), None, &mut rec)?;
+        self.forward(&inputs.input_ids, inputs.attention_mask.as_ref(), None, None, &mut rec)?;
+        rec.finish()
+    }
+
+    fn blocks(&self) -> Vec<Block> {
+        (0..self.layers.len())
+            .map(|i| Block {
+                path: format!("model.layers.{i}"),
+                input: if i == 0 { "model.embed_tokens".into() } else { format!("model.layers.{}", i - 1) },
+            })
+            .collect()
+    }
+
+    fn run_block(&self, inputs: &Inputs, block: &str, input: &Tensor, taps: &[&str]) -> Result<Outputs> {
+        let i = block
+            .strip_prefix("model.layers.")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&i| i < self.layers.len())
+            .ok_or_else(|| Error::engine(format!("no block `{block}`")))?;
+        let x = CTensor::from_slice(input.data(), input.shape(), &Device::Cpu)?;
+        let mut rec = Recorder::new(taps);
+        self.forward(&inputs.input_ids, inputs.attention_mask.as_ref(), None, Some((i, x)), &mut rec)?;
         rec.finish()
     }
 
@@ -213,12 +250,12 @@ impl LoadedModel for Llama {
         let mut cache = KvCache::new(self.layers.len(), b, self.d.kv_heads, capacity, self.d.head_dim)?;
         let mut steps = Vec::with_capacity(tokens.seq + 1);
         let mut rec = Recorder::new(taps);
-        self.forward(&prompt.input_ids, prompt.attention_mask.as_ref(), Some(&mut cache), &mut rec)?;
+        self.forward(&prompt.input_ids, prompt.attention_mask.as_ref(), Some(&mut cache), None, &mut rec)?;
         steps.push(rec.finish()?);
         for k in 0..tokens.seq {
             let ids = IdMatrix { batch: b, seq: 1, data: (0..b).map(|r| tokens.row(r)[k]).collect() };
             let mut rec = Recorder::new(taps);
-            self.forward(&ids, prompt.attention_mask.as_ref(), Some(&mut cache), &mut rec)?;
+            self.forward(&ids, prompt.attention_mask.as_ref(), Some(&mut cache), None, &mut rec)?;
             steps.push(rec.finish()?);
         }
         Ok(steps)
