@@ -22,6 +22,7 @@ pub mod patterns;
 pub mod probes;
 pub mod transforms;
 pub mod view;
+pub mod weights;
 
 /// How many hints a report keeps (best first).
 pub const MAX_HINTS: usize = 6;
@@ -73,6 +74,25 @@ pub enum HintKind {
     DecodeStep,
     /// The reference engine with a known port bug reproduces the engine's output.
     KnownBug,
+    /// Pulled back through a square projection, the engine's output is the golden input times
+    /// the weight untransposed.
+    TransposedWeight,
+    /// An activation function (or the other half of its input) reproduces the engine's output.
+    ActivationVariant,
+    /// The first divergent layer is of a kind (e.g. local attention) the layers before it are not.
+    LayerType,
+}
+
+impl HintKind {
+    /// What the finding rests on: the engine's and the golden tensors alone (`data`), the
+    /// model's structure as well (`structure`), or running something again (`re-run`).
+    pub fn evidence(self) -> &'static str {
+        match self {
+            HintKind::KnownBug | HintKind::RopePairing | HintKind::NonDeterministic => "re-run",
+            HintKind::LayerType | HintKind::DecodeStep => "structure",
+            _ => "data",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -154,8 +174,11 @@ pub fn diagnose(ctx: &mut Ctx<'_>, reruns: &Reruns<'_>) -> Vec<Hint> {
     let mut out = Vec::new();
     nonfinite(ctx, &mut out);
     decode_step(ctx, &mut out);
+    layer_type(ctx, &mut out);
     patterns::analyze(ctx, &mut out);
     transforms::blame(ctx, &mut out);
+    transforms::activations(ctx, &mut out);
+    weights::analyze(ctx, &mut out);
     if let Some(rerun) = reruns.engine {
         probes::nondeterminism(ctx, rerun, &mut out);
     }
@@ -194,6 +217,34 @@ fn nonfinite(ctx: &Ctx<'_>, out: &mut Vec<Hint>) {
             crate::report::terminal::index(&at),
             m.nan,
             m.inf
+        ),
+    });
+}
+
+/// The first divergent layer is the first of its kind (a local-attention layer after passing
+/// global ones): what differs between the kinds is where to look.
+fn layer_type(ctx: &Ctx<'_>, out: &mut Vec<Hint>) {
+    let name = &ctx.taps[ctx.first].name;
+    let Some(layer) = crate::family::layer_of(name) else { return };
+    let Some(kinds) = crate::family::layer_kinds(&ctx.case.model) else { return };
+    let Some(kind) = kinds.get(layer) else { return };
+    // Earlier layers (of other kinds) were compared and passed.
+    let earlier_layers =
+        ctx.taps[..ctx.first].iter().any(|t| crate::family::layer_of(&t.name).is_some_and(|l| l < layer));
+    if !earlier_layers || kinds[..layer].contains(kind) {
+        return;
+    }
+    let what = match kind.as_str() {
+        "sliding_attention" => "the sliding window (each token sees only its local window) and the local RoPE base",
+        _ => "what this layer kind does differently",
+    };
+    out.push(Hint {
+        kind: HintKind::LayerType,
+        tap: name.clone(),
+        score: 0.7,
+        message: format!(
+            "the first divergent layer, {layer}, is the first `{kind}` layer and the layers before it (other kinds) \
+             match: check {what}"
         ),
     });
 }

@@ -53,8 +53,10 @@ pub fn known_bugs(ctx: &mut Ctx<'_>, variants: &dyn Variants, out: &mut Vec<Hint
             continue;
         }
         if judge(ctx.case, &ctx.taps[ctx.first], kind, actual.data(), v.data()).1 {
+            // Re-pairing RoPE is the "RoPE pairing" finding; the rest are known bugs.
+            let kind = if m == Mutation::RopeInterleaved { HintKind::RopePairing } else { HintKind::KnownBug };
             out.push(Hint {
-                kind: HintKind::KnownBug,
+                kind,
                 tap: name.clone(),
                 score: 0.85,
                 message: format!(

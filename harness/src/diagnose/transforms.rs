@@ -280,3 +280,112 @@ mod tests {
         assert_eq!(transpose_last_two(&[1.0, 2.0, 3.0, 4.0], &[2, 2]), vec![1.0, 3.0, 2.0, 4.0]);
     }
 }
+
+type Act = (&'static str, fn(f64) -> f64);
+
+/// erf to ~1e-13 (Taylor series below 3, asymptotic erfc above): plenty at float32 tolerance.
+fn erf(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 3.0 {
+        // Taylor series: erf(x) = 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, mut n) = (a, a, 0.0);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // Asymptotic erfc for large |x|.
+        let t = 1.0 / (a * a);
+        let series = 1.0 - 0.5 * t + 0.75 * t * t - 1.875 * t * t * t + 6.5625 * t.powi(4);
+        1.0 - (-a * a).exp() / (a * std::f64::consts::PI.sqrt()) * series
+    };
+    if x < 0.0 { -r } else { r }
+}
+
+const ACTIVATIONS: &[Act] = &[
+    ("gelu (erf)", |x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))),
+    ("gelu (tanh approximation)", |x| {
+        0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+    }),
+    ("silu", |x| x / (1.0 + (-x).exp())),
+    ("relu", |x| x.max(0.0)),
+    ("quick_gelu", |x| x / (1.0 + (-1.702 * x).exp())),
+];
+
+/// An activation module: which function of which input (an earlier tap, or one half of a fused
+/// earlier tap) gives the golden, and which gives the engine's output. A different function is
+/// a wrong activation variant; the same function on the other half is a swapped split.
+pub fn activations(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
+    let first = ctx.first;
+    let name = ctx.taps[first].name.clone();
+    let kind = ctx.kind_of(&name);
+    let (Some(actual), Some(golden)) = (ctx.actual(&name), ctx.golden(&name)) else { return };
+    let shape = golden.shape().to_vec();
+    if actual.shape() != shape.as_slice() || shape.is_empty() {
+        return;
+    }
+    let w = *shape.last().unwrap();
+    let mut inputs: Vec<(String, Vec<f32>)> = Vec::new();
+    let earlier: Vec<(String, Vec<usize>)> =
+        ctx.taps[..first].iter().rev().take(6).map(|t| (t.name.clone(), t.shape.clone())).collect();
+    for (prev, pshape) in earlier {
+        let same_lead = pshape.len() == shape.len() && pshape[..pshape.len() - 1] == shape[..shape.len() - 1];
+        if !same_lead {
+            continue;
+        }
+        let Some(g) = ctx.golden(&prev) else { continue };
+        let pw = *pshape.last().unwrap();
+        if pw == w {
+            inputs.push((format!("golden `{prev}`"), g.data().to_vec()));
+        } else if pw == 2 * w {
+            for (half, off) in [("first half", 0), ("second half", w)] {
+                let v = g.data().chunks(pw).flat_map(|r| r[off..off + w].iter().copied()).collect();
+                inputs.push((format!("the {half} of golden `{prev}`"), v));
+            }
+        }
+    }
+    let apply = |f: fn(f64) -> f64, x: &[f32]| -> Vec<f32> { x.iter().map(|&v| f(v as f64) as f32).collect() };
+    let find = |target: &[f32]| {
+        for (iname, x) in &inputs {
+            for (fname, f) in ACTIVATIONS {
+                if judge(ctx.case, &ctx.taps[first], kind, &apply(*f, x), target).1 {
+                    return Some((iname.clone(), *fname));
+                }
+            }
+        }
+        None
+    };
+    let (Some((gi, gf)), Some((ei, ef))) = (find(golden.data()), find(actual.data())) else { return };
+    if (gi.as_str(), gf) == (ei.as_str(), ef) {
+        return;
+    }
+    let message = if gi == ei {
+        format!("the engine's `{name}` is {ef} of {ei}, where HF computes {gf}: the activation variant is wrong")
+    } else {
+        format!(
+            "the engine's `{name}` is {ef} of {ei}, where HF takes {gi}: the fused projection is split in the \
+             wrong order"
+        )
+    };
+    out.push(Hint { kind: HintKind::ActivationVariant, tap: name, score: 0.92, message });
+}
+
+#[cfg(test)]
+mod act_tests {
+    use super::erf;
+
+    #[test]
+    fn erf_is_accurate() {
+        for (x, want) in [
+            (0.5, 0.5204998778130465),
+            (1.0, 0.8427007929497149),
+            (2.5, 0.999_593_047_982_555),
+            (4.0, 0.9999999845827421),
+        ] {
+            assert!((erf(x) - want).abs() < 1e-12, "{x}");
+            assert!((erf(-x) + want).abs() < 1e-12);
+        }
+    }
+}

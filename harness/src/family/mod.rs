@@ -89,6 +89,18 @@ pub fn lookup(class: &str) -> Option<&'static Family> {
     FAMILIES.iter().copied().find(|f| f.class == class)
 }
 
+/// The attention kind of each layer, for families whose layers differ (ModernBERT:
+/// `full_attention` / `sliding_attention`); None when all layers are alike.
+pub fn layer_kinds(model: &crate::case::ModelSpec) -> Option<Vec<String>> {
+    if model.family.class == modernbert::MODERNBERT.class {
+        let d = modernbert::ModernBertDims::from_config(&model.config).ok()?;
+        return Some(
+            d.global.iter().map(|g| if *g { "full_attention" } else { "sliding_attention" }.to_string()).collect(),
+        );
+    }
+    None
+}
+
 /// Refuse configs whose weight matrices cannot exist: each product of dims (e.g.
 /// `[vocab, hidden]`) must fit in memory (2^40 elements, 4 TiB of float32, is the limit).
 pub fn check_param_count(c: &Config, products: &[&[usize]]) -> Result<()> {

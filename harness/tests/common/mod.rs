@@ -97,3 +97,26 @@ impl TempRepo {
         suite.run_trial(&case, &e)
     }
 }
+
+/// Keep a generated section of README.md (between `<!-- NAME:start -->` and `<!-- NAME:end -->`)
+/// equal to `content`; `HARNESS_UPDATE_README=1` rewrites it instead of failing.
+pub fn check_readme_section(name: &str, content: &str) {
+    let path = repo_root().join("README.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (start, end) = (format!("<!-- {name}:start -->\n"), format!("<!-- {name}:end -->"));
+    let (Some(i), Some(j)) = (text.find(&start), text.find(&end)) else {
+        panic!("README.md has no `{start}` ... `{end}` section");
+    };
+    let current = &text[i + start.len()..j];
+    if current == content {
+        return;
+    }
+    if std::env::var("HARNESS_UPDATE_README").is_ok_and(|v| v == "1") {
+        let new = format!("{}{}{}", &text[..i + start.len()], content, &text[j..]);
+        std::fs::write(&path, new).unwrap();
+        return;
+    }
+    panic!(
+        "README.md's `{name}` section is out of date; rerun with HARNESS_UPDATE_README=1 to rewrite it.\n--- README\n{current}\n--- generated\n{content}"
+    );
+}

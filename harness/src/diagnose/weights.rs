@@ -1,0 +1,213 @@
+//! Evidence that needs the model's weights: when the first divergent tap is the output of a
+//! square projection `y = x Wᵀ + b` (an attention output projection, usually), the golden and
+//! the engine outputs can be pulled back through it to the projection's input `x`. There the
+//! heads are still separate (so "only some heads are wrong" becomes visible), and the golden `x`
+//! pushed through the weight *untransposed* says whether the port transposed it.
+
+use std::path::Path;
+
+use super::view::judge;
+use super::{Ctx, Hint, HintKind};
+
+/// A 2-D weight `[rows, cols]` as f32, read from the checkpoint's safetensors.
+fn load(dir: &Path, name: &str) -> Option<(Vec<f32>, usize, usize)> {
+    let file = std::fs::File::open(dir.join("model.safetensors")).ok()?;
+    // SAFETY: read-only mapping of a checkpoint that is not written during a run.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let st = safetensors::SafeTensors::deserialize(&map).ok()?;
+    let t = st.tensor(name).ok()?;
+    let shape = t.shape().to_vec();
+    let b = t.data();
+    let v: Vec<f32> = match t.dtype() {
+        safetensors::Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        safetensors::Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        safetensors::Dtype::BF16 => {
+            b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        _ => return None,
+    };
+    match shape.as_slice() {
+        [r, c] => Some((v, *r, *c)),
+        [n] => Some((v, 1, *n)),
+        _ => None,
+    }
+}
+
+/// LU factorization with partial pivoting of an `n x n` matrix (row-major, f64); None when
+/// singular.
+struct Lu {
+    n: usize,
+    a: Vec<f64>,
+    piv: Vec<usize>,
+}
+
+impl Lu {
+    fn new(mut a: Vec<f64>, n: usize) -> Option<Lu> {
+        let mut piv: Vec<usize> = (0..n).collect();
+        let scale = a.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-300);
+        for k in 0..n {
+            let p = (k..n).max_by(|&i, &j| a[i * n + k].abs().total_cmp(&a[j * n + k].abs()))?;
+            if a[p * n + k].abs() <= 1e-12 * scale {
+                return None;
+            }
+            if p != k {
+                for c in 0..n {
+                    a.swap(k * n + c, p * n + c);
+                }
+                piv.swap(k, p);
+            }
+            for i in k + 1..n {
+                let f = a[i * n + k] / a[k * n + k];
+                a[i * n + k] = f;
+                for c in k + 1..n {
+                    a[i * n + c] -= f * a[k * n + c];
+                }
+            }
+        }
+        Some(Lu { n, a, piv })
+    }
+
+    /// Solve `A z = rhs`.
+    fn solve(&self, rhs: &[f64]) -> Vec<f64> {
+        let n = self.n;
+        let mut z: Vec<f64> = self.piv.iter().map(|&p| rhs[p]).collect();
+        for i in 0..n {
+            for c in 0..i {
+                z[i] -= self.a[i * n + c] * z[c];
+            }
+        }
+        for i in (0..n).rev() {
+            for c in i + 1..n {
+                z[i] -= self.a[i * n + c] * z[c];
+            }
+            z[i] /= self.a[i * n + i];
+        }
+        z
+    }
+}
+
+/// The square projection whose output the tap is, by the naming conventions of HF models.
+fn projection(ctx: &Ctx<'_>, tap: &str, width: usize) -> Option<(String, Vec<f32>, Option<Vec<f32>>)> {
+    let module = tap.split('@').next().unwrap_or(tap);
+    let candidates = ["", ".o_proj", ".Wo", ".out_lin", ".dense", ".output.dense", ".out_proj"];
+    for suffix in candidates {
+        let name = format!("{module}{suffix}");
+        if let Some((w, r, c)) = load(&ctx.case.model.dir, &format!("{name}.weight"))
+            && r == width
+            && c == width
+        {
+            let b = load(&ctx.case.model.dir, &format!("{name}.bias")).map(|(b, _, _)| b);
+            return Some((name, w, b));
+        }
+    }
+    None
+}
+
+/// Rows of `y` pulled back through `y = x Wᵀ + b`: solve `W x = y - b` per row.
+fn pull_back(lu: &Lu, y: &[f32], b: Option<&[f32]>, width: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(y.len());
+    for row in y.chunks(width) {
+        let rhs: Vec<f64> = row.iter().enumerate().map(|(i, &v)| v as f64 - b.map_or(0.0, |b| b[i] as f64)).collect();
+        out.extend(lu.solve(&rhs));
+    }
+    out
+}
+
+pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
+    let first = ctx.first;
+    let name = ctx.taps[first].name.clone();
+    let kind = ctx.kind_of(&name);
+    let (Some(actual), Some(golden)) = (ctx.actual(&name), ctx.golden(&name)) else { return };
+    let shape = golden.shape().to_vec();
+    if actual.shape() != shape.as_slice() || shape.is_empty() {
+        return;
+    }
+    let width = *shape.last().unwrap();
+    // An LU of the projection is O(width^3): cap it so diagnosis stays under a second.
+    if !(2..=1024).contains(&width) {
+        return;
+    }
+    let Some((proj, w, b)) = projection(ctx, &name, width) else { return };
+    let wt: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+    let Some(lu) = Lu::new(wt, width) else { return };
+    let xg = pull_back(&lu, golden.data(), b.as_deref(), width);
+    let xe = pull_back(&lu, actual.data(), b.as_deref(), width);
+
+    // The weight used untransposed: y' = x W + b.
+    let mut y_t = Vec::with_capacity(xg.len());
+    for row in xg.chunks(width) {
+        for j in 0..width {
+            let s: f64 = (0..width).map(|i| row[i] * w[i * width + j] as f64).sum();
+            y_t.push((s + b.as_ref().map_or(0.0, |b| b[j] as f64)) as f32);
+        }
+    }
+    if judge(ctx.case, &ctx.taps[first], kind, &y_t, actual.data()).1 {
+        out.push(Hint {
+            kind: HintKind::TransposedWeight,
+            tap: name.clone(),
+            score: 0.92,
+            message: format!(
+                "the engine's `{name}` equals the golden input of `{proj}` times its weight untransposed \
+                 (x·W instead of x·Wᵀ): `{proj}.weight` is used transposed"
+            ),
+        });
+        return;
+    }
+
+    // Per-head error at the projection's input.
+    let Some(hd) = ctx.head_dim() else { return };
+    if hd == 0 || width % hd != 0 || width / hd < 2 {
+        return;
+    }
+    let heads = width / hd;
+    let rows = super::view::selection_rows(ctx.case, kind, &shape);
+    let rel: Vec<f64> = (0..heads)
+        .map(|h| {
+            let (mut dd, mut gg) = (0f64, 0f64);
+            for (r, (xe_row, xg_row)) in xe.chunks(width).zip(xg.chunks(width)).enumerate() {
+                if rows.as_ref().is_some_and(|sel| !sel.get(r).copied().unwrap_or(true)) {
+                    continue;
+                }
+                for c in h * hd..(h + 1) * hd {
+                    dd += (xe_row[c] - xg_row[c]).powi(2);
+                    gg += xg_row[c].powi(2);
+                }
+            }
+            (dd / gg.max(1e-300)).sqrt()
+        })
+        .collect();
+    let worst = rel.iter().cloned().fold(0f64, f64::max);
+    // A head is wrong when its relative error is within 100x of the worst and clearly above
+    // float32 noise; the others must be at noise level for the finding to hold.
+    let bad: Vec<usize> = (0..heads).filter(|&h| rel[h] > 1e-3 && rel[h] > worst / 100.0).collect();
+    let quiet = (0..heads).filter(|h| !bad.contains(h)).all(|h| rel[h] < 1e-4);
+    if bad.is_empty() || bad.len() == heads || !quiet {
+        return;
+    }
+    let list: Vec<String> = bad.iter().map(|h| h.to_string()).collect();
+    out.push(Hint {
+        kind: HintKind::SomeHeads,
+        tap: name.clone(),
+        score: 0.85,
+        message: format!(
+            "pulled back through `{proj}` (the heads' concatenation before it), only heads {} of {heads} differ; \
+             the others match to float32 noise: check which key/value head each query head reads (GQA \
+             repeat) and the head order",
+            list.join(", ")
+        ),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lu_solves() {
+        let a = vec![2.0, 1.0, 1.0, 3.0];
+        let lu = Lu::new(a, 2).unwrap();
+        let z = lu.solve(&[3.0, 5.0]);
+        assert!((z[0] - 0.8).abs() < 1e-12 && (z[1] - 1.4).abs() < 1e-12);
+        assert!(Lu::new(vec![1.0, 2.0, 2.0, 4.0], 2).is_none());
+    }
+}
