@@ -68,10 +68,11 @@ def model_is_stale(spec: ModelSpec, d: Path) -> bool:
 
 def build_model(spec: ModelSpec, final: Path) -> None:
     tmp = store.tmp_sibling(final)
-    hf.build_random(spec, tmp)
-    prov = model_provenance(spec, sha256_file(tmp / "model.safetensors"))
-    store.write_files(tmp, {"provenance.json": store.manifest_bytes(prov)})
-    store.commit_dir(tmp, final)
+    with store.cleanup_on_error(tmp):
+        hf.build_random(spec, tmp)
+        prov = model_provenance(spec, sha256_file(tmp / "model.safetensors"))
+        store.write_files(tmp, {"provenance.json": store.manifest_bytes(prov)})
+        store.commit_dir(tmp, final)
 
 
 def forward(model, case: Case, taps: list[str]):
@@ -179,8 +180,9 @@ def case_is_stale(case: Case, d: Path, model_dir: Path) -> bool:
 def write_case(case: Case, model_dir: Path, final: Path) -> None:
     files = case_files(case, model_dir)
     tmp = store.tmp_sibling(final)
-    store.write_files(tmp, files)
-    store.commit_dir(tmp, final)
+    with store.cleanup_on_error(tmp):
+        store.write_files(tmp, files)
+        store.commit_dir(tmp, final)
 
 
 def build_model_pending(spec: ModelSpec, final: Path, scratch: Path) -> tuple[Path, bool]:
@@ -209,6 +211,20 @@ def compare_dirs(committed: Path, fresh: Path, label: str) -> list[str]:
 
 
 def main() -> int:
+    try:
+        return run()
+    except OSError as e:
+        # A full disk, a read-only goldens dir: say which file and that nothing was replaced.
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"error: {where}{(e.strerror or str(e)).lower()} (hint: free space or fix permissions and rerun; "
+            "goldens already in place were not touched, each directory is swapped in only once complete)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def run() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--all", action="store_true", help="regenerate everything, stale or not")
     ap.add_argument("--case", action="append", metavar="GLOB", help="only cases whose id matches (repeatable)")

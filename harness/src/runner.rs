@@ -161,13 +161,33 @@ impl Suite {
     /// Run one case on one engine and record the report.
     pub fn run_trial(&self, case: &Case, engine: &Arc<dyn Engine>) -> TrialReport {
         let trial = format!("{}::{}", engine.name(), case.id);
-        let report = match self.store.open(case).and_then(|g| Ok((g, self.model(engine, &case.model)?))) {
-            Ok((goldens, model)) => {
-                let probe = ReferenceProbe { case };
-                crate::trial::run(case, engine.name(), model.as_ref(), &goldens, rerun_command(&trial), Some(&probe))
+        // An engine that panics fails its own trial with the panic message; the run goes on.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match self.store.open(case).and_then(|g| Ok((g, self.model(engine, &case.model)?))) {
+                Ok((goldens, model)) => {
+                    let probe = ReferenceProbe { case };
+                    crate::trial::run(
+                        case,
+                        engine.name(),
+                        model.as_ref(),
+                        &goldens,
+                        rerun_command(&trial),
+                        Some(&probe),
+                    )
+                }
+                Err(e) => self.error_report(&trial, engine.name(), &case.id, &case.file, &e),
             }
-            Err(e) => self.error_report(&trial, engine.name(), &case.id, &case.file, &e),
-        };
+        }));
+        let report = run.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "no message".into());
+            let e = Error::engine(format!("engine `{}` panicked: {what}", engine.name()))
+                .hint("a bug in the engine (or in the harness if the engine is built in); the other trials still ran");
+            self.error_report(&trial, engine.name(), &case.id, &case.file, &e)
+        });
         self.reports.lock().unwrap().push(report.clone());
         report
     }

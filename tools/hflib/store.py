@@ -12,6 +12,7 @@ manifest), for `harness goldens review` / `accept` / `reject`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import io
@@ -72,6 +73,16 @@ def write_files(d: Path, files: dict[str, bytes]) -> None:
             f.flush()
             os.fsync(f.fileno())
     _fsync_dir(d)
+
+
+@contextlib.contextmanager
+def cleanup_on_error(tmp: Path):
+    """Remove a half-written temp directory when writing it fails (the old one stays)."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
