@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hflib import hf, store  # noqa: E402
+from hflib import gguf_export, hf, store  # noqa: E402
 from hflib.spec import Case, ModelSpec, SpecError, discover, expand_taps, load_case, sha256_bytes, sha256_file  # noqa: E402
 
 TOOL = "tools/regen_goldens.py"
@@ -63,13 +63,27 @@ def model_is_stale(spec: ModelSpec, d: Path) -> bool:
     weights = d / "model.safetensors"
     if prov is None or not weights.exists() or not (d / "config.json").exists():
         return True
+    if any(not (d / f"model.{q}.gguf").exists() for q in spec.gguf):
+        return True
     return prov.get("spec_sha256") != spec.sha256 or prov.get("weights_sha256") != sha256_file(weights)
+
+
+def write_gguf(spec: ModelSpec, d: Path) -> None:
+    """The model as GGUF in each type the spec's `gguf:` lists (beside model.safetensors)."""
+    if spec.gguf and spec.family != "LlamaForCausalLM":
+        raise SpecError(spec.file, "`gguf:` is only supported for LlamaForCausalLM")
+    for q in spec.gguf:
+        try:
+            gguf_export.export(d, q, d / f"model.{q}.gguf", sha256_file(d / "model.safetensors"))
+        except ValueError as e:
+            raise SpecError(spec.file, f"gguf: {e}") from None
 
 
 def build_model(spec: ModelSpec, final: Path) -> None:
     tmp = store.tmp_sibling(final)
     with store.cleanup_on_error(tmp):
         hf.build_random(spec, tmp)
+        write_gguf(spec, tmp)
         prov = model_provenance(spec, sha256_file(tmp / "model.safetensors"))
         store.write_files(tmp, {"provenance.json": store.manifest_bytes(prov)})
         store.commit_dir(tmp, final)
@@ -136,8 +150,35 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
         "module_order": order,
         "taps": entries,
     }
+    if case.bisect:
+        for entry, data in depth_goldens(case, model_dir):
+            files[entry["file"]] = data
+            entries.append(entry)
     files[store.MANIFEST] = store.manifest_bytes(manifest)
     return files
+
+
+def depth_goldens(case: Case, model_dir: Path):
+    """`bisect: true`: the model truncated to k = 1..L layers, its final outputs as taps
+    `depth.{k}.{tap}` (last_hidden_state, and logits when the model has them), for the depth
+    bisection of outputs-only engines (harness/src/bisect.rs). Each with its noise floor."""
+    full = hf.load(case.model, model_dir)
+    layers = full.config.num_hidden_layers
+    outs = [n for n in ("last_hidden_state", "logits") if n in hf.named_outputs(full)]
+    for k in range(1, layers + 1):
+        _, arrays = hf.run(hf.load(case.model, model_dir, layers=k), case.inputs, outs)
+        _, exact = hf.run(hf.load(case.model, model_dir, dtype=hf.torch.float64, layers=k), case.inputs, outs)
+        for t in outs:
+            if t not in arrays:
+                continue
+            data = store.npy_bytes(arrays[t])
+            name = f"depth.{k}.{t}"
+            a = arrays[t]
+            entry = {"name": name, "file": f"{name}.npy", "shape": list(a.shape), "dtype": str(a.dtype), "sha256": sha256_bytes(data)}
+            noise = noise_floor(case, a, exact[t]) if t in exact else None
+            if noise is not None:
+                entry["noise"] = noise
+            yield entry, data
 
 
 def noise_floor(case: Case, f32, f64) -> dict | None:
@@ -190,6 +231,7 @@ def build_model_pending(spec: ModelSpec, final: Path, scratch: Path) -> tuple[Pa
     cases must run on (the new model) and whether anything is pending."""
     d = scratch / spec.id
     hf.build_random(spec, d)
+    write_gguf(spec, d)
     prov = model_provenance(spec, sha256_file(d / "model.safetensors"))
     store.write_files(d, {"provenance.json": store.manifest_bytes(prov)})
     files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}

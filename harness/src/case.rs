@@ -31,6 +31,10 @@ pub struct ModelSpecFile {
     pub dtype: WeightDtype,
     #[serde(default)]
     pub description: Option<String>,
+    /// Also write the model as GGUF in these types (`f32`, `q8_0`), for the `candle-gguf-*`
+    /// engines (LlamaForCausalLM only; tools/hflib/gguf_export.py).
+    #[serde(default)]
+    pub gguf: Vec<String>,
 }
 
 /// Where a model's weights come from: `random: {seed: N}` or `path: DIR`.
@@ -129,6 +133,10 @@ pub struct CaseFile {
     /// Incremental decoding after the prompt (causal families).
     #[serde(default)]
     pub decode: Option<DecodeFile>,
+    /// Also write goldens of the model truncated to 1..L layers (`depth.{k}.{tap}`), so a failure
+    /// of an outputs-only engine can be bisected to its first divergent layer.
+    #[serde(default)]
+    pub bisect: bool,
 }
 
 /// `decode: {tokens: [[...]]}`: tokens fed one per step after the prompt, through the KV cache.
@@ -336,6 +344,8 @@ pub struct Case {
     /// The case's default tolerance (taps may have their own).
     pub tolerance: Tolerance,
     pub decode: Option<Decode>,
+    /// Depth goldens exist (`bisect: true`): see [`crate::bisect`].
+    pub bisect: bool,
 }
 
 /// Read and validate a model spec; `root` is the repository root.
@@ -403,6 +413,21 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
     }
     let config = Config::new(config, file.clone());
     (family.validate)(&config).map_err(|e| e.file(&file).at(doc.pos("config")))?;
+    for (i, q) in spec.gguf.iter().enumerate() {
+        if family.class != "LlamaForCausalLM" {
+            return Err(doc
+                .err("gguf", format!("`gguf:` is only supported for LlamaForCausalLM, not {}", family.class))
+                .hint("remove `gguf:`"));
+        }
+        if crate::engines::candle_tx::gguf::GgufType::parse(q).is_none() {
+            let known = crate::engines::candle_tx::gguf::GgufType::ALL.map(|t| t.as_str());
+            let hint = match did_you_mean(q, known) {
+                Some(k) => format!("did you mean `{k}`?"),
+                None => format!("known types: {}", known.join(", ")),
+            };
+            return Err(doc.err(&format!("gguf[{i}]"), format!("unknown GGUF type `{q}`")).hint(hint));
+        }
+    }
     Ok(ModelSpec { id: id.to_string(), file, family, source, dtype: spec.dtype, dir, config })
 }
 
@@ -495,6 +520,11 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
     if let Some(d) = &decode {
         taps = per_step(&taps, d.steps());
     }
+    if cf.bisect && decode.is_some() {
+        return Err(doc
+            .err("bisect", "`bisect: true` is not supported on decode cases")
+            .hint("bisect a case of the prompt alone (without `decode:`)"));
+    }
     if let Some(engines) = &cf.engines
         && engines.is_empty()
     {
@@ -516,6 +546,7 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
         compare_padding: cf.compare_padding,
         tolerance: default_tol,
         decode,
+        bisect: cf.bisect,
     })
 }
 

@@ -132,6 +132,9 @@ pub fn diff(a: &Path, b: &Path, tolerance: &Tolerance, mapping: &dyn Mapping) ->
         hints: vec![],
         error: None,
         rerun: format!("harness diff {} {}", display_path(a), display_path(b)),
+        notes: vec![],
+        bisection: None,
+        expected: None,
     };
     let a_path = |n: &str| sa.taps.iter().find(|(m, _)| m == n).map(|(_, p)| p.clone());
     for name in &order {

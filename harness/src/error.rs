@@ -107,7 +107,15 @@ impl std::error::Error for Error {}
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        Error::engine(format!("candle: {}", lowercase_first(&e.to_string())))
+        Error::engine(format!("candle: {}", lowercase_first(&candle_message(&e))))
+    }
+}
+
+/// A candle error's message without the backtrace candle appends when RUST_BACKTRACE is set.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        e => e.to_string(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The harness: a differential-testing harness and golden-file framework for ML inference
 //! engines. See README.md for the user's view and `../shared/design.md` for the design.
 
+pub mod bisect;
 pub mod case;
 pub mod decode;
 pub mod diagnose;
@@ -9,6 +10,7 @@ pub mod dump;
 pub mod engine;
 pub mod engines;
 pub mod error;
+pub mod expect;
 pub mod family;
 pub mod golden;
 pub mod metrics;

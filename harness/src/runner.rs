@@ -16,11 +16,12 @@ use crate::case::{Case, ModelSpec, case_id, load_case};
 use crate::engine::{Engine, LoadedModel, Registry};
 use crate::engines::reference::ReferenceProbe;
 use crate::error::{Error, Result, did_you_mean};
+use crate::expect::Expectations;
 use crate::golden::Store;
 use crate::report::{TrialReport, Verdict, terminal};
 
 /// Sub-directories of `cases/` that hold specs, not cases.
-pub const RESERVED_DIRS: &[&str] = &["models", "engines"];
+pub const RESERVED_DIRS: &[&str] = &["models", "engines", crate::expect::DIR];
 
 type ModelSlot = Arc<OnceLock<std::result::Result<Arc<dyn LoadedModel>, Error>>>;
 
@@ -31,6 +32,8 @@ pub struct Suite {
     models: Mutex<HashMap<(String, String), ModelSlot>>,
     /// Reports of the trials run so far (for summaries and report files).
     pub reports: Mutex<Vec<TrialReport>>,
+    /// `cases/expected/*.yaml`, read once.
+    expectations: OnceLock<std::result::Result<Expectations, Error>>,
 }
 
 /// The repository root: `$HARNESS_ROOT`, else the nearest ancestor of the current directory
@@ -96,6 +99,7 @@ impl Suite {
             registry,
             models: Mutex::new(HashMap::new()),
             reports: Mutex::new(Vec::new()),
+            expectations: OnceLock::new(),
         })
     }
 
@@ -155,7 +159,22 @@ impl Suite {
             hints: vec![],
             error: Some(err.to_string()),
             rerun: rerun_command(trial),
+            notes: vec![],
+            bisection: None,
+            expected: None,
         }
+    }
+
+    /// The expected findings of every engine (`cases/expected/`), read on first use.
+    pub fn expectations(&self) -> std::result::Result<&Expectations, Error> {
+        self.expectations
+            .get_or_init(|| {
+                let ids: Vec<String> =
+                    discover(&self.root)?.iter().map(|f| case_id(&self.root.join("cases"), f)).collect();
+                Expectations::load(&self.root, &self.registry.names(), &ids)
+            })
+            .as_ref()
+            .map_err(|e| e.clone())
     }
 
     /// Run one case on one engine and record the report.
@@ -166,19 +185,23 @@ impl Suite {
             match self.store.open(case).and_then(|g| Ok((g, self.model(engine, &case.model)?))) {
                 Ok((goldens, model)) => {
                     let probe = ReferenceProbe { case };
-                    crate::trial::run(
+                    let mut r = crate::trial::run(
                         case,
                         engine.name(),
                         model.as_ref(),
                         &goldens,
                         rerun_command(&trial),
                         Some(&probe),
-                    )
+                    );
+                    if model.taps().is_some() {
+                        r.bisection = crate::bisect::bisect(case, engine.as_ref(), &goldens, &r);
+                    }
+                    r
                 }
                 Err(e) => self.error_report(&trial, engine.name(), &case.id, &case.file, &e),
             }
         }));
-        let report = run.unwrap_or_else(|panic| {
+        let mut report = run.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -188,6 +211,11 @@ impl Suite {
                 .hint("a bug in the engine (or in the harness if the engine is built in); the other trials still ran");
             self.error_report(&trial, engine.name(), &case.id, &case.file, &e)
         });
+        if let Ok(exp) = self.expectations()
+            && let Some((e, file)) = exp.get(engine.name(), &case.id)
+        {
+            report.expected = Some(crate::expect::judge(e, file, &report));
+        }
         self.reports.lock().unwrap().push(report.clone());
         report
     }
@@ -197,6 +225,16 @@ impl Suite {
         let files = discover(&self.root)?;
         let mut models: BTreeMap<String, Result<ModelSpec>> = BTreeMap::new();
         let mut trials = Vec::new();
+        if let Err(e) = self.expectations() {
+            let name = format!("load::{}", crate::expect::DIR);
+            let report =
+                self.error_report(&name, "load", crate::expect::DIR, e.file.as_deref().unwrap_or(&self.root), &e);
+            let suite = self.clone();
+            trials.push(Trial::test(name, move || {
+                suite.reports.lock().unwrap().push(report);
+                Err(Failed::from(format!("error: {e}")))
+            }));
+        }
         for file in files {
             let id = case_id(&self.root.join("cases"), &file);
             let loaded = load_case(&self.root, &file, &mut models).and_then(|c| {
@@ -221,10 +259,7 @@ impl Suite {
                         let name = format!("{}::{}", engine.name(), case.id);
                         trials.push(Trial::test(name, move || {
                             let r = suite.run_trial(&case, &engine);
-                            match r.verdict {
-                                Verdict::Pass => Ok(()),
-                                _ => Err(Failed::from(terminal::render(&r))),
-                            }
+                            if r.ok() { Ok(()) } else { Err(Failed::from(terminal::render(&r))) }
                         }));
                     }
                 }

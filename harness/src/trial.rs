@@ -122,6 +122,40 @@ pub fn taps_in_forward_order<'a>(case: &'a Case, goldens: &Goldens) -> Vec<&'a T
     taps
 }
 
+/// Split `taps` into those an engine producing `produced` (None: every tap) returns and those it
+/// cannot; a decode tap `{tap}@{step}` counts as `{tap}`. Outputs-only engines are compared on the
+/// intersection: a tap they cannot produce is not a failure, it is said in a note.
+pub fn split_produced<'a>(taps: Vec<&'a Tap>, produced: Option<&[String]>) -> (Vec<&'a Tap>, Vec<&'a Tap>) {
+    let Some(produced) = produced else { return (taps, vec![]) };
+    taps.into_iter().partition(|t| {
+        let base = t.name.split('@').next().unwrap_or(&t.name);
+        produced.iter().any(|p| p == base)
+    })
+}
+
+fn not_produced_note(engine: &str, skipped: &[&Tap], produced: Option<&[String]>) -> Option<String> {
+    if skipped.is_empty() {
+        return None;
+    }
+    let mut bases: Vec<&str> = Vec::new();
+    for t in skipped {
+        let b = t.name.split('@').next().unwrap_or(&t.name);
+        if !bases.contains(&b) {
+            bases.push(b);
+        }
+    }
+    const SHOWN: usize = 6;
+    let mut list = bases.iter().take(SHOWN).map(|b| format!("`{b}`")).collect::<Vec<_>>().join(", ");
+    if bases.len() > SHOWN {
+        list.push_str(&format!(" and {} more", bases.len() - SHOWN));
+    }
+    Some(format!(
+        "not compared: {} of the case's taps that `{engine}` cannot produce ({list}); it returns only {}",
+        bases.len(),
+        produced.unwrap_or_default().join(", ")
+    ))
+}
+
 /// The engine's outputs for `case`'s inputs: one forward, or for a decode case every step
 /// keyed `{tap}@{step}`.
 pub fn run_case(case: &Case, model: &dyn LoadedModel, taps: &[&str]) -> Result<Outputs> {
@@ -152,8 +186,23 @@ pub fn run(
         hints: vec![],
         error: None,
         rerun,
+        notes: vec![],
+        bisection: None,
+        expected: None,
     };
-    let taps = taps_in_forward_order(case, goldens);
+    report.notes = model.notes();
+    let (taps, not_produced) = split_produced(taps_in_forward_order(case, goldens), model.taps().as_deref());
+    if let Some(note) = not_produced_note(engine, &not_produced, model.taps().as_deref()) {
+        report.notes.push(note);
+    }
+    if taps.is_empty() {
+        report.verdict = Verdict::Error;
+        report.error = Some(format!(
+            "engine `{engine}` produces none of the case's taps (it produces only {})",
+            model.taps().unwrap_or_default().join(", ")
+        ));
+        return report;
+    }
     let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
     let ran = run_case(case, model, &names).and_then(|o| {
         let checks = match &case.decode {

@@ -293,6 +293,9 @@ fn synthetic() -> Vec<TrialReport> {
         hints: vec![],
         error: None,
         rerun: "cargo test -p harness --test cases -- --exact 'mutant::toy/case'".into(),
+        notes: vec![],
+        bisection: None,
+        expected: None,
     };
     let error = TrialReport {
         trial: "reference::toy/stale".into(),
@@ -305,6 +308,9 @@ fn synthetic() -> Vec<TrialReport> {
         hints: vec![],
         error: Some("goldens/toy/stale/manifest.json: goldens are stale: the case file changed".into()),
         rerun: "cargo test -p harness --test cases -- --exact 'reference::toy/stale'".into(),
+        notes: vec![],
+        bisection: None,
+        expected: None,
     };
     vec![failing, error]
 }

@@ -84,8 +84,9 @@ def _tied_copies(model, state: dict) -> list[str]:
     return [k for k, src in tied.items() if k in state and src in state and state[k].data_ptr() == state[src].data_ptr()]
 
 
-def load(spec: ModelSpec, model_dir: Path, dtype: torch.dtype = torch.float32):
-    """Load a checkpoint directory from safetensors only (never pickle)."""
+def load(spec: ModelSpec, model_dir: Path, dtype: torch.dtype = torch.float32, layers: int | None = None):
+    """Load a checkpoint directory from safetensors only (never pickle). With `layers`, the model
+    truncated to its first `layers` layers (the rest of the checkpoint's layers are left out)."""
     cls = model_class(spec)
     weights = model_dir / "model.safetensors"
     if not weights.exists():
@@ -95,8 +96,18 @@ def load(spec: ModelSpec, model_dir: Path, dtype: torch.dtype = torch.float32):
         raise SpecError(weights, "model weights are missing")
     config = cls.config_class.from_pretrained(str(model_dir))
     config._attn_implementation = "eager"
+    if layers is not None:
+        full = config.num_hidden_layers
+        config.num_hidden_layers = layers
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[:layers]
     model = cls(config)
     state = safetensors.torch.load_file(str(weights))
+    if layers is not None:
+        dropped = {_layer_index(k) for k in state} - {None}
+        state = {k: v for k, v in state.items() if (_layer_index(k) or 0) < layers}
+        if not dropped or max(dropped) != full - 1:
+            raise SpecError(weights, f"cannot find the per-layer weights to truncate to {layers} layers")
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [m for m in missing if m not in tied and not _is_tied(model, m)]
@@ -105,6 +116,14 @@ def load(spec: ModelSpec, model_dir: Path, dtype: torch.dtype = torch.float32):
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return model.to(dtype).eval()
+
+
+def _layer_index(key: str) -> int | None:
+    """The layer number of a per-layer weight name (`model.layers.3.mlp...` -> 3)."""
+    for part in key.split("."):
+        if part.isdigit():
+            return int(part)
+    return None
 
 
 def _is_tied(model, key: str) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-RESERVED_DIRS = ("models", "engines")
+RESERVED_DIRS = ("models", "engines", "expected")
 
 
 class SpecError(Exception):
@@ -44,6 +44,8 @@ class ModelSpec:
     config: dict
     dtype: str
     sha256: str
+    # `gguf: [f32, q8_0]`: also write the model as GGUF in these types (hflib/gguf_export.py).
+    gguf: list[str] = field(default_factory=list)
 
     @property
     def is_random(self) -> bool:
@@ -67,6 +69,8 @@ class Case:
     raw: dict = field(default_factory=dict)
     # `decode.tokens`: one row per batch row, fed one token per step after the prompt.
     decode: list[list[int]] | None = None
+    # `bisect: true`: also write `depth.{k}.{tap}` goldens of the model truncated to k layers.
+    bisect: bool = False
 
 
 def _load_yaml(file: Path) -> tuple[dict, bytes]:
@@ -98,6 +102,7 @@ def load_model(root: Path, model_id: str) -> ModelSpec:
         config=dict(doc.get("config") or {}),
         dtype=doc.get("dtype", "float32"),
         sha256=sha256_bytes(data),
+        gguf=list(doc.get("gguf") or []),
     )
 
 
@@ -152,7 +157,7 @@ def load_case(root: Path, file: Path, models: dict[str, ModelSpec]) -> Case:
         if len(decode) != len(inputs["input_ids"]):
             raise SpecError(file, "`decode.tokens` needs one row per row of input_ids")
     return Case(
-        id=case_id(root, file), file=file, model=models[mid], inputs=inputs, taps=taps, sha256=sha256_bytes(data), raw=doc, decode=decode
+        id=case_id(root, file), file=file, model=models[mid], inputs=inputs, taps=taps, sha256=sha256_bytes(data), raw=doc, decode=decode, bisect=bool(doc.get("bisect", False))
     )
 
 

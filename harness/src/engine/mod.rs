@@ -34,6 +34,11 @@ pub trait LoadedModel: Send + Sync {
     fn taps(&self) -> Option<Vec<String>> {
         None
     }
+    /// Facts about how the engine was driven that a reader of the report should know (a config
+    /// key translated for it, checkpoint tensors it never read); shown with every trial.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Incremental decoding with a KV cache, for `decode:` cases: step 0 runs the prompt, step k
     /// feeds `tokens[:, k-1]` alone, positions continuing from the prompt length. Returns one
     /// `Outputs` per step (`tokens.seq + 1` of them), taps under their plain names (no `@step`).
@@ -80,6 +85,10 @@ impl Registry {
     pub fn builtin() -> Registry {
         let mut r = Registry::default();
         r.add(Arc::new(crate::engines::reference::ReferenceEngine::new()));
+        r.add(Arc::new(crate::engines::candle_tx::CandleTxEngine));
+        for q in crate::engines::candle_tx::gguf::GgufType::ALL {
+            r.add(Arc::new(crate::engines::candle_tx::gguf::GgufEngine::new(q)));
+        }
         r
     }
     pub fn add(&mut self, e: Arc<dyn Engine>) {

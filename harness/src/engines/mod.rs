@@ -1,3 +1,4 @@
 //! Engines that ship with the harness.
 
+pub mod candle_tx;
 pub mod reference;

@@ -25,12 +25,17 @@ pub fn headline(r: &TrialReport) -> String {
 }
 
 pub fn render(reports: &[TrialReport], root: &Path) -> String {
-    let count = |v: Verdict| reports.iter().filter(|r| r.verdict == v).count();
+    // A trial failing as its documented finding expects is `skipped`, not a failure.
+    let xfail = |r: &TrialReport| r.verdict != Verdict::Pass && r.ok();
+    let count = |v: Verdict| reports.iter().filter(|r| r.verdict == v && !xfail(r)).count();
     let (n, fail, err) = (reports.len(), count(Verdict::Fail), count(Verdict::Error));
+    let skipped = reports.iter().filter(|r| xfail(r)).count();
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(s, "<testsuites name=\"harness\" tests=\"{n}\" failures=\"{fail}\" errors=\"{err}\">");
-    let _ =
-        writeln!(s, "  <testsuite name=\"harness\" tests=\"{n}\" failures=\"{fail}\" errors=\"{err}\" skipped=\"0\">");
+    let _ = writeln!(
+        s,
+        "  <testsuite name=\"harness\" tests=\"{n}\" failures=\"{fail}\" errors=\"{err}\" skipped=\"{skipped}\">"
+    );
     for r in reports {
         let _ = write!(
             s,
@@ -39,6 +44,12 @@ pub fn render(reports: &[TrialReport], root: &Path) -> String {
             esc(&r.engine),
             esc(&case_path(root, &r.case_file))
         );
+        if r.verdict != Verdict::Pass
+            && let Some(e) = r.expected.as_ref().filter(|e| e.mismatch.is_none())
+        {
+            let _ = writeln!(s, ">\n      <skipped message=\"known finding: {}\"/>\n    </testcase>", esc(&e.finding));
+            continue;
+        }
         let tag = match r.verdict {
             Verdict::Pass => {
                 s.push_str("/>\n");

@@ -108,11 +108,28 @@ pub struct TrialReport {
     pub error: Option<String>,
     /// A command that reruns just this trial.
     pub rerun: String,
+    /// How the engine was driven, for the reader: config keys translated for it, checkpoint
+    /// tensors it never read, taps it cannot produce (so not compared).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Outputs-only engines: the first divergent layer, found by running truncated models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bisection: Option<crate::bisect::Bisection>,
+    /// A documented finding this trial is expected to reproduce (`cases/expected/<engine>.yaml`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<crate::expect::Outcome>,
 }
 
 impl TrialReport {
     pub fn first_divergent_tap(&self) -> Option<&TapReport> {
         self.first_divergence.map(|i| &self.taps[i])
+    }
+    /// Whether the trial is green: it passes, or it fails exactly as its documented finding says.
+    pub fn ok(&self) -> bool {
+        match &self.expected {
+            Some(e) => e.mismatch.is_none(),
+            None => self.verdict == Verdict::Pass,
+        }
     }
 }
 
