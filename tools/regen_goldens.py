@@ -74,7 +74,7 @@ def write_gguf(spec: ModelSpec, d: Path) -> None:
         raise SpecError(spec.file, "`gguf:` is only supported for LlamaForCausalLM")
     for q in spec.gguf:
         try:
-            gguf_export.export(d, q, d / f"model.{q}.gguf", sha256_file(d / "model.safetensors"))
+            gguf_export.export(d, q, d / f"model.{q}.gguf", sha256_file(d / "model.safetensors"), spec.id)
         except ValueError as e:
             raise SpecError(spec.file, f"gguf: {e}") from None
 

@@ -36,7 +36,7 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def export(model_dir: Path, qtype: str, out: Path, source_sha256: str) -> None:
+def export(model_dir: Path, qtype: str, out: Path, source_sha256: str, name: str) -> None:
     if qtype not in TYPES:
         raise ValueError(f"unknown GGUF type `{qtype}` (known: {', '.join(TYPES)})")
     ggml_type, file_type = TYPES[qtype]
@@ -54,7 +54,7 @@ def export(model_dir: Path, qtype: str, out: Path, source_sha256: str) -> None:
         raise ValueError("only the default RoPE can be written")
 
     w = gguf.GGUFWriter(str(out), arch="llama")
-    w.add_string("general.name", model_dir.name)
+    w.add_string("general.name", name)
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(hidden)
