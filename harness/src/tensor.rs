@@ -133,6 +133,36 @@ struct Decoded {
     values: Option<Vec<f32>>,
 }
 
+/// A golden's header is one flat dict literal (`{'descr': '<f4', 'fortran_order': False,
+/// 'shape': (2, 3), }`). npyz's literal parser backtracks exponentially on nested brackets (a
+/// 154-byte header of `{{{{...` ran for minutes: found by fuzzing), so anything nested is refused
+/// before it gets there; structured dtypes (lists) are not tensors anyway.
+fn check_header_text(h: &[u8]) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::golden(format!("not a valid .npy file: the header {why}"))
+            .hint("a tensor's header is one flat dict: {'descr': ..., 'fortran_order': ..., 'shape': (...)}"))
+    };
+    let (mut braces, mut depth) = (0, 0i32);
+    for &c in h {
+        match c {
+            b'{' => braces += 1,
+            b'[' => return bad("holds a list (a structured dtype)"),
+            b'(' => {
+                depth += 1;
+                if depth > 1 {
+                    return bad("nests tuples");
+                }
+            }
+            b')' => depth -= 1,
+            _ => {}
+        }
+    }
+    if braces > 1 {
+        return bad("nests dicts");
+    }
+    Ok(())
+}
+
 /// npyz multiplies the header's dimensions unchecked (a panic on overflow in debug builds), so a
 /// hostile shape is refused before npyz sees it.
 fn precheck_shape(bytes: &[u8]) -> Result<()> {
@@ -147,6 +177,9 @@ fn precheck_shape(bytes: &[u8]) -> Result<()> {
         let mut n = [0u8; 4];
         n[..len_bytes].copy_from_slice(&bytes[8..8 + len_bytes]);
         let header_len = u32::from_le_bytes(n) as usize;
+        if header_len <= bytes.len() - start {
+            check_header_text(&bytes[start..start + header_len])?;
+        }
         if header_len > bytes.len() - start {
             return Err(Error::golden(format!(
                 "not a valid .npy file: the header claims {header_len} bytes, the file has {} after the preamble",
