@@ -89,11 +89,17 @@ def build_model(spec: ModelSpec, final: Path) -> None:
         store.commit_dir(tmp, final)
 
 
-def forward(model, case: Case, taps: list[str]):
+def forward(model, case: Case, taps: list[str], model_dir: Path, dtype=None):
     """The case's forward: (module_order, {tap: array}). Decode cases run the prompt then each
-    token with the KV cache, and name everything `{name}@{step}`, step-major."""
+    token with the KV cache, and name everything `{name}@{step}`, step-major. Sentence taps come
+    from sentence_transformers after the model's forward (they are not in module_order)."""
     if case.decode is None:
-        return hf.run(model, case.inputs, taps)
+        order, arrays = hf.run(model, case.inputs, [t for t in taps if t not in hf.SENTENCE_TAPS])
+        wanted = [t for t in taps if t in hf.SENTENCE_TAPS]
+        if wanted:
+            st = hf.sentence(model_dir, case.text, case.inputs, dtype or hf.torch.float32, case.file)
+            arrays.update({t: st[t] for t in wanted})
+        return order, arrays
     order, arrays = [], {}
     for k, (o, a) in enumerate(hf.run_decode(model, case.inputs, case.decode, taps)):
         order += [f"{n}@{k}" for n in o]
@@ -104,9 +110,13 @@ def forward(model, case: Case, taps: list[str]):
 def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
     """Run the reference forward and return every file of the case's golden directory."""
     model = hf.load(case.model, model_dir)
-    declared = [n for n, _ in model.named_modules() if n] + hf.named_outputs(model)
+    declared = [n for n, _ in model.named_modules() if n] + hf.named_outputs(model, model_dir)
     modules = expand_taps(case.file, case.taps, declared)
-    order, arrays = forward(model, case, modules)
+    tokenized = {}
+    if case.text is not None:
+        tokenized = hf.tokenize(model_dir, case.text, case.tokenizer, case.file)
+        case.inputs = tokenized
+    order, arrays = forward(model, case, modules, model_dir)
     # A glob may match modules that exist but never run (e.g. BERT's attention.self.dropout, whose
     # forward is replaced by a functional call); the Rust side does not list those, so drop them.
     # A tap named literally must run.
@@ -121,9 +131,13 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
         raise SpecError(case.file, f"taps {repeated} run more than once per forward, so their output is ambiguous; tap the modules that use them instead")
     position = {n: i for i, n in reversed(list(enumerate(order)))}
     taps.sort(key=lambda t: position.get(t, len(order)))
+    # Text cases: HF's tokenization, compared first (exactly) by the harness.
+    for k, v in reversed(list(tokenized.items())):
+        taps.insert(0, f"tokenizer.{k}")
+        arrays[f"tokenizer.{k}"] = hf.np.array(v, dtype=hf.np.int64)
     # The same forward in float64: how far float32 itself is from the math, per tap (see
     # noise_floor for taps where float64 is not finite).
-    _, exact = forward(hf.load(case.model, model_dir, dtype=hf.torch.float64), case, modules)
+    _, exact = forward(hf.load(case.model, model_dir, dtype=hf.torch.float64), case, modules, model_dir, hf.torch.float64)
     files: dict[str, bytes] = {}
     entries = []
     for t in taps:
@@ -145,6 +159,7 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
             "class": case.model.family,
             "spec_sha256": case.model.sha256,
             "weights_sha256": sha256_file(model_dir / "model.safetensors"),
+            **({"revision": case.model.revision()} if "hf" in case.model.source else {}),
         },
         "generator": {"tool": TOOL, **hf.versions(), "dtype": "float32", "attn_implementation": "eager"},
         "module_order": order,
@@ -192,7 +207,7 @@ def noise_floor(case: Case, f32, f64) -> dict | None:
     mask = case.inputs.get("attention_mask")
     if mask is not None and not case.raw.get("compare_padding", False):
         real = np.array(mask) != 0
-        if f32.shape[:2] == real.shape:
+        if f32.ndim >= 3 and f32.shape[:2] == real.shape:
             f32, f64 = f32[real], f64[real]
     if not np.isfinite(f64).all():
         return None
@@ -334,6 +349,15 @@ def run() -> int:
         for case in progress(cases, "cases", args.quiet):
             final = out_root / case.id
             md = model_dirs[case.model.id]
+            why = case.model.absent(root)
+            if why is not None:
+                # The harness ignores these cases too; --check must not claim them reproduced.
+                if args.check:
+                    errors.append(f"{case.file}: {why}")
+                    print(f"error: {case.file}: cannot check: {why}", file=sys.stderr)
+                else:
+                    print(f"note: skipped {case.id}: {why}", file=sys.stderr)
+                continue
             try:
                 if args.check or args.all or case_is_stale(case, final, md):
                     if args.pending:

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Engine,
     /// Reading or writing a file failed.
     Io,
+    /// A checkpoint on disk (`path:` or `hf:` source) is not there: its cases are ignored.
+    ModelAbsent,
 }
 
 /// 1-based line and column in a text file.

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use libtest_mimic::{Arguments, Conclusion, Failed, Trial};
 
-use crate::case::{Case, ModelSpec, case_id, load_case};
+use crate::case::{Case, ModelSpec, case_id, load_case, peek_absent};
 use crate::engine::{Engine, LoadedModel, Registry};
 use crate::engines::reference::ReferenceProbe;
-use crate::error::{Error, Result, did_you_mean};
+use crate::error::{Error, ErrorKind, Result, did_you_mean};
 use crate::expect::Expectations;
 use crate::golden::Store;
 use crate::report::{TrialReport, Verdict, terminal};
@@ -34,6 +34,8 @@ pub struct Suite {
     pub reports: Mutex<Vec<TrialReport>>,
     /// `cases/expected/*.yaml`, read once.
     expectations: OnceLock<std::result::Result<Expectations, Error>>,
+    /// Trials marked ignored because their model is absent, with why.
+    pub ignored: Mutex<Vec<(String, Error)>>,
 }
 
 /// The repository root: `$HARNESS_ROOT`, else the nearest ancestor of the current directory
@@ -100,6 +102,7 @@ impl Suite {
             models: Mutex::new(HashMap::new()),
             reports: Mutex::new(Vec::new()),
             expectations: OnceLock::new(),
+            ignored: Mutex::new(Vec::new()),
         })
     }
 
@@ -242,6 +245,38 @@ impl Suite {
                 Ok((c, engines))
             });
             match loaded {
+                Err(e) if e.kind == ErrorKind::ModelAbsent => {
+                    // Ignored, never passed: `--ignored` / `--include-ignored` run them, and then
+                    // they fail with this error.
+                    let (family, listed) = peek_absent(&file, &models).unzip();
+                    let engines: Vec<String> = match listed.flatten() {
+                        Some(list) => list,
+                        None => {
+                            let fam = family.map(|f| f.class);
+                            let named: Vec<String> = self
+                                .registry
+                                .all()
+                                .iter()
+                                .filter(|en| en.default_enabled() && family.is_none_or(|f| en.supports(f)))
+                                .map(|en| en.name().to_string())
+                                .collect();
+                            if named.is_empty() { vec![fam.unwrap_or("load").to_string()] } else { named }
+                        }
+                    };
+                    for engine in engines {
+                        let name = format!("{engine}::{id}");
+                        let report = self.error_report(&name, &engine, &id, &file, &e);
+                        self.ignored.lock().unwrap().push((name.clone(), e.clone()));
+                        let (suite, e) = (self.clone(), e.clone());
+                        trials.push(
+                            Trial::test(name, move || {
+                                suite.reports.lock().unwrap().push(report);
+                                Err(Failed::from(format!("error: {e}")))
+                            })
+                            .with_ignored_flag(true),
+                        );
+                    }
+                }
                 Err(e) => {
                     let name = format!("load::{id}");
                     let report = self.error_report(&name, "load", &id, &file, &e);
@@ -297,6 +332,12 @@ pub fn run_suite_with(args: &Arguments, registry: Registry, report_dir: Option<P
             std::process::exit(2);
         }
     };
+    if !args.list && !args.ignored && !args.include_ignored {
+        let note = ignored_note(&suite, &trials, args);
+        if !note.is_empty() {
+            eprint!("{note}");
+        }
+    }
     let conclusion = libtest_mimic::run(args, trials);
     if !args.list
         && let Err(e) = crate::report::after_run(&suite.root, &suite.reports.lock().unwrap(), report_dir)
@@ -305,4 +346,28 @@ pub fn run_suite_with(args: &Arguments, registry: Registry, report_dir: Option<P
         std::process::exit(2);
     }
     (suite, conclusion)
+}
+
+/// Why the selected ignored trials are ignored (their model is absent), one paragraph per
+/// model, with the command that provides it.
+pub fn ignored_note(suite: &Suite, trials: &[Trial], args: &Arguments) -> String {
+    let selected = |name: &str| trials.iter().any(|t| t.name() == name && !args.is_filtered_out(t));
+    let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, e) in suite.ignored.lock().unwrap().iter() {
+        if selected(name) {
+            by_reason.entry(e.to_string()).or_default().push(name.clone());
+        }
+    }
+    let mut s = String::new();
+    for (why, names) in by_reason {
+        s += &format!("note: {} ignored: {why}\n  {}\n", plural(names.len()), names.join(", "));
+    }
+    if !s.is_empty() {
+        s += "  (they are not passed: `cargo test --test cases -- --include-ignored` runs them, and they fail while the model is absent)\n";
+    }
+    s
+}
+
+fn plural(n: usize) -> String {
+    if n == 1 { "1 trial".into() } else { format!("{n} trials") }
 }

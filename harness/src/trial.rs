@@ -159,9 +159,26 @@ fn not_produced_note(engine: &str, skipped: &[&Tap], produced: Option<&[String]>
 /// The engine's outputs for `case`'s inputs: one forward, or for a decode case every step
 /// keyed `{tap}@{step}`.
 pub fn run_case(case: &Case, model: &dyn LoadedModel, taps: &[&str]) -> Result<Outputs> {
+    use crate::sentence::{SENTENCE_EMBEDDING, SIMILARITY};
     match &case.decode {
         Some(dec) => crate::decode::outputs(case, dec, model, taps),
-        None => model.run(&case.inputs, taps),
+        None => {
+            // `similarity` is the harness's, from the engine's `sentence_embedding`.
+            let similarity = taps.is_empty() || taps.contains(&SIMILARITY);
+            let mut asked = taps.to_vec();
+            if similarity && !taps.is_empty() && !asked.contains(&SENTENCE_EMBEDDING) {
+                asked.push(SENTENCE_EMBEDDING);
+            }
+            let mut out = model.run(&case.inputs, &asked)?;
+            if similarity
+                && !out.contains_key(SIMILARITY)
+                && let Some(e) = out.get(SENTENCE_EMBEDDING)
+            {
+                let s = crate::sentence::similarity(e)?;
+                out.insert(SIMILARITY.to_string(), s);
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -219,6 +236,9 @@ pub fn run(
             return report;
         }
     };
+    if let Some(text) = &case.text {
+        report.taps.extend(crate::text::compare(text, goldens));
+    }
     for tap in taps {
         let entry = goldens.entry(&tap.name);
         let floor = entry.and_then(|e| e.noise.as_ref()).map(|n| n.floor);
@@ -236,6 +256,10 @@ pub fn run(
     report.first_divergence = crate::diagnose::first_divergence(&report.taps);
     if report.taps.iter().any(|t| matches!(t.status, TapStatus::Error { .. })) {
         report.verdict = Verdict::Error;
+    } else if let Some(hint) = report.first_divergence.and_then(|i| crate::text::divergence_hint(&report.taps[i])) {
+        // Activations computed from other token ids say nothing more about the model.
+        report.verdict = Verdict::Fail;
+        report.hints = vec![hint];
     } else if let Some(first) = report.first_divergence {
         report.verdict = Verdict::Fail;
         let again = || run_case(case, model, &names);

@@ -28,6 +28,7 @@ from .spec import ModelSpec, SpecError  # noqa: E402
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
+transformers.utils.logging.disable_progress_bar()
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -35,6 +36,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # that embedding models are built on.
 POOLED_TAPS = ("pooled.cls", "pooled.mean", "pooled.cls.normalized", "pooled.mean.normalized")
 POOLED_FAMILIES = {"BertModel", "ModernBertModel"}
+# sentence-transformers checkpoints (a modules.json) of those families also get these, from
+# sentence_transformers itself (see `sentence`).
+SENTENCE_TAPS = ("sentence_embedding", "similarity")
+# The tokenizer goldens of text cases, compared first by the harness.
+TOKENIZER_TAPS = ("tokenizer.input_ids", "tokenizer.attention_mask", "tokenizer.token_type_ids")
 
 
 def versions() -> dict:
@@ -109,6 +115,9 @@ def load(spec: ModelSpec, model_dir: Path, dtype: torch.dtype = torch.float32, l
         if not dropped or max(dropped) != full - 1:
             raise SpecError(weights, f"cannot find the per-layer weights to truncate to {layers} layers")
     missing, unexpected = model.load_state_dict(state, strict=False)
+    # Old checkpoints carry buffers the model rebuilds itself (BERT's embeddings.position_ids).
+    buffers = {n for n, _ in model.named_buffers()}
+    unexpected = [u for u in unexpected if u not in buffers]
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [m for m in missing if m not in tied and not _is_tied(model, m)]
     if missing or unexpected:
@@ -139,12 +148,83 @@ def base_model_name(model) -> str:
     return ""
 
 
-def named_outputs(model) -> list[str]:
+def named_outputs(model, model_dir: Path | None = None) -> list[str]:
     """Tap names that are not module paths."""
     names = ["last_hidden_state", "logits"]
     if type(model).__name__ in POOLED_FAMILIES:
         names += POOLED_TAPS
+        if model_dir is not None and (model_dir / "modules.json").exists():
+            names += SENTENCE_TAPS
     return names
+
+
+def model_max_length(model_dir: Path) -> int | None:
+    """The max length `truncation: true` uses when the case gives none (as harness/src/text.rs):
+    sentence-transformers' max_seq_length, else the tokenizer's model_max_length."""
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        try:
+            v = json.loads((model_dir / name).read_text()).get(key)
+        except (OSError, ValueError):
+            continue
+        if isinstance(v, (int, float)) and 1 <= v < 1e9:
+            return int(v)
+    return None
+
+
+def text_rows(text) -> list:
+    """`inputs.text` as a list of rows (a string, or a (first, second) pair)."""
+    rows = [text] if isinstance(text, str) else list(text)
+    return [tuple(r) if isinstance(r, list) else r for r in rows]
+
+
+def tokenize(model_dir: Path, text, options: dict, file: Path) -> dict[str, list[list[int]]]:
+    """HF's tokenizer on the case's text with the case's options: {input_ids, attention_mask,
+    token_type_ids (when the tokenizer makes them)}."""
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    o = {"add_special_tokens": True, "padding": "longest", "truncation": False, "max_length": None, **options}
+    if o["padding"] not in ("longest", "max_length"):
+        raise SpecError(file, f"tokenizer padding `{o['padding']}` is not `longest` or `max_length`")
+    max_length = o["max_length"]
+    if max_length is None and (o["truncation"] or o["padding"] == "max_length"):
+        max_length = model_max_length(model_dir)
+        if max_length is None:
+            raise SpecError(file, "the model's max length is unknown: give `max_length:` under `tokenizer:`")
+    rows = text_rows(text)
+    args = [[r[0] for r in rows], [r[1] for r in rows]] if isinstance(rows[0], tuple) else [rows]
+    enc = tok(
+        *args,
+        padding=o["padding"],
+        truncation="longest_first" if o["truncation"] else False,
+        max_length=max_length,
+        add_special_tokens=o["add_special_tokens"],
+    )
+    return {k: [list(map(int, r)) for r in enc[k]] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+
+
+def sentence(model_dir: Path, text, inputs: dict, dtype: torch.dtype, file: Path) -> dict[str, np.ndarray]:
+    """`sentence_embedding` and `similarity` (its cosine-similarity matrix) from
+    sentence_transformers itself: its own tokenization of the text (which must equal the case's),
+    then its modules (Transformer with eager attention, Pooling, Normalize)."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(model_dir), device="cpu", model_kwargs={"attn_implementation": "eager"}, local_files_only=True)
+    st = st.to(dtype).eval()
+    features = {k: torch.tensor(v, dtype=torch.long) for k, v in inputs.items()}
+    if text is not None:
+        own = (st.preprocess if hasattr(st, "preprocess") else st.tokenize)(text_rows(text))
+        for k, v in features.items():
+            if k in own and not torch.equal(own[k], v):
+                raise SpecError(
+                    file,
+                    f"sentence-transformers tokenizes this text differently (`{k}` differs): `sentence_embedding` "
+                    "needs the case's tokenizer options to be what sentence-transformers uses (padding longest, "
+                    "truncation at its max_seq_length)",
+                )
+        features = dict(own)
+    with torch.no_grad():
+        emb = st(features)["sentence_embedding"]
+        sim = st.similarity(emb, emb)
+    return {"sentence_embedding": to_numpy(emb), "similarity": to_numpy(sim)}
 
 
 def pooled(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ checks what the reference run needs, and fails with `file: message` on anything 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +55,53 @@ class ModelSpec:
     def dir(self, root: Path) -> Path:
         if self.is_random:
             return root / "goldens" / "models" / self.id
+        if "hf" in self.source:
+            return resolve_hf(self.source["hf"], self.source.get("revision"))[0]
         p = Path(self.source["path"])
         return p if p.is_absolute() else root / p
+
+    def revision(self) -> str | None:
+        """`hf` sources: the commit hash the local cache resolves (recorded in the manifest)."""
+        return resolve_hf(self.source["hf"], self.source.get("revision"))[1] if "hf" in self.source else None
+
+    def absent(self, root: Path) -> str | None:
+        """Why a `path`/`hf` checkpoint is not on disk, with the command that provides it; None
+        when it is there (random models are generated)."""
+        if self.is_random:
+            return None
+        d = self.dir(root)
+        if d.is_dir():
+            return None
+        fetch = self.source.get("fetch") or (f"huggingface-cli download {self.source['hf']}" if "hf" in self.source else "put the checkpoint there")
+        return f"model `{self.id}` is absent ({d} does not exist); provide it with: {fetch}"
+
+
+def hf_cache_dir() -> Path:
+    """As huggingface_hub picks it (and harness/src/hub.rs): HF_HUB_CACHE, HF_HOME/hub,
+    XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub."""
+    env = lambda k: os.environ.get(k) or None  # noqa: E731
+    if env("HF_HUB_CACHE"):
+        return Path(env("HF_HUB_CACHE"))
+    if env("HF_HOME"):
+        return Path(env("HF_HOME")) / "hub"
+    base = Path(env("XDG_CACHE_HOME")) if env("XDG_CACHE_HOME") else Path(env("HOME") or "~").expanduser() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def resolve_hf(repo: str, revision: str | None) -> tuple[Path, str | None]:
+    """(snapshot dir, commit hash) of `repo` in the local cache; the dir does not exist (and the
+    hash is None) when the cache lacks it."""
+    d = hf_cache_dir() / ("models--" + repo.replace("/", "--"))
+    rev = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", rev):
+        h = rev
+    else:
+        try:
+            h = (d / "refs" / rev).read_text().strip()
+        except OSError:
+            return d / "snapshots" / f"<no {rev}>", None
+    snap = d / "snapshots" / h
+    return snap, (h if snap.is_dir() else None)
 
 
 @dataclass
@@ -71,6 +117,10 @@ class Case:
     decode: list[list[int]] | None = None
     # `bisect: true`: also write `depth.{k}.{tap}` goldens of the model truncated to k layers.
     bisect: bool = False
+    # `inputs.text` (a string, strings, or [first, second] pairs) and `inputs.tokenizer`; the
+    # model inputs are then filled in by tokenizing (hf.tokenize).
+    text: str | list | None = None
+    tokenizer: dict = field(default_factory=dict)
 
 
 def _load_yaml(file: Path) -> tuple[dict, bytes]:
@@ -90,10 +140,12 @@ def load_model(root: Path, model_id: str) -> ModelSpec:
         raise SpecError(file, f"no model spec `{model_id}`")
     doc, data = _load_yaml(file)
     source = doc.get("source")
-    if not isinstance(source, dict) or not ({"random", "path"} & set(source)):
-        raise SpecError(file, "`source` must be `random: {seed: N}` or `path: DIR`")
+    if not isinstance(source, dict) or not ({"random", "path", "hf"} & set(source)):
+        raise SpecError(file, "`source` must be `random: {seed: N}`, `path: DIR` or `hf: org/name`")
     if "path" in source and not isinstance(source["path"], str):
         raise SpecError(file, "`source.path` must be a directory")
+    if "hf" in source and not (isinstance(source["hf"], str) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source["hf"])):
+        raise SpecError(file, "`source.hf` must be a hub id `org/name`")
     return ModelSpec(
         id=model_id,
         file=file,
@@ -143,8 +195,18 @@ def load_case(root: Path, file: Path, models: dict[str, ModelSpec]) -> Case:
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         if key in inputs_doc and inputs_doc[key] is not None:
             inputs[key] = _rows(file, key, inputs_doc[key])
-    if "input_ids" not in inputs:
-        raise SpecError(file, "`inputs.input_ids` is required")
+    text = inputs_doc.get("text")
+    if text is not None:
+        if inputs:
+            raise SpecError(file, "give either `inputs.text` or token ids, not both")
+        if not isinstance(text, (str, list)) or not text:
+            raise SpecError(file, "`inputs.text` must be a string, a list of strings, or a list of pairs")
+    elif "input_ids" not in inputs:
+        raise SpecError(file, "`inputs.input_ids` (or `inputs.text`) is required")
+    tokenizer = inputs_doc.get("tokenizer") or {}
+    unknown = set(tokenizer) - {"add_special_tokens", "padding", "truncation", "max_length"}
+    if unknown:
+        raise SpecError(file, f"unknown tokenizer options {sorted(unknown)}")
     taps = []
     for t in doc.get("taps") or []:
         taps.append(t["tap"] if isinstance(t, dict) else t)
@@ -154,10 +216,20 @@ def load_case(root: Path, file: Path, models: dict[str, ModelSpec]) -> Case:
         if not isinstance(d, dict) or "tokens" not in d:
             raise SpecError(file, "`decode` must be `{tokens: [[...]]}`")
         decode = _rows(file, "decode.tokens", d["tokens"])
-        if len(decode) != len(inputs["input_ids"]):
+        if "input_ids" not in inputs or len(decode) != len(inputs["input_ids"]):
             raise SpecError(file, "`decode.tokens` needs one row per row of input_ids")
     return Case(
-        id=case_id(root, file), file=file, model=models[mid], inputs=inputs, taps=taps, sha256=sha256_bytes(data), raw=doc, decode=decode, bisect=bool(doc.get("bisect", False))
+        id=case_id(root, file),
+        file=file,
+        model=models[mid],
+        inputs=inputs,
+        taps=taps,
+        sha256=sha256_bytes(data),
+        raw=doc,
+        decode=decode,
+        text=text,
+        tokenizer=dict(tokenizer),
+        bisect=bool(doc.get("bisect", False)),
     )
 
 

@@ -81,6 +81,8 @@ pub enum HintKind {
     ActivationVariant,
     /// The first divergent layer is of a kind (e.g. local attention) the layers before it are not.
     LayerType,
+    /// The harness's tokenization of a text case differs from HF's tokenizer.
+    TokenizerDivergence,
 }
 
 impl HintKind {

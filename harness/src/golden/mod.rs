@@ -41,6 +41,9 @@ pub struct ModelProvenance {
     pub class: String,
     pub spec_sha256: String,
     pub weights_sha256: String,
+    /// `hf` sources: the commit hash of the cache snapshot the goldens were made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -176,13 +179,22 @@ impl Store {
         if sha256_bytes(&spec_bytes) != manifest.model.spec_sha256 {
             return Err(stale(&format!("the model spec {}", crate::error::display_path(&case.model.file))));
         }
+        if manifest.model.revision != case.model.revision {
+            let show = |r: &Option<String>| r.clone().unwrap_or_else(|| "none".into());
+            return Err(stale(&format!(
+                "the model revision ({} in the manifest, {} in the cache)",
+                show(&manifest.model.revision),
+                show(&case.model.revision)
+            )));
+        }
         let weights = case.model.dir.join("model.safetensors");
         if weights.exists() && self.weights_hash(&weights)? != manifest.model.weights_sha256 {
             return Err(stale(&format!("the weights {}", crate::error::display_path(&weights))));
         }
-        for t in &case.taps {
-            if !manifest.taps.iter().any(|e| e.name == t.name) {
-                return Err(Error::golden(format!("no golden for tap `{}`", t.name))
+        let tokenizer_taps = case.text.as_ref().map_or(&[][..], |_| &crate::text::TOKENIZER_TAPS[..2]);
+        for name in case.taps.iter().map(|t| t.name.as_str()).chain(tokenizer_taps.iter().copied()) {
+            if !manifest.taps.iter().any(|e| e.name == name) {
+                return Err(Error::golden(format!("no golden for tap `{name}`"))
                     .file(&mpath)
                     .hint(format!("regenerate: {regen}")));
             }

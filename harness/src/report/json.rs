@@ -79,6 +79,7 @@ fn status_word(s: &TapStatus) -> &'static str {
         TapStatus::Missing => "missing",
         TapStatus::ShapeMismatch { .. } => "shape_mismatch",
         TapStatus::Error { .. } => "error",
+        TapStatus::Tokenizer { .. } => "tokenizer_mismatch",
     }
 }
 
@@ -98,6 +99,12 @@ pub fn tap(t: &TapReport) -> Value {
         }
         TapStatus::Error { message } => {
             o.insert("message".into(), json!(message));
+        }
+        TapStatus::Tokenizer { at, harness, hf, harness_shape } => {
+            o.insert("at".into(), json!(at));
+            o.insert("harness".into(), json!(harness));
+            o.insert("hf".into(), json!(hf));
+            o.insert("harness_shape".into(), json!(harness_shape));
         }
         _ => {}
     }

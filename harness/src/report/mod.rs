@@ -47,6 +47,22 @@ pub enum TapStatus {
     Error {
         message: String,
     },
+    /// The harness's tokenization differs from HF's tokenizer (a `tokenizer.*` tap) at `at`
+    /// (`[row, position]`); a side is None past the end of its row. The model still ran on the
+    /// harness's tokenization.
+    Tokenizer {
+        at: Vec<usize>,
+        harness: Option<TokenAt>,
+        hf: Option<TokenAt>,
+        harness_shape: Vec<usize>,
+    },
+}
+
+/// A token id and, for `input_ids`, its token string.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenAt {
+    pub id: i64,
+    pub token: Option<String>,
 }
 
 impl TapStatus {

@@ -74,6 +74,7 @@ fn status_word(t: &TapReport) -> String {
         TapStatus::Missing => "MISSING".into(),
         TapStatus::ShapeMismatch { .. } => "SHAPE".into(),
         TapStatus::Error { .. } => "ERROR".into(),
+        TapStatus::Tokenizer { .. } => "TOKENIZER".into(),
     }
 }
 
@@ -87,6 +88,25 @@ pub fn tap_problem(t: &TapReport) -> Option<String> {
             Some(format!("engine shape {actual:?}, golden shape {expected:?}"))
         }
         TapStatus::Error { message } => Some(message.clone()),
+        TapStatus::Tokenizer { at, harness, hf, harness_shape } => {
+            let show = |t: &Option<super::TokenAt>| match t {
+                Some(super::TokenAt { id, token: Some(tok) }) => format!("`{tok}` ({id})"),
+                Some(super::TokenAt { id, token: None }) => id.to_string(),
+                None => "nothing (its row ended)".into(),
+            };
+            let shapes = if *harness_shape != t.shape {
+                format!(" (harness shape {harness_shape:?}, HF shape {:?})", t.shape)
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "tokenizer divergence at {}: the harness has {}, HF's tokenizer {}{shapes}; the model ran on the \
+                 harness's tokenization",
+                index(&Some(at.clone())),
+                show(harness),
+                show(hf)
+            ))
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub struct Bert {
     layers: Vec<Layer>,
     pooler: Lin,
     bugs: Bugs,
+    sentence: Option<crate::sentence::Pipeline>,
 }
 
 impl Bert {
@@ -61,6 +62,7 @@ impl Bert {
             pooler: Lin::load(&w, "pooler.dense", h, h, true)?,
             d,
             bugs,
+            sentence: spec.sentence.clone(),
         })
     }
 }
@@ -140,7 +142,7 @@ impl LoadedModel for Bert {
         rec.tap("pooler.activation", &pooled);
         rec.tap("pooler", &pooled);
         rec.tap("last_hidden_state", &x);
-        pooled_taps(&mut rec, &x, inputs, bugs)?;
+        pooled_taps(&mut rec, &x, inputs, bugs, self.sentence.as_ref())?;
         rec.finish()
     }
 }

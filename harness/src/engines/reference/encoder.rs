@@ -8,6 +8,7 @@ use super::{Mutation, Recorder, Weights};
 use crate::case::Inputs;
 use crate::error::Result;
 use crate::family::POOLED_TAPS;
+use crate::sentence::{Pipeline, PoolMode, SENTENCE_EMBEDDING};
 
 /// The bug a run injects (if any), asked about by the encoder forwards. Every use is one small
 /// branch marked `// Mutation:`.
@@ -162,17 +163,73 @@ fn l2_normalize(x: &CTensor) -> Result<CTensor> {
 
 /// The named pooled taps (`pooled.cls`, `pooled.mean` and their `.normalized` forms) from the
 /// final hidden states `[b, s, d]`, as sentence-transformers computes them.
-pub fn pooled_taps(rec: &mut Recorder, h: &CTensor, inputs: &Inputs, bugs: &Bugs) -> Result<()> {
+/// `[b, s, 1]`: 1 for real tokens, 0 for padding.
+fn real_mask(inputs: &Inputs, b: usize, s: usize) -> Result<CTensor> {
+    let mask: Vec<f32> =
+        (0..b).flat_map(|bi| (0..s).map(move |j| (bi, j))).map(|(bi, j)| inputs.is_real(bi, j) as u8 as f32).collect();
+    Ok(CTensor::from_vec(mask, (b, s, 1), &Device::Cpu)?)
+}
+
+/// `sum(h * mask)` over the sequence and `clamp(sum(mask), 1e-9)`.
+fn masked_sum(h: &CTensor, mask: &CTensor) -> Result<(CTensor, CTensor)> {
+    Ok((h.broadcast_mul(mask)?.sum(1)?, mask.sum(1)?.clamp(1e-9f32, f32::MAX)?))
+}
+
+/// `sentence_embedding`: the sentence-transformers pipeline of the checkpoint (pooling modes
+/// concatenated, then optional L2 normalization), as its `Pooling` and `Normalize` compute it.
+pub fn sentence_embedding(rec: &mut Recorder, h: &CTensor, inputs: &Inputs, bugs: &Bugs, p: &Pipeline) -> Result<()> {
+    if !rec.wants(SENTENCE_EMBEDDING) {
+        return Ok(());
+    }
+    let (b, s, _) = h.dims3()?;
+    let mask = real_mask(inputs, b, s)?;
+    let mut parts = Vec::new();
+    for mode in &p.pooling {
+        parts.push(match mode {
+            PoolMode::Cls => select_rows(h, &pool_rows(inputs, bugs, true))?,
+            PoolMode::LastToken => {
+                let last: Vec<usize> =
+                    (0..b).map(|bi| (0..s).rev().find(|&j| inputs.is_real(bi, j)).unwrap_or(s - 1)).collect();
+                select_rows(h, &last)?
+            }
+            PoolMode::Max => {
+                let keep = mask.ne(0f32)?.broadcast_as(h.shape())?;
+                let neg = CTensor::full(f32::NEG_INFINITY, h.shape(), &Device::Cpu)?;
+                keep.where_cond(h, &neg)?.max(1)?
+            }
+            PoolMode::Mean => {
+                let (sum, count) = masked_sum(h, &mask)?;
+                sum.broadcast_div(&count)?
+            }
+            PoolMode::MeanSqrtLen => {
+                let (sum, count) = masked_sum(h, &mask)?;
+                sum.broadcast_div(&count.sqrt()?)?
+            }
+        });
+    }
+    let e = CTensor::cat(&parts, 1)?;
+    let e = if p.normalize { l2_normalize(&e)? } else { e };
+    rec.tap(SENTENCE_EMBEDDING, &e);
+    Ok(())
+}
+
+pub fn pooled_taps(
+    rec: &mut Recorder,
+    h: &CTensor,
+    inputs: &Inputs,
+    bugs: &Bugs,
+    sentence: Option<&Pipeline>,
+) -> Result<()> {
+    if let Some(p) = sentence {
+        sentence_embedding(rec, h, inputs, bugs, p)?;
+    }
     if !POOLED_TAPS.iter().any(|n| rec.wants(n)) {
         return Ok(());
     }
     let cls = select_rows(h, &pool_rows(inputs, bugs, true))?;
     let (b, s, _) = h.dims3()?;
-    let mask: Vec<f32> =
-        (0..b).flat_map(|bi| (0..s).map(move |j| (bi, j))).map(|(bi, j)| inputs.is_real(bi, j) as u8 as f32).collect();
-    let mask = CTensor::from_vec(mask, (b, s, 1), &Device::Cpu)?;
-    let sum = h.broadcast_mul(&mask)?.sum(1)?;
-    let count = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+    let mask = real_mask(inputs, b, s)?;
+    let (sum, count) = masked_sum(h, &mask)?;
     let mean = sum.broadcast_div(&count)?;
     rec.tap("pooled.cls", &cls);
     rec.tap("pooled.mean", &mean);

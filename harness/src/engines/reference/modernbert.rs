@@ -29,6 +29,7 @@ pub struct ModernBert {
     layers: Vec<Layer>,
     final_norm: Norm,
     bugs: Bugs,
+    sentence: Option<crate::sentence::Pipeline>,
 }
 
 impl ModernBert {
@@ -56,6 +57,7 @@ impl ModernBert {
             final_norm: Norm::load(&w, "final_norm", h, nb, eps)?,
             d,
             bugs,
+            sentence: spec.sentence.clone(),
         })
     }
 }
@@ -132,7 +134,7 @@ impl LoadedModel for ModernBert {
         let x = if bugs.is(&Mutation::NoFinalNorm) { x } else { self.final_norm.fwd(&x, bugs)? };
         rec.tap("final_norm", &x);
         rec.tap("last_hidden_state", &x);
-        pooled_taps(&mut rec, &x, inputs, bugs)?;
+        pooled_taps(&mut rec, &x, inputs, bugs, self.sentence.as_ref())?;
         rec.finish()
     }
 }
