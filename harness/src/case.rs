@@ -835,6 +835,18 @@ fn text_inputs(doc: &Doc, f: &InputsFile, text: &Text, model: &ModelSpec) -> Res
     if opts.max_length == Some(0) {
         return Err(doc.err("inputs.tokenizer.max_length", "`max_length` is 0").hint("give a positive length"));
     }
+    // Before tokenizing: `padding: max_length` allocates that many tokens per row.
+    let max_pos = model.config.opt_usize("max_position_embeddings")?.unwrap_or(1 << 20);
+    if let Some(n) = opts.max_length
+        && n + model.family.position_offset > max_pos
+    {
+        return Err(doc
+            .err(
+                "inputs.tokenizer.max_length",
+                format!("`max_length` {n} is longer than the model's max_position_embeddings {max_pos}"),
+            )
+            .hint(format!("give at most {}", max_pos.saturating_sub(model.family.position_offset))));
+    }
     // Located at the case's `text` (the tokenizer file is named in the message).
     let tokenizer = TextTokenizer::load(&model.dir).map_err(|e| {
         let located = doc.err("inputs.text", e.msg.clone());

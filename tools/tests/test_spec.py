@@ -1,0 +1,45 @@
+"""hflib.spec: `hf:` sources resolve in the local Hugging Face cache as harness/src/hub.rs does."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hflib import spec  # noqa: E402
+
+H1 = "1" * 40
+
+
+class HfCache(unittest.TestCase):
+    def test_cache_dir_order(self):
+        with mock.patch.dict(os.environ, {"HF_HUB_CACHE": "/a", "HF_HOME": "/b"}, clear=True):
+            self.assertEqual(spec.hf_cache_dir(), Path("/a"))
+        with mock.patch.dict(os.environ, {"HF_HOME": "/b", "HOME": "/h"}, clear=True):
+            self.assertEqual(spec.hf_cache_dir(), Path("/b/hub"))
+        with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": "/x", "HOME": "/h"}, clear=True):
+            self.assertEqual(spec.hf_cache_dir(), Path("/x/huggingface/hub"))
+        with mock.patch.dict(os.environ, {"HOME": "/h"}, clear=True):
+            self.assertEqual(spec.hf_cache_dir(), Path("/h/.cache/huggingface/hub"))
+
+    def test_resolve_refs_hashes_and_absence(self):
+        with tempfile.TemporaryDirectory() as d, mock.patch.dict(os.environ, {"HF_HUB_CACHE": d}):
+            repo = Path(d) / "models--org--m"
+            (repo / "snapshots" / H1).mkdir(parents=True)
+            (repo / "refs").mkdir()
+            (repo / "refs" / "main").write_text(H1)
+            self.assertEqual(spec.resolve_hf("org/m", None), (repo / "snapshots" / H1, H1))
+            self.assertEqual(spec.resolve_hf("org/m", H1)[1], H1)
+            self.assertIsNone(spec.resolve_hf("org/m", "dev")[1])
+            self.assertIsNone(spec.resolve_hf("org/other", None)[1])
+            m = spec.ModelSpec("m", Path("m.yaml"), "BertModel", {"hf": "org/other", "fetch": "get-it"}, {}, "float32", "")
+            self.assertIn("provide it with: get-it", m.absent(Path(d)))
+
+
+if __name__ == "__main__":
+    unittest.main()
