@@ -16,6 +16,7 @@ pub mod golden;
 pub mod metrics;
 pub mod report;
 pub mod runner;
+pub mod shrink;
 pub mod tensor;
 pub mod tolerance;
 pub mod trial;
