@@ -13,6 +13,7 @@ pub mod error;
 pub mod expect;
 pub mod family;
 pub mod golden;
+pub mod metamorphic;
 pub mod metrics;
 pub mod report;
 pub mod runner;
