@@ -133,7 +133,8 @@ pub fn split_produced<'a>(taps: Vec<&'a Tap>, produced: Option<&[String]>) -> (V
     })
 }
 
-fn not_produced_note(engine: &str, skipped: &[&Tap], produced: Option<&[String]>) -> Option<String> {
+/// The note of a trial that compares fewer taps than the case has (outputs-only engines).
+pub fn not_produced_note(engine: &str, skipped: &[&Tap], produced: Option<&[String]>) -> Option<String> {
     if skipped.is_empty() {
         return None;
     }
@@ -225,7 +226,7 @@ pub fn judge(
             "engine `{engine}` produces none of the case's taps (it produces only {})",
             model.taps().unwrap_or_default().join(", ")
         ));
-        return report;
+        return (report, Outputs::new());
     }
     let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
     let ran = run_case(case, model, &names).and_then(|o| {

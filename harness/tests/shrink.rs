@@ -94,7 +94,7 @@ fn kv_cache_wrong_position_shrinks_with_the_prefix_oracle_too() {
 #[test]
 fn a_shrunk_input_becomes_a_regression_case_the_runner_picks_up() {
     let repo = TempRepo::with_cases(&["llama/decode"]);
-    let s = shrink(&repo, "llama/decode", Mutation::KvCacheWrongPosition, OracleChoice::Engine("reference".into()));
+    let s = shrink(&repo, "llama/decode", Mutation::KvCacheWrongPosition, OracleChoice::Prefix);
     let case = repo.load("llama/decode").unwrap();
     let path = regression::write(repo.root(), &case, &s, "mutant").unwrap();
     let id = regression::case_id(&case, &s);

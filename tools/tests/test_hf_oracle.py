@@ -34,6 +34,7 @@ class HfOracle(unittest.TestCase):
     def tearDownClass(cls):
         cls.proc.stdin.close()
         cls.proc.wait(timeout=60)
+        cls.proc.stdout.close()
         cls.tmp.cleanup()
 
     def ask(self, req: dict) -> dict:

@@ -229,6 +229,7 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
         compare_padding: false,
         tolerance,
         decode: None,
+        bisect: false,
         shrink: None,
     };
     Ok(MetaCase { id, file: file.to_path_buf(), properties, generate, base })
@@ -296,6 +297,7 @@ pub enum Outcome {
 pub fn check(meta: &MetaCase, property: Property, model: &dyn LoadedModel) -> Outcome {
     let defaults = Config::default();
     let env = |k: &str| std::env::var_os(k).is_some();
+    // proptest takes the path as &'static str: a few bytes per check, for the process's life.
     let persist: &'static str = Box::leak(meta.regressions_file().to_string_lossy().into_owned().into_boxed_str());
     let config = Config {
         cases: if env("PROPTEST_CASES") { defaults.cases } else { meta.generate.cases },
@@ -355,6 +357,9 @@ pub fn run_trial(meta: &MetaCase, engine: &dyn Engine, model: Result<&dyn Loaded
         hints: vec![],
         error: None,
         rerun: crate::runner::rerun_command(&trial),
+        notes: vec![],
+        bisection: None,
+        expected: None,
     };
     let model = match model {
         Ok(m) => m,
@@ -364,7 +369,24 @@ pub fn run_trial(meta: &MetaCase, engine: &dyn Engine, model: Result<&dyn Loaded
             return (report, format!("error: {e}"));
         }
     };
-    let mut lines = Vec::new();
+    // Outputs-only engines are checked on the taps they produce.
+    let produced = model.taps();
+    let (taps, skipped) = crate::trial::split_produced(meta.base.taps.iter().collect(), produced.as_deref());
+    if taps.is_empty() {
+        report.verdict = Verdict::Error;
+        let e = format!(
+            "engine `{}` produces none of the case's taps (it produces only {})",
+            engine.name(),
+            produced.unwrap_or_default().join(", ")
+        );
+        report.error = Some(e.clone());
+        return (report, format!("error: {e}"));
+    }
+    report.notes.extend(crate::trial::not_produced_note(engine.name(), &skipped, produced.as_deref()));
+    let mut narrowed = meta.clone();
+    narrowed.base.taps = taps.into_iter().cloned().collect();
+    let meta = &narrowed;
+    let mut lines: Vec<String> = report.notes.iter().map(|n| format!("note: {n}")).collect();
     let mut failed = false;
     for &p in &meta.properties {
         match check(meta, p, model) {

@@ -286,12 +286,6 @@ impl Cursor {
         }
     }
 
-    /// The proposal `m` failed the same way and is the new base.
-    fn accepted(&mut self, m: &Move) {
-        // Rows, runs and ids stay where they are (the next row/run/value slid into place).
-        let _ = m;
-    }
-
     /// The proposal `m` did not reproduce the failure (or was invalid).
     fn rejected(&mut self, m: &Move) {
         self.phase = match (self.phase.clone(), m) {
@@ -396,9 +390,9 @@ impl ValueTree for InputTree {
     }
 
     fn simplify(&mut self) -> bool {
-        if let Some(m) = self.pending.take() {
+        // Accepted: the cursor stays where it is (the next row, run or value slid into place).
+        if self.pending.take().is_some() {
             self.base = self.current.clone();
-            self.cursor.accepted(&m);
             self.progressed = true;
         }
         self.propose()
