@@ -81,20 +81,14 @@ fn kv_cache_wrong_position_shrinks_to_one_prompt_token_and_one_step() {
 }
 
 #[test]
-fn kv_cache_wrong_position_shrinks_with_the_prefix_oracle_too() {
-    let repo = TempRepo::with_cases(&["llama/decode"]);
-    let s = shrink(&repo, "llama/decode", Mutation::KvCacheWrongPosition, OracleChoice::Prefix);
-    // Prefixes of row 0 (or 1) of the case: the prompt's BOS and the prompt's second token fed
-    // as the one decode step.
-    let row = &ids(&s)[0];
-    assert_eq!(row.len(), 1);
-    assert_eq!(s.case.decode.as_ref().unwrap().tokens.shape(), [1, 1]);
-}
-
-#[test]
 fn a_shrunk_input_becomes_a_regression_case_the_runner_picks_up() {
     let repo = TempRepo::with_cases(&["llama/decode"]);
+    // The prefix oracle: the goldens' own rows and positions, so candidates are prefixes of a
+    // row of the case (prompt and decode tokens as one sequence): BOS, then the prompt's second
+    // token fed as the one decode step.
     let s = shrink(&repo, "llama/decode", Mutation::KvCacheWrongPosition, OracleChoice::Prefix);
+    assert_eq!(ids(&s).iter().map(Vec::len).collect::<Vec<_>>(), [1]);
+    assert_eq!(s.case.decode.as_ref().unwrap().tokens.shape(), [1, 1]);
     let case = repo.load("llama/decode").unwrap();
     let path = regression::write(repo.root(), &case, &s, "mutant").unwrap();
     let id = regression::case_id(&case, &s);

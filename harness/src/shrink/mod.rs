@@ -164,14 +164,16 @@ pub struct Shrunk {
 }
 
 impl Shrinker<'_> {
-    /// Run one candidate and compare it with the oracle.
-    pub fn evaluate(&mut self, cand: &Candidate) -> Result<Evaluation> {
+    /// Run one candidate and compare it with the oracle; `probes`: diagnose with the zoo's
+    /// variants too (the `known_bug` hints; a dozen reference runs).
+    pub fn evaluate(&mut self, cand: &Candidate, probes: bool) -> Result<Evaluation> {
         let case = candidate_case(self.case, cand, &self.layout);
         let Some(goldens) = self.oracle.expected(&case, cand)? else {
             return Ok(Evaluation { signature: None, report: None });
         };
-        let probes = CachedProbes { cache: self.probes, case: &case };
-        let (report, _) = crate::trial::judge(&case, self.engine, self.model, &goldens, String::new(), Some(&probes));
+        let cached = CachedProbes { cache: self.probes, case: &case };
+        let variants: Option<&dyn Variants> = if probes { Some(&cached) } else { None };
+        let (report, _) = crate::trial::judge(&case, self.engine, self.model, &goldens, String::new(), variants);
         Ok(Evaluation { signature: Signature::of(&report), report: Some(report) })
     }
 
@@ -185,7 +187,7 @@ impl Shrinker<'_> {
     pub fn run(mut self) -> Result<Shrunk> {
         let start = Instant::now();
         let original = Candidate::from_case(self.case);
-        let first = self.evaluate(&original)?;
+        let first = self.evaluate(&original, true)?;
         let mut evaluations = 1u32;
         let (signature, mut best_report) = match (first.signature, first.report) {
             (Some(s), Some(r)) => (s, r),
@@ -206,6 +208,8 @@ impl Shrinker<'_> {
             }
         };
         let oracle = self.oracle.name();
+        // Candidates need the zoo's re-runs only to find a `known_bug` hint the signature asks for.
+        let probes = signature.hint == Some(crate::diagnose::HintKind::KnownBug);
         let original_size = original.size();
         self.say(format!("{}: {original_size} fails on `{}` against {oracle}: {signature}", self.case.id, self.engine));
         let mut tree = InputTree::new(original.clone(), self.layout.clone());
@@ -223,7 +227,7 @@ impl Shrinker<'_> {
                     break;
                 }
                 let cand = tree.current();
-                let eval = self.evaluate(&cand)?;
+                let eval = self.evaluate(&cand, probes)?;
                 evaluations += 1;
                 let same = eval.signature.as_ref().is_some_and(|s| signature.matches(s));
                 let more = if same {
@@ -239,6 +243,12 @@ impl Shrinker<'_> {
             }
         }
         let minimal = tree.current();
+        if !probes && minimal != original {
+            // The minimal input's report with every hint (not an evaluation of the search).
+            if let Some(r) = self.evaluate(&minimal, true)?.report {
+                best_report = r;
+            }
+        }
         let minimal_size = minimal.size();
         let case = candidate_case(self.case, &minimal, &self.layout);
         let elapsed = start.elapsed();

@@ -3,9 +3,10 @@
 //! - [`EngineOracle`]: another engine (the reference engine, when the engine under test is a
 //!   port: the usual case, and how the mutant zoo is shrunk).
 //! - [`PrefixOracle`]: for causal models, the case's own goldens cut down: a candidate whose rows
-//!   are prefixes of the case's rows (prompt and decode tokens as one sequence) has exact goldens
-//!   in the rows and positions of the existing ones. No Python, no second engine; shrinking is
-//!   then limited to dropping rows and cutting tails.
+//!   are prefixes of the case's rows (prompt and decode tokens as one sequence) has its goldens
+//!   in the rows and positions of the existing ones (position t never sees later tokens), up to
+//!   float32 rounding. No Python, no second engine; shrinking is then limited to dropping rows
+//!   and cutting tails.
 //! - [`super::hf::HfOracle`]: a live HF transformers process (`tools/hf_oracle.py`).
 
 use std::collections::BTreeMap;
