@@ -187,6 +187,27 @@ pub struct CaseFile {
     /// of an outputs-only engine can be bisected to its first divergent layer.
     #[serde(default)]
     pub bisect: bool,
+    /// How `harness shrink` judges smaller inputs of this case.
+    #[serde(default)]
+    pub shrink: Option<ShrinkFile>,
+}
+
+/// `shrink: {oracle: engine:reference | hf | prefix, budget: N}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShrinkFile {
+    #[serde(default)]
+    pub oracle: Option<String>,
+    /// Evaluations a shrink may use.
+    #[serde(default)]
+    pub budget: Option<u32>,
+}
+
+/// A validated `shrink:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShrinkSettings {
+    pub oracle: Option<crate::shrink::OracleChoice>,
+    pub budget: Option<u32>,
 }
 
 /// `decode: {tokens: [[...]]}`: tokens fed one per step after the prompt, through the KV cache.
@@ -406,6 +427,8 @@ pub struct Case {
     pub bisect: bool,
     /// Text cases: the tokenizer and the harness's tokenization (`inputs` holds the same ids).
     pub text: Option<TextCase>,
+    /// How `harness shrink` judges smaller inputs (the command line overrides it).
+    pub shrink: Option<ShrinkSettings>,
 }
 
 /// Read and validate a model spec; `root` is the repository root.
@@ -651,6 +674,7 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
             .err("bisect", "`bisect: true` is not supported on decode cases")
             .hint("bisect a case of the prompt alone (without `decode:`)"));
     }
+    let shrink = cf.shrink.as_ref().map(|s| validate_shrink(&doc, s, &model)).transpose()?;
     if let Some(engines) = &cf.engines
         && engines.is_empty()
     {
@@ -674,6 +698,7 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
         decode,
         bisect: cf.bisect,
         text,
+        shrink,
     })
 }
 
@@ -686,6 +711,33 @@ pub fn peek_absent(
     let cf: CaseFile = Doc::read(file).ok()?.parse().ok()?;
     let spec = models.get(&cf.model)?.as_ref().ok()?;
     Some((spec.family, cf.engines))
+}
+
+fn validate_shrink(doc: &Doc, f: &ShrinkFile, model: &ModelSpec) -> Result<ShrinkSettings> {
+    use crate::shrink::OracleChoice;
+    let oracle = match &f.oracle {
+        None => None,
+        Some(o) => {
+            let choice: OracleChoice = o.parse().map_err(|e: Error| {
+                let mut err = doc.err("shrink.oracle", e.msg);
+                err.hint = e.hint;
+                err
+            })?;
+            if choice == OracleChoice::Prefix && !model.family.causal {
+                return Err(doc
+                    .err(
+                        "shrink.oracle",
+                        format!("the prefix oracle needs a causal model; `{}` is not one", model.family.class),
+                    )
+                    .hint("use `engine:reference` or `hf`"));
+            }
+            Some(choice)
+        }
+    };
+    if f.budget == Some(0) {
+        return Err(doc.err("shrink.budget", "a budget of 0 evaluations cannot shrink").hint("give at least 1"));
+    }
+    Ok(ShrinkSettings { oracle, budget: f.budget })
 }
 
 pub fn list_model_ids(root: &Path) -> Vec<String> {
@@ -959,7 +1011,7 @@ fn validate_decode(doc: &Doc, cf: &CaseFile, f: &DecodeFile, inputs: &Inputs, mo
 }
 
 /// A decode case's taps: every tap once per step, step-major (`logits@0`, ..., `logits@N`).
-fn per_step(taps: &[Tap], steps: usize) -> Vec<Tap> {
+pub fn per_step(taps: &[Tap], steps: usize) -> Vec<Tap> {
     (0..=steps)
         .flat_map(|k| taps.iter().map(move |t| Tap { name: format!("{}@{k}", t.name), step: Some(k), ..t.clone() }))
         .collect()
@@ -986,7 +1038,8 @@ fn segment_match(p: &str, n: &str) -> bool {
     }
 }
 
-fn expand_taps(doc: &Doc, specs: &[TapSpec], modules: &[Module], default_tol: &Tolerance) -> Result<Vec<Tap>> {
+/// Expand tap patterns over `modules` (forward order); errors are located in `doc` at `taps[i]`.
+pub fn expand_taps(doc: &Doc, specs: &[TapSpec], modules: &[Module], default_tol: &Tolerance) -> Result<Vec<Tap>> {
     // Later specs win for a tap selected twice, so `model.layers.*` then `{tap: model.layers.1, ...}` works.
     let mut chosen: Vec<Option<Tap>> = vec![None; modules.len()];
     for (i, spec) in specs.iter().enumerate() {

@@ -20,8 +20,8 @@ use crate::expect::Expectations;
 use crate::golden::Store;
 use crate::report::{TrialReport, Verdict, terminal};
 
-/// Sub-directories of `cases/` that hold specs, not cases.
-pub const RESERVED_DIRS: &[&str] = &["models", "engines", crate::expect::DIR];
+/// Sub-directories of `cases/` that hold specs or other kinds of cases, not golden cases.
+pub const RESERVED_DIRS: &[&str] = &["models", "engines", crate::expect::DIR, crate::metamorphic::DIR];
 
 type ModelSlot = Arc<OnceLock<std::result::Result<Arc<dyn LoadedModel>, Error>>>;
 
@@ -300,7 +300,47 @@ impl Suite {
                 }
             }
         }
+        trials.extend(self.metamorphic_trials());
         Ok(trials)
+    }
+
+    /// One trial per metamorphic case (`cases/metamorphic/`) and engine.
+    fn metamorphic_trials(self: &Arc<Self>) -> Vec<Trial> {
+        let mut models = BTreeMap::new();
+        let mut trials = Vec::new();
+        for file in crate::metamorphic::discover(&self.root) {
+            let id = case_id(&self.root.join("cases"), &file);
+            let loaded = crate::metamorphic::load(&self.root, &file, &mut models).and_then(|m| {
+                let engines = self.engines_for(&m.base)?;
+                Ok((m, engines))
+            });
+            match loaded {
+                Err(e) => {
+                    let name = format!("load::{id}");
+                    let report = self.error_report(&name, "load", &id, &file, &e);
+                    let suite = self.clone();
+                    trials.push(Trial::test(name, move || {
+                        suite.reports.lock().unwrap().push(report);
+                        Err(Failed::from(format!("error: {e}")))
+                    }));
+                }
+                Ok((meta, engines)) => {
+                    let meta = Arc::new(meta);
+                    for engine in engines {
+                        let (suite, meta) = (self.clone(), meta.clone());
+                        trials.push(Trial::test(format!("{}::{}", engine.name(), meta.id), move || {
+                            let model = suite.model(&engine, &meta.base.model);
+                            let model = model.as_ref().map(|m| m.as_ref()).map_err(Clone::clone);
+                            let (report, message) = crate::metamorphic::run_trial(&meta, engine.as_ref(), model);
+                            let pass = report.verdict == Verdict::Pass;
+                            suite.reports.lock().unwrap().push(report);
+                            if pass { Ok(()) } else { Err(Failed::from(message)) }
+                        }));
+                    }
+                }
+            }
+        }
+        trials
     }
 }
 

@@ -133,7 +133,8 @@ pub fn split_produced<'a>(taps: Vec<&'a Tap>, produced: Option<&[String]>) -> (V
     })
 }
 
-fn not_produced_note(engine: &str, skipped: &[&Tap], produced: Option<&[String]>) -> Option<String> {
+/// The note of a trial that compares fewer taps than the case has (outputs-only engines).
+pub fn not_produced_note(engine: &str, skipped: &[&Tap], produced: Option<&[String]>) -> Option<String> {
     if skipped.is_empty() {
         return None;
     }
@@ -192,6 +193,30 @@ pub fn run(
     rerun: String,
     variants: Option<&dyn Variants>,
 ) -> TrialReport {
+    let (mut report, outputs) = judge(case, engine, model, goldens, rerun, variants);
+    if report.verdict != Verdict::Pass && report.error.is_none() {
+        add_block_errors(case, model, goldens, &mut report.taps);
+        for tap in &case.taps {
+            let Some(rep) = report.taps.iter_mut().find(|r| r.name == tap.name) else { continue };
+            if let (Some(a), Ok(g)) = (outputs.get(&tap.name), goldens.load(&tap.name)) {
+                add_detail(case, tap, rep, a, &g);
+            }
+        }
+    }
+    report
+}
+
+/// The verdict, first divergence and hints of [`run`], without the extras only report files
+/// use (per-block error, per-token detail); also returns the engine's outputs. Shrinking judges
+/// its candidates with it.
+pub fn judge(
+    case: &Case,
+    engine: &str,
+    model: &dyn LoadedModel,
+    goldens: &Goldens,
+    rerun: String,
+    variants: Option<&dyn Variants>,
+) -> (TrialReport, Outputs) {
     let mut report = TrialReport {
         trial: format!("{engine}::{}", case.id),
         engine: engine.to_string(),
@@ -218,7 +243,7 @@ pub fn run(
             "engine `{engine}` produces none of the case's taps (it produces only {})",
             model.taps().unwrap_or_default().join(", ")
         ));
-        return report;
+        return (report, Outputs::new());
     }
     let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
     let ran = run_case(case, model, &names).and_then(|o| {
@@ -233,7 +258,7 @@ pub fn run(
         Err(e) => {
             report.verdict = Verdict::Error;
             report.error = Some(format!("engine `{engine}` failed: {e}"));
-            return report;
+            return (report, Outputs::new());
         }
     };
     if let Some(text) = &case.text {
@@ -266,16 +291,7 @@ pub fn run(
         let mut ctx = Ctx::new(case, goldens, &outputs, &report.taps, first);
         report.hints = diagnose(&mut ctx, &Reruns { engine: Some(&again), variants });
     }
-    if report.verdict != Verdict::Pass {
-        add_block_errors(case, model, goldens, &mut report.taps);
-        for tap in &case.taps {
-            let Some(rep) = report.taps.iter_mut().find(|r| r.name == tap.name) else { continue };
-            if let (Some(a), Ok(g)) = (outputs.get(&tap.name), goldens.load(&tap.name)) {
-                add_detail(case, tap, rep, a, &g);
-            }
-        }
-    }
-    report
+    (report, outputs)
 }
 
 /// Fill [`TapReport::added`]: each block the engine can run alone is run on the golden of its

@@ -82,6 +82,7 @@ fn llama_mutations_fail_at_the_tap_where_they_act() {
         ("llama/mha", Mutation::NoResidual("attention"), "model.layers.0.post_attention_layernorm"),
         ("llama/mha", Mutation::NoResidual("mlp"), "model.layers.0"),
         ("llama/mha", Mutation::NoFinalNorm, "model.norm"),
+        ("llama/mha", Mutation::NoCausalMask, "model.layers.0.self_attn.o_proj"),
         (
             "llama/mha",
             Mutation::TransposedWeight("model.layers.1.self_attn.o_proj.weight".into()),

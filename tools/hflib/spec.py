@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-RESERVED_DIRS = ("models", "engines", "expected")
+# Specs, expected findings, and cases that need no goldens (metamorphic properties).
+RESERVED_DIRS = ("models", "engines", "expected", "metamorphic")
 
 
 class SpecError(Exception):

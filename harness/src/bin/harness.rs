@@ -7,10 +7,12 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use harness::case::{Case, case_id, load_case};
 use harness::engine::{Engine, Registry};
+use harness::engines::reference::{Mutation, ReferenceEngine};
 use harness::error::{Error, did_you_mean, display_path};
 use harness::golden::{Store, atomic, describe, pending, session};
 use harness::report::{Verdict, terminal};
 use harness::runner::{Suite, discover, find_root};
+use harness::shrink::{Budget, OracleChoice, regression, shrink_case};
 use harness::tolerance::Tolerance;
 
 #[derive(Parser)]
@@ -69,6 +71,32 @@ enum Cmd {
         /// Also write report.json, junit.xml and index.html into this directory.
         #[arg(long, value_name = "DIR")]
         report: Option<PathBuf>,
+    },
+    /// Shrink a failing case's input to a minimal one that fails the same way (same first
+    /// divergent tap family, same hint), print it, and write it as a regression case under
+    /// cases/regressions/.
+    Shrink {
+        /// Case id: its path under cases/ without .yaml, e.g. llama/decode.
+        case: String,
+        /// The engine under test.
+        #[arg(long, default_value = "reference")]
+        engine: String,
+        /// Where the expected outputs of smaller inputs come from: engine:NAME, hf (a live HF
+        /// process, tools/hf_oracle.py) or prefix (the goldens' prefixes, causal models).
+        /// Default: the case's `shrink.oracle`, else engine:reference for any other engine.
+        #[arg(long, value_name = "ORACLE")]
+        oracle: Option<String>,
+        /// Evaluations to spend (default: the case's `shrink.budget`, else 300);
+        /// PROPTEST_MAX_SHRINK_ITERS caps it, PROPTEST_MAX_SHRINK_TIME (ms) limits the time.
+        #[arg(long, value_name = "N")]
+        budget: Option<u32>,
+        /// Test the reference engine with a port bug of the mutant zoo injected
+        /// (e.g. KvCacheWrongPosition, NoSlidingWindow, PoolLastToken).
+        #[arg(long, value_name = "MUTATION")]
+        inject: Option<String>,
+        /// Print the minimal input only; write no regression case.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -220,6 +248,88 @@ fn goldens(cmd: GoldensCmd) {
     }
 }
 
+/// A zoo mutation by name (its Rust spelling, e.g. `KvCacheWrongPosition`, `LayerNormEps(1e-5)`).
+fn zoo_mutation(name: &str) -> Mutation {
+    let mut zoo = Mutation::probes("");
+    zoo.retain(|m| !matches!(m, Mutation::TransposedWeight(_)));
+    zoo.push(Mutation::DropoutOn(0.1));
+    zoo.iter().find(|m| format!("{m:?}").eq_ignore_ascii_case(name)).cloned().unwrap_or_else(|| {
+        let names: Vec<String> = zoo.iter().map(|m| format!("{m:?}")).collect();
+        let hint = match did_you_mean(name, names.iter().map(String::as_str)) {
+            Some(n) => format!("did you mean `{n}`?"),
+            None => format!("mutations: {}", names.join(", ")),
+        };
+        fail(Error::input(format!("unknown mutation `{name}`")).hint(hint))
+    })
+}
+
+fn shrink(
+    case: String,
+    engine_name: String,
+    oracle: Option<String>,
+    budget: Option<u32>,
+    inject: Option<String>,
+    dry_run: bool,
+) {
+    let root = root();
+    let case = load(&root, &case);
+    let mut registry = Registry::builtin();
+    let engine_name = match inject {
+        Some(m) => {
+            if engine_name != "reference" {
+                fail(Error::input("--inject applies to the reference engine").hint("drop --engine or --inject"));
+            }
+            let m = zoo_mutation(&m);
+            let name = format!("reference+{m:?}");
+            registry.add(Arc::new(ReferenceEngine::mutant(name.clone(), m)));
+            name
+        }
+        None => engine_name,
+    };
+    let suite = Suite::new(root.clone(), registry);
+    let e = engine(&suite.registry, &engine_name);
+    let oracle = match oracle {
+        Some(o) => o.parse::<OracleChoice>().unwrap_or_else(|e| fail(e)),
+        None => harness::shrink::default_oracle(&case, &engine_name),
+    };
+    let budget = Budget::from_env(budget.or(case.shrink.as_ref().and_then(|s| s.budget)));
+    let mut s = shrink_case(&suite, &case, &e, &oracle, budget, true).unwrap_or_else(|e| fail(e));
+    s.report.rerun = std::env::args().collect::<Vec<_>>().join(" ");
+    print!("{}", terminal::render(&s.report));
+    println!("\nminimal input ({}; the case has {}):", s.minimal_size, s.original_size);
+    let rows =
+        |m: &harness::case::IdMatrix| (0..m.batch).map(|b| format!("{:?}", m.row(b))).collect::<Vec<_>>().join(", ");
+    println!("  input_ids: [{}]", rows(&s.case.inputs.input_ids));
+    if let Some(m) = &s.case.inputs.attention_mask {
+        println!("  attention_mask: [{}]", rows(m));
+    }
+    if let Some(t) = &s.case.inputs.token_type_ids {
+        println!("  token_type_ids: [{}]", rows(t));
+    }
+    if let Some(d) = &s.case.decode {
+        println!("  decode.tokens: [{}]", rows(&d.tokens));
+    }
+    println!("signature: {}", s.signature);
+    println!(
+        "{} evaluations (budget {}) in {:.1} s, oracle {}",
+        s.evaluations,
+        budget.evaluations,
+        s.elapsed.as_secs_f64(),
+        s.oracle
+    );
+    if let Some(why) = &s.stopped_early {
+        println!("stopped early: {why}; a larger budget may shrink further");
+    }
+    if dry_run {
+        return;
+    }
+    let path = regression::write(&root, &case, &s, &engine_name).unwrap_or_else(|e| fail(e));
+    let id = regression::case_id(&case, &s);
+    println!("wrote {}", display_path(&path));
+    println!("next: {}", harness::golden::regen_command(&id));
+    println!("      cargo test --test cases -- {id}    # then commit the case and goldens/{id}/");
+}
+
 fn main() {
     let cli = Cli::parse();
     match cli.cmd {
@@ -235,6 +345,9 @@ fn main() {
             conclusion.exit();
         }
         Cmd::Goldens { cmd } => goldens(cmd),
+        Cmd::Shrink { case, engine, oracle, budget, inject, dry_run } => {
+            shrink(case, engine, oracle, budget, inject, dry_run)
+        }
         Cmd::Dump { case, engine: name, out, every_module } => {
             let root = root();
             let case = load(&root, &case);

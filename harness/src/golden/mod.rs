@@ -114,6 +114,9 @@ pub struct Store {
 pub struct Goldens {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// Expected tensors held in memory instead of files under `dir`: an oracle's answer for a
+    /// shrink candidate, which has no goldens (see [`Goldens::in_memory`]).
+    pub memory: Option<HashMap<String, Tensor>>,
 }
 
 impl Store {
@@ -199,17 +202,64 @@ impl Store {
                     .hint(format!("regenerate: {regen}")));
             }
         }
-        Ok(Goldens { dir, manifest })
+        Ok(Goldens { dir, manifest, memory: None })
     }
 }
 
 impl Goldens {
+    /// Expected outputs that are not files: `taps` (name, tensor, noise floor) in forward order,
+    /// computed by `source` (e.g. `engine reference`, `hf`) for `case`'s inputs.
+    pub fn in_memory(case: &Case, source: &str, taps: Vec<(String, Tensor, Option<f64>)>) -> Goldens {
+        let entries = taps
+            .iter()
+            .map(|(name, t, floor)| TapEntry {
+                name: name.clone(),
+                file: String::new(),
+                shape: t.shape().to_vec(),
+                dtype: "float32".into(),
+                sha256: String::new(),
+                noise: floor.map(|f| NoiseFloor { max_abs: f, floor: f }),
+            })
+            .collect();
+        let manifest = Manifest {
+            format: 1,
+            case: case.id.clone(),
+            case_sha256: String::new(),
+            model: ModelProvenance {
+                id: case.model.id.clone(),
+                class: case.model.family.class.to_string(),
+                spec_sha256: String::new(),
+                weights_sha256: String::new(),
+                revision: case.model.revision.clone(),
+            },
+            generator: Generator {
+                tool: source.to_string(),
+                python: String::new(),
+                torch: String::new(),
+                transformers: String::new(),
+                numpy: String::new(),
+                dtype: "float32".into(),
+                attn_implementation: String::new(),
+            },
+            module_order: taps.iter().map(|(n, _, _)| n.clone()).collect(),
+            taps: entries,
+        };
+        let memory = taps.into_iter().map(|(n, t, _)| (n, t)).collect();
+        Goldens { dir: PathBuf::from(format!("<{source}>")), manifest, memory: Some(memory) }
+    }
+
     pub fn entry(&self, tap: &str) -> Option<&TapEntry> {
         self.manifest.taps.iter().find(|e| e.name == tap)
     }
 
     /// Read one tap's golden, checking it against its manifest entry (hash, shape, dtype).
     pub fn load(&self, tap: &str) -> Result<Tensor> {
+        if let Some(memory) = &self.memory {
+            return memory.get(tap).cloned().ok_or_else(|| {
+                Error::golden(format!("the oracle `{}` gave no `{tap}`", self.manifest.generator.tool))
+                    .hint("the oracle must return every tap of the case")
+            });
+        }
         let e = self
             .entry(tap)
             .ok_or_else(|| Error::golden(format!("no golden for tap `{tap}`")).file(self.dir.join(MANIFEST)))?;

@@ -133,7 +133,9 @@ impl Llama {
             Some(m) if j < m.seq && !ignore_mask => m.data[bi * m.seq + j] != 0,
             _ => true,
         };
-        let bias = attention_bias(|bi, i, j| j <= past + i && real(bi, j), b, s, total, &dev)?;
+        // Mutation: NoCausalMask, later tokens are visible too.
+        let causal = !self.mutated(&Mutation::NoCausalMask);
+        let bias = attention_bias(|bi, i, j| (!causal || j <= past + i) && real(bi, j), b, s, total, &dev)?;
         let scale = if self.mutated(&Mutation::NoAttentionScale) { 1.0 } else { 1.0 / (d.head_dim as f64).sqrt() };
         let n_rep = d.heads / d.kv_heads;
         // Decode steps only (the prompt is written correctly): the new token lands one slot late.

@@ -64,6 +64,8 @@ pub enum Mutation {
     /// The residual connection around this sublayer (`attention` or `mlp`) of every layer is
     /// missing.
     NoResidual(&'static str),
+    /// Decoder attention without the causal mask: tokens attend to later tokens.
+    NoCausalMask,
 }
 
 impl Mutation {
@@ -88,6 +90,7 @@ impl Mutation {
             Mutation::TransposedWeight(w) => format!("weight `{w}` is used transposed"),
             Mutation::NoAttentionScale => "attention scores are not scaled by 1/sqrt(head_dim)".into(),
             Mutation::NoResidual(which) => format!("the residual connection around each {which} block is missing"),
+            Mutation::NoCausalMask => "the causal mask is missing: tokens attend to later tokens".into(),
         }
     }
 
@@ -109,6 +112,7 @@ impl Mutation {
             Mutation::NoAttentionScale,
             Mutation::NoResidual("attention"),
             Mutation::NoResidual("mlp"),
+            Mutation::NoCausalMask,
         ];
         let module = tap.split('@').next().unwrap_or(tap);
         v.push(Mutation::TransposedWeight(format!("{module}.weight")));
