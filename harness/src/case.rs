@@ -137,6 +137,25 @@ pub struct CaseFile {
     /// of an outputs-only engine can be bisected to its first divergent layer.
     #[serde(default)]
     pub bisect: bool,
+    /// Compare against another engine's outputs instead of goldens.
+    #[serde(default)]
+    pub reference: Option<ReferenceFile>,
+}
+
+/// `reference: {engine: NAME}`: the case's expected tensors come from that engine, run on the
+/// same inputs, instead of goldens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceFile {
+    pub engine: String,
+}
+
+/// A validated `reference:`, with where its engine name sits (for errors found by the runner,
+/// such as an unknown engine).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineReference {
+    pub engine: String,
+    pub pos: Option<Pos>,
 }
 
 /// `decode: {tokens: [[...]]}`: tokens fed one per step after the prompt, through the KV cache.
@@ -346,6 +365,8 @@ pub struct Case {
     pub decode: Option<Decode>,
     /// Depth goldens exist (`bisect: true`): see [`crate::bisect`].
     pub bisect: bool,
+    /// The engine whose outputs are the expected tensors; None: the goldens.
+    pub reference: Option<EngineReference>,
 }
 
 /// Read and validate a model spec; `root` is the repository root.
@@ -532,6 +553,7 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
             .err("engines", "empty engine list")
             .hint("remove `engines:` to run every engine that supports the family"));
     }
+    let reference = cf.reference.as_ref().map(|r| validate_reference(&doc, &cf, r)).transpose()?;
     Ok(Case {
         id,
         file: file.to_path_buf(),
@@ -547,7 +569,29 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
         tolerance: default_tol,
         decode,
         bisect: cf.bisect,
+        reference,
     })
+}
+
+/// An engine reference has no float32 noise floor, so `noise:` tolerances cannot be judged.
+fn validate_reference(doc: &Doc, cf: &CaseFile, r: &ReferenceFile) -> Result<EngineReference> {
+    if r.engine.trim().is_empty() {
+        return Err(doc
+            .err("reference.engine", "empty engine name")
+            .hint("name a registered engine, e.g. `reference`"));
+    }
+    let noise_at = std::iter::once(("tolerance.noise".to_string(), &cf.tolerance))
+        .chain(cf.taps.iter().enumerate().map(|(i, t)| (format!("taps[{i}].tolerance.noise"), &t.tolerance)))
+        .find(|(_, t)| t.as_ref().is_some_and(|t| t.noise.is_some()));
+    if let Some((path, _)) = noise_at {
+        return Err(doc
+            .err(
+                &path,
+                "a `noise:` tolerance needs the goldens' float32 noise floor, and this case's reference is an engine",
+            )
+            .hint("use atol/rtol, cosine or sqnr_db, or compare against goldens (remove `reference:`)"));
+    }
+    Ok(EngineReference { engine: r.engine.clone(), pos: doc.pos("reference.engine") })
 }
 
 pub fn list_model_ids(root: &Path) -> Vec<String> {

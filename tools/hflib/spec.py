@@ -71,6 +71,8 @@ class Case:
     decode: list[list[int]] | None = None
     # `bisect: true`: also write `depth.{k}.{tap}` goldens of the model truncated to k layers.
     bisect: bool = False
+    # `reference: {engine: NAME}`: compared against that engine's outputs, so it has no goldens.
+    reference_engine: str | None = None
 
 
 def _load_yaml(file: Path) -> tuple[dict, bytes]:
@@ -156,8 +158,19 @@ def load_case(root: Path, file: Path, models: dict[str, ModelSpec]) -> Case:
         decode = _rows(file, "decode.tokens", d["tokens"])
         if len(decode) != len(inputs["input_ids"]):
             raise SpecError(file, "`decode.tokens` needs one row per row of input_ids")
+    reference = doc.get("reference")
+    reference_engine = reference.get("engine") if isinstance(reference, dict) else None
     return Case(
-        id=case_id(root, file), file=file, model=models[mid], inputs=inputs, taps=taps, sha256=sha256_bytes(data), raw=doc, decode=decode, bisect=bool(doc.get("bisect", False))
+        id=case_id(root, file),
+        file=file,
+        model=models[mid],
+        inputs=inputs,
+        taps=taps,
+        sha256=sha256_bytes(data),
+        raw=doc,
+        decode=decode,
+        bisect=bool(doc.get("bisect", False)),
+        reference_engine=reference_engine,
     )
 
 
