@@ -134,16 +134,34 @@ fn names_and_layouts_are_mapped_and_the_request_is_complete() {
 }
 
 #[test]
-fn a_missing_layout_rule_is_a_shape_mismatch_with_the_layout_hint() {
+fn a_missing_layout_rule_names_the_tap_and_suggests_the_rule() {
     let (repo, _) = replay_repo(false, "");
     let r = run_on(&repo, "replay");
-    assert_eq!(r.verdict, Verdict::Fail);
+    assert_eq!(r.verdict, Verdict::Error);
+    let e = r.error.unwrap();
+    assert!(
+        e.contains(
+            "cases/engines/replay.yaml: engine `replay` gave tap `model.layers.0.input_layernorm` (its `blk.0.input_layernorm`) shape [64, 12, 1] after the \
+             layout rules; HF's is [batch=1, seq=12, ...]"
+        ),
+        "{e}"
+    );
+    assert!(e.ends_with("(hint: its dimensions look reversed (ggml order): add `{engine: 'blk\\.0\\.input_layernorm', reverse: true}` under `layouts:`)"), "{e}");
+}
+
+#[test]
+fn a_wrong_shape_past_the_leading_axes_is_a_shape_mismatch_with_a_hint() {
+    // Per-token rows flattened differently: [1, 12, 64] written as [1, 12, 4, 16].
+    let (repo, _) = replay_repo(
+        false,
+        "layouts:\n  - {engine: 'blk\\.1\\.self_attn', reverse: true, reshape: [batch, seq, 4, 16]}\n  - {engine: 'blk\\..*', reverse: true}\n",
+    );
+    let r = run_on(&repo, "replay");
+    assert_eq!(r.verdict, Verdict::Fail, "{}", terminal::render(&r));
     let t = r.first_divergent_tap().unwrap();
-    assert_eq!(t.name, "model.layers.0.input_layernorm", "{}", terminal::render(&r));
-    assert_eq!(t.status, TapStatus::ShapeMismatch { actual: vec![64, 12, 1], expected: vec![1, 12, 64] });
-    let h = &r.hints[0];
-    assert_eq!(h.kind, HintKind::ReversedDims, "{:?}", r.hints);
-    assert!(h.message.contains("`reverse` layout rule"), "{}", h.message);
+    assert_eq!(t.name, "model.layers.1.self_attn");
+    assert_eq!(t.status, TapStatus::ShapeMismatch { actual: vec![1, 12, 4, 16], expected: vec![1, 12, 64] });
+    assert!(r.hints.iter().any(|h| h.message.contains("only the shape differs")), "{:?}", r.hints);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::case::{Inputs, ModelSpec, glob_match};
 use crate::engine::{Engine, LoadedModel, Outputs};
 use crate::error::{Error, Result};
-use crate::family::Family;
+use crate::family::{Family, TapKind};
 
 pub mod process;
 pub mod protocol;
@@ -78,13 +78,15 @@ impl Engine for ExternalEngine {
         self.spec.default
     }
     fn load(&self, model: &ModelSpec) -> Result<Box<dyn LoadedModel>> {
-        let modules: Vec<String> = (model.family.modules)(&model.config)?.into_iter().map(|m| m.path).collect();
+        let all = (model.family.modules)(&model.config)?;
+        let kinds = all.iter().map(|m| (m.path.clone(), m.kind)).collect();
+        let modules: Vec<String> = all.into_iter().map(|m| m.path).collect();
         let taps = self
             .spec
             .taps
             .as_ref()
             .map(|globs| modules.iter().filter(|m| globs.iter().any(|g| glob_match(g, m))).cloned().collect());
-        Ok(Box::new(ExternalModel { spec: self.spec.clone(), model: model.clone(), modules, taps }))
+        Ok(Box::new(ExternalModel { spec: self.spec.clone(), model: model.clone(), modules, kinds, taps }))
     }
     fn unavailable(&self) -> Option<String> {
         let prog = &self.spec.command[0];
@@ -114,6 +116,8 @@ pub struct ExternalModel {
     model: ModelSpec,
     /// Every module of the family, for a run that asks for everything.
     modules: Vec<String>,
+    /// How each module's leading axes line up with the inputs.
+    kinds: std::collections::HashMap<String, TapKind>,
     /// What the engine file's `taps:` allows; None: everything.
     taps: Option<Vec<String>>,
 }
@@ -196,7 +200,44 @@ impl ExternalModel {
             }
         }
         let dims = Dims { batch: Some(inputs.input_ids.batch), seq: Some(inputs.input_ids.seq) };
-        protocol::read_outputs(&out, spec, wanted, &dims)
+        let outputs = protocol::read_outputs(&out, spec, wanted, &dims)?;
+        // In forward order, so the error names the first tap that is off.
+        for hf in wanted {
+            if let (Some(t), Some(&kind)) = (outputs.get(hf), self.kinds.get(hf)) {
+                self.check_leading_axes(hf, kind, t.shape(), inputs)?;
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// A tap's leading axes are fixed by its kind (`[batch, seq, ...]` for token taps): a tensor
+    /// whose leading axes differ is in the wrong layout, whatever the rest of its shape.
+    fn check_leading_axes(&self, hf: &str, kind: TapKind, shape: &[usize], inputs: &Inputs) -> Result<()> {
+        let (b, s) = (inputs.input_ids.batch, inputs.input_ids.seq);
+        let (want, what): (Vec<usize>, String) = match kind {
+            TapKind::Tokens => (vec![b, s], format!("[batch={b}, seq={s}, ...]")),
+            TapKind::Positions => (vec![1, s], format!("[1, seq={s}, ...]")),
+            TapKind::Pooled => (vec![b], format!("[batch={b}, ...]")),
+        };
+        if shape.len() >= want.len() && shape[..want.len()] == want[..] {
+            return Ok(());
+        }
+        let name = self.spec.rules.to_engine(hf).unwrap_or_else(|| hf.to_string());
+        let reversed: Vec<usize> = shape.iter().rev().copied().collect();
+        let hint = if reversed.len() >= want.len() && reversed[..want.len()] == want[..] {
+            format!(
+                "its dimensions look reversed (ggml order): add `{{engine: '{}', reverse: true}}` under `layouts:`",
+                regex::escape(&name)
+            )
+        } else {
+            "fix the engine's `layouts:` rules (reverse, transpose, reshape), or the shape it writes".to_string()
+        };
+        Err(Error::engine(format!(
+            "engine `{}` gave tap `{hf}` (its `{name}`) shape {shape:?} after the layout rules; HF's is {what}",
+            self.spec.name
+        ))
+        .file(&self.spec.file)
+        .hint(hint))
     }
 }
 

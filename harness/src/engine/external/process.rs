@@ -159,6 +159,25 @@ mod tests {
     }
 
     #[test]
+    fn what_the_engine_leaves_running_is_killed_after_it_exits() {
+        let d = tempfile::tempdir().unwrap();
+        let pid_file = d.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; exit 0", pid_file.display());
+        let (ended, _) = run(sh(&script), Duration::from_secs(10), &d.path().join("o"), &d.path().join("e")).unwrap();
+        assert!(matches!(ended, Ended::Exited(s) if s.success()), "{ended:?}");
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let state = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit(')').next()?.trim().chars().next()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while state().is_some_and(|s| s != 'Z') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(state().is_none_or(|s| s == 'Z'), "the background child {pid} survived");
+    }
+
+    #[test]
     fn a_missing_program_is_an_error() {
         let d = tempfile::tempdir().unwrap();
         let e = run(Command::new("/no/such/engine"), Duration::from_secs(1), &d.path().join("o"), &d.path().join("e"))
