@@ -18,8 +18,7 @@ use crate::case::{Case, ModelSpec, case_id, load_case};
 use crate::engine::external;
 use crate::engine::{Engine, LoadedModel, Registry};
 use crate::engines::reference::ReferenceProbe;
-use crate::error::{Error, Result, did_you_mean};
-use crate::error::{Pos, display_path};
+use crate::error::{Error, Pos, Result, did_you_mean, display_path};
 use crate::expect::Expectations;
 use crate::expected::{EngineOutputs, Expected};
 use crate::golden::Store;
@@ -181,7 +180,7 @@ impl Suite {
 
     /// What `case` is compared against: its goldens, or its reference engine's outputs (run
     /// once per case and shared by its trials).
-    pub fn expected(&self, case: &Case) -> Result<Arc<dyn Expected + Send>> {
+    pub fn expected(&self, case: &Case) -> Result<Arc<dyn Expected>> {
         let Some(engine) = self.reference_engine(case)? else {
             return Ok(Arc::new(self.store.open(case)?));
         };

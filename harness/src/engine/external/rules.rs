@@ -412,7 +412,10 @@ impl LayoutRule {
                     Dim::Seq => Some(dims.seq.ok_or("`seq` is not known here (no request inputs)")?),
                 });
             }
-            let known: usize = shape.iter().flatten().product();
+            let known = shape.iter().flatten().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+            let Some(known) = known else {
+                return Err(format!("reshape [{}] has more elements than fit in memory", self.describe_reshape(dims)));
+            };
             let shape: Vec<usize> = if shape.contains(&None) {
                 if known == 0 || n % known != 0 {
                     return Err(format!(
@@ -570,6 +573,8 @@ mod tests {
         let out = rs.apply(t(vec![3, 2]), &dims).unwrap();
         assert_eq!(out.shape(), &[1, 2, 3]);
         assert_eq!(out.data(), &[0., 2., 4., 1., 3., 5.]);
+        let huge = LayoutRule::new("x", false, None, Some(vec![Dim::Size(usize::MAX), Dim::Size(2)]), None).unwrap();
+        assert!(huge.apply(t(vec![2]), &dims).unwrap_err().contains("more elements than fit"));
         let e = rs.apply(t(vec![5, 1]), &Dims { batch: Some(1), seq: Some(2) }).unwrap_err();
         assert!(e.contains("cannot reshape [1, 5]") && e.contains("[1, 2, -1]"), "{e}");
         assert!(tr.apply(t(vec![2, 3]), &dims).unwrap_err().contains("needs 3 axes"));
