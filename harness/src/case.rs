@@ -190,6 +190,9 @@ pub struct CaseFile {
     /// How `harness shrink` judges smaller inputs of this case.
     #[serde(default)]
     pub shrink: Option<ShrinkFile>,
+    /// Compare against another engine's outputs instead of goldens.
+    #[serde(default)]
+    pub reference: Option<ReferenceFile>,
 }
 
 /// `shrink: {oracle: engine:reference | hf | prefix, budget: N}`.
@@ -208,6 +211,22 @@ pub struct ShrinkFile {
 pub struct ShrinkSettings {
     pub oracle: Option<crate::shrink::OracleChoice>,
     pub budget: Option<u32>,
+}
+
+/// `reference: {engine: NAME}`: the case's expected tensors come from that engine, run on the
+/// same inputs, instead of goldens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceFile {
+    pub engine: String,
+}
+
+/// A validated `reference:`, with where its engine name sits (for errors found by the runner,
+/// such as an unknown engine).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineReference {
+    pub engine: String,
+    pub pos: Option<Pos>,
 }
 
 /// `decode: {tokens: [[...]]}`: tokens fed one per step after the prompt, through the KV cache.
@@ -429,6 +448,8 @@ pub struct Case {
     pub text: Option<TextCase>,
     /// How `harness shrink` judges smaller inputs (the command line overrides it).
     pub shrink: Option<ShrinkSettings>,
+    /// The engine whose outputs are the expected tensors; None: the goldens.
+    pub reference: Option<EngineReference>,
 }
 
 /// Read and validate a model spec; `root` is the repository root.
@@ -682,6 +703,7 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
             .err("engines", "empty engine list")
             .hint("remove `engines:` to run every engine that supports the family"));
     }
+    let reference = cf.reference.as_ref().map(|r| validate_reference(&doc, &cf, r)).transpose()?;
     Ok(Case {
         id,
         file: file.to_path_buf(),
@@ -699,6 +721,7 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
         bisect: cf.bisect,
         text,
         shrink,
+        reference,
     })
 }
 
@@ -738,6 +761,27 @@ fn validate_shrink(doc: &Doc, f: &ShrinkFile, model: &ModelSpec) -> Result<Shrin
         return Err(doc.err("shrink.budget", "a budget of 0 evaluations cannot shrink").hint("give at least 1"));
     }
     Ok(ShrinkSettings { oracle, budget: f.budget })
+}
+
+/// An engine reference has no float32 noise floor, so `noise:` tolerances cannot be judged.
+fn validate_reference(doc: &Doc, cf: &CaseFile, r: &ReferenceFile) -> Result<EngineReference> {
+    if r.engine.trim().is_empty() {
+        return Err(doc
+            .err("reference.engine", "empty engine name")
+            .hint("name a registered engine, e.g. `reference`"));
+    }
+    let noise_at = std::iter::once(("tolerance.noise".to_string(), &cf.tolerance))
+        .chain(cf.taps.iter().enumerate().map(|(i, t)| (format!("taps[{i}].tolerance.noise"), &t.tolerance)))
+        .find(|(_, t)| t.as_ref().is_some_and(|t| t.noise.is_some()));
+    if let Some((path, _)) = noise_at {
+        return Err(doc
+            .err(
+                &path,
+                "a `noise:` tolerance needs the goldens' float32 noise floor, and this case's reference is an engine",
+            )
+            .hint("use atol/rtol, cosine or sqnr_db, or compare against goldens (remove `reference:`)"));
+    }
+    Ok(EngineReference { engine: r.engine.clone(), pos: doc.pos("reference.engine") })
 }
 
 pub fn list_model_ids(root: &Path) -> Vec<String> {

@@ -10,8 +10,8 @@
 use crate::case::{Case, Decode, Tap};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::{Error, Result};
+use crate::expected::Expected;
 use crate::family::Module;
-use crate::golden::Goldens;
 use crate::report::TapReport;
 use crate::tensor::Tensor;
 use crate::trial::compare_tap;
@@ -58,7 +58,7 @@ pub fn full_forward_checks(
     dec: &Decode,
     model: &dyn LoadedModel,
     outputs: &Outputs,
-    goldens: &Goldens,
+    reference: &dyn Expected,
 ) -> Result<Vec<(usize, TapReport)>> {
     let tolerance = case.taps.iter().find(|t| t.module.path == CHECKED).map_or(&case.tolerance, |t| &t.tolerance);
     let mut checks = Vec::with_capacity(dec.steps());
@@ -76,7 +76,7 @@ pub fn full_forward_checks(
             None => Err(Error::engine(format!("the full forward returned no `{CHECKED}`"))),
         };
         // The golden's float32 noise floor at this step is the unit for `noise:` tolerances.
-        let floor = goldens.entry(&format!("{CHECKED}@{k}")).and_then(|e| e.noise.as_ref()).map(|n| n.floor);
+        let floor = reference.noise_floor(&format!("{CHECKED}@{k}"));
         // No golden file: the reference here is the engine itself.
         checks.push((k, compare_tap(case, &tap, outputs.get(&format!("{CHECKED}@{k}")), expected, floor, None)));
     }

@@ -18,8 +18,8 @@ use crate::tolerance::Tolerance;
 pub trait Mapping {
     /// The A (HF) name of B's tensor `name`; None to ignore it.
     fn name(&self, name: &str) -> Option<String>;
-    /// B's tensor in A's layout (e.g. reversed dims), given A's shape.
-    fn layout(&self, _hf_name: &str, t: Tensor, _expected: &[usize]) -> Result<Tensor> {
+    /// B's tensor `name` (mapped to `hf_name`) in A's layout (e.g. reversed dims), given A's shape.
+    fn layout(&self, _name: &str, _hf_name: &str, t: Tensor, _expected: &[usize]) -> Result<Tensor> {
         Ok(t)
     }
 }
@@ -102,22 +102,23 @@ pub fn diff(a: &Path, b: &Path, tolerance: &Tolerance, mapping: &dyn Mapping) ->
             .hint("give two .npy files or two directories"));
     }
     let mut notes = Vec::new();
-    // B's files under A's names. Two single files compare whatever their names.
-    let b_taps: Vec<(String, PathBuf)> = if a.is_file() {
-        vec![(sa.taps[0].0.clone(), sb.taps[0].1.clone())]
+    // B's files under A's names (with B's own name, for layout rules). Two single files compare
+    // whatever their names.
+    let b_taps: Vec<(String, PathBuf, String)> = if a.is_file() {
+        vec![(sa.taps[0].0.clone(), sb.taps[0].1.clone(), sb.taps[0].0.clone())]
     } else {
-        sb.taps.iter().filter_map(|(n, p)| mapping.name(n).map(|m| (m, p.clone()))).collect()
+        sb.taps.iter().filter_map(|(n, p)| mapping.name(n).map(|m| (m, p.clone(), n.clone()))).collect()
     };
     // Forward order: A's if it knows it, else B's, else by name.
     let mut order: Vec<String> = sa.taps.iter().map(|(n, _)| n.clone()).collect();
     if let (None, Some(from)) = (sa.order_from, sb.order_from) {
-        let pos = |n: &String| b_taps.iter().position(|(m, _)| m == n).unwrap_or(usize::MAX);
+        let pos = |n: &String| b_taps.iter().position(|(m, ..)| m == n).unwrap_or(usize::MAX);
         order.sort_by_key(pos);
         notes.push(format!("forward order taken from {}", display_path(&sb.path.join(from))));
     } else if sa.order_from.is_none() {
         notes.push("no manifest.json or dump.json: taps are in name order, not forward order".into());
     }
-    let only_b: Vec<&str> = b_taps.iter().filter(|(n, _)| !order.contains(n)).map(|(n, _)| n.as_str()).collect();
+    let only_b: Vec<&str> = b_taps.iter().filter(|(n, ..)| !order.contains(n)).map(|(n, ..)| n.as_str()).collect();
     if !only_b.is_empty() {
         notes.push(format!("only in {}: {}", display_path(b), only_b.join(", ")));
     }
@@ -139,10 +140,10 @@ pub fn diff(a: &Path, b: &Path, tolerance: &Tolerance, mapping: &dyn Mapping) ->
     let a_path = |n: &str| sa.taps.iter().find(|(m, _)| m == n).map(|(_, p)| p.clone());
     for name in &order {
         let golden = read_npy(&a_path(name).unwrap_or_default(), None);
-        let actual = b_taps.iter().find(|(m, _)| m == name).map(|(_, p)| {
+        let actual = b_taps.iter().find(|(m, ..)| m == name).map(|(_, p, b_name)| {
             read_npy(p, None).and_then(|t| {
                 let expected = golden.as_ref().map(|g| g.shape().to_vec()).unwrap_or_default();
-                mapping.layout(name, t, &expected)
+                mapping.layout(b_name, name, t, &expected)
             })
         });
         let actual = match actual {

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod engines;
 pub mod error;
 pub mod expect;
+pub mod expected;
 pub mod family;
 pub mod golden;
 pub mod hub;

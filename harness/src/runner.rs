@@ -1,22 +1,26 @@
 //! Cases x engines -> libtest-mimic trials, named `{engine}::{case}`.
 //!
-//! The runner discovers every `cases/**/*.yaml` (except `cases/models/` and `cases/engines/`),
-//! loads and validates each case, and makes one trial per engine that runs it. A case that fails
-//! to load becomes one failing trial `load::{case}` with the error, so a bad file never hides the
-//! others. libtest-mimic gives filters, `--exact`, `--list`, `--ignored`, `--format json` and
-//! nextest compatibility.
+//! The runner registers every external engine declared in `cases/engines/`, discovers every
+//! `cases/**/*.yaml` (except `cases/models/` and `cases/engines/`), loads and validates each
+//! case, and makes one trial per engine that runs it. A case or engine file that fails to load
+//! becomes one failing trial `load::{case}` / `load::engines/{name}` with the error, so a bad
+//! file never hides the others. A trial whose engine is not installed here is ignored with the
+//! reason (outside CI; in CI it fails). libtest-mimic gives filters, `--exact`, `--list`,
+//! `--ignored`, `--format json` and nextest compatibility.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use libtest_mimic::{Arguments, Conclusion, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Conclusion, Failed, Trial};
 
 use crate::case::{Case, ModelSpec, case_id, load_case, peek_absent};
+use crate::engine::external;
 use crate::engine::{Engine, LoadedModel, Registry};
 use crate::engines::reference::ReferenceProbe;
-use crate::error::{Error, ErrorKind, Result, did_you_mean};
+use crate::error::{Error, ErrorKind, Pos, Result, did_you_mean, display_path};
 use crate::expect::Expectations;
+use crate::expected::{EngineOutputs, Expected};
 use crate::golden::Store;
 use crate::report::{TrialReport, Verdict, terminal};
 
@@ -24,12 +28,17 @@ use crate::report::{TrialReport, Verdict, terminal};
 pub const RESERVED_DIRS: &[&str] = &["models", "engines", crate::expect::DIR, crate::metamorphic::DIR];
 
 type ModelSlot = Arc<OnceLock<std::result::Result<Arc<dyn LoadedModel>, Error>>>;
+type ReferenceSlot = Arc<OnceLock<std::result::Result<Arc<EngineOutputs>, Error>>>;
 
 pub struct Suite {
     pub root: PathBuf,
     pub registry: Registry,
     pub store: Store,
+    /// Engine files under `cases/engines/` that did not load: (name, file, error).
+    pub engine_errors: Vec<(String, PathBuf, Error)>,
     models: Mutex<HashMap<(String, String), ModelSlot>>,
+    /// Outputs of reference engines, per (engine, case), for cases with `reference: {engine}`.
+    references: Mutex<HashMap<(String, String), ReferenceSlot>>,
     /// Reports of the trials run so far (for summaries and report files).
     pub reports: Mutex<Vec<TrialReport>>,
     /// `cases/expected/*.yaml`, read once.
@@ -93,17 +102,109 @@ pub fn rerun_command(trial: &str) -> String {
     format!("cargo test -p harness --test cases -- --exact '{trial}'")
 }
 
+/// Register the external engines of `root/cases/engines/` in `registry`; returns the files that
+/// did not load (a name taken by a built-in engine is an error too).
+pub fn add_external_engines(root: &Path, registry: &mut Registry) -> Vec<(String, PathBuf, Error)> {
+    let found = match external::discover(root) {
+        Ok(f) => f,
+        Err(e) => return vec![("engines".into(), root.join(external::spec::ENGINES_DIR), e)],
+    };
+    let mut errors = Vec::new();
+    for (name, file, engine) in found {
+        match engine {
+            Ok(_) if registry.get(&name).is_some() => {
+                let e = Error::input(format!("engine name `{name}` is taken by a built-in engine"))
+                    .file(&file)
+                    .hint("rename the file: the engine's name is its file name");
+                errors.push((name, file, e));
+            }
+            Ok(e) => registry.add(Arc::new(e)),
+            Err(e) => errors.push((name, file, e)),
+        }
+    }
+    errors
+}
+
 impl Suite {
-    pub fn new(root: PathBuf, registry: Registry) -> Arc<Suite> {
+    /// A suite over `root` with `registry` plus the external engines of `root/cases/engines/`.
+    pub fn new(root: PathBuf, mut registry: Registry) -> Arc<Suite> {
+        let engine_errors = add_external_engines(&root, &mut registry);
         Arc::new(Suite {
             store: Store::new(&root),
             root,
             registry,
+            engine_errors,
             models: Mutex::new(HashMap::new()),
+            references: Mutex::new(HashMap::new()),
             reports: Mutex::new(Vec::new()),
             expectations: OnceLock::new(),
             ignored: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A registered engine by name; an unknown one is an error located at `pos` in `file`.
+    fn lookup(&self, name: &str, file: &Path, pos: Option<Pos>) -> Result<Arc<dyn Engine>> {
+        if let Some(e) = self.registry.get(name) {
+            return Ok(e.clone());
+        }
+        if let Some((_, efile, err)) = self.engine_errors.iter().find(|(n, ..)| n == name) {
+            return Err(Error::input(format!(
+                "engine `{name}` is declared in {}, which does not load: {}",
+                display_path(efile),
+                err.msg
+            ))
+            .file(file)
+            .at(pos)
+            .hint(format!("fix that file (the trial `load::engines/{name}` has the details)")));
+        }
+        let known = self.registry.names();
+        let hint = match did_you_mean(name, known.iter().copied()) {
+            Some(k) => format!("did you mean `{k}`?"),
+            None => format!("known engines: {}", known.join(", ")),
+        };
+        Err(Error::input(format!("unknown engine `{name}`")).file(file).at(pos).hint(hint))
+    }
+
+    /// The engine a case with `reference: {engine}` is compared against.
+    pub fn reference_engine(&self, case: &Case) -> Result<Option<Arc<dyn Engine>>> {
+        let Some(r) = &case.reference else { return Ok(None) };
+        let e = self.lookup(&r.engine, &case.file, r.pos)?;
+        if !e.supports(case.model.family) {
+            return Err(Error::input(format!(
+                "reference engine `{}` does not support {}",
+                r.engine, case.model.family.class
+            ))
+            .file(&case.file)
+            .at(r.pos)
+            .hint("name an engine that runs this model family"));
+        }
+        Ok(Some(e))
+    }
+
+    /// What `case` is compared against: its goldens, or its reference engine's outputs (run
+    /// once per case and shared by its trials).
+    pub fn expected(&self, case: &Case) -> Result<Arc<dyn Expected>> {
+        let Some(engine) = self.reference_engine(case)? else {
+            return Ok(Arc::new(self.store.open(case)?));
+        };
+        let slot = {
+            let mut m = self.references.lock().unwrap();
+            m.entry((engine.name().to_string(), case.id.clone())).or_default().clone()
+        };
+        let outputs = slot
+            .get_or_init(|| {
+                let model = self.model(&engine, &case.model)?;
+                crate::expected::from_engine(case, engine.name(), model.as_ref()).map(Arc::new)
+            })
+            .clone()?;
+        Ok(outputs)
+    }
+
+    /// Why a trial of `case` on `engine` cannot run here (its engine or reference engine is not
+    /// installed), if so.
+    pub fn unavailable(&self, case: &Case, engine: &Arc<dyn Engine>) -> Option<String> {
+        let reference = self.reference_engine(case).ok().flatten();
+        engine.unavailable().or_else(|| reference.and_then(|r| r.unavailable()))
     }
 
     /// Load `spec` on `engine` once per run; concurrent trials wait for the first load.
@@ -115,29 +216,32 @@ impl Suite {
         slot.get_or_init(|| engine.load(spec).map(Arc::from)).clone()
     }
 
-    /// The engines that run `case`: its `engines:` list, else every default engine for the family.
+    /// The engines that run `case`: its `engines:` list, else every default engine for the family
+    /// (except the case's reference engine, if it has one).
     pub fn engines_for(&self, case: &Case) -> Result<Vec<Arc<dyn Engine>>> {
+        let reference = self.reference_engine(case)?.map(|e| e.name().to_string());
         match &case.engines {
             Some(names) => names
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
                     let pos = case.engine_positions.get(i).copied().flatten();
-                    let e = self.registry.get(n).ok_or_else(|| {
-                        let known = self.registry.names();
-                        let hint = match did_you_mean(n, known.iter().copied()) {
-                            Some(k) => format!("did you mean `{k}`?"),
-                            None => format!("known engines: {}", known.join(", ")),
-                        };
-                        Error::input(format!("unknown engine `{n}`")).file(&case.file).at(pos).hint(hint)
-                    })?;
+                    let e = self.lookup(n, &case.file, pos)?;
                     if !e.supports(case.model.family) {
                         return Err(Error::input(format!("engine `{n}` does not support {}", case.model.family.class))
                             .file(&case.file)
                             .at(pos)
                             .hint("remove it from `engines:`"));
                     }
-                    Ok(e.clone())
+                    if reference.as_deref() == Some(n.as_str()) {
+                        return Err(Error::input(format!(
+                            "engine `{n}` is this case's reference: it would be compared with itself"
+                        ))
+                        .file(&case.file)
+                        .at(pos)
+                        .hint("remove it from `engines:`, or name another `reference:`"));
+                    }
+                    Ok(e)
                 })
                 .collect(),
             None => Ok(self
@@ -145,6 +249,7 @@ impl Suite {
                 .all()
                 .iter()
                 .filter(|e| e.default_enabled() && e.supports(case.model.family))
+                .filter(|e| reference.as_deref() != Some(e.name()))
                 .cloned()
                 .collect()),
         }
@@ -185,19 +290,21 @@ impl Suite {
         let trial = format!("{}::{}", engine.name(), case.id);
         // An engine that panics fails its own trial with the panic message; the run goes on.
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            match self.store.open(case).and_then(|g| Ok((g, self.model(engine, &case.model)?))) {
-                Ok((goldens, model)) => {
+            let ready = match self.unavailable(case, engine) {
+                Some(reason) => Err(Error::engine(reason).file(&case.file)),
+                None => self.expected(case).and_then(|g| Ok((g, self.model(engine, &case.model)?))),
+            };
+            match ready {
+                Ok((expected, model)) => {
                     let probe = ReferenceProbe { case };
-                    let mut r = crate::trial::run(
-                        case,
-                        engine.name(),
-                        model.as_ref(),
-                        &goldens,
-                        rerun_command(&trial),
-                        Some(&probe),
-                    );
-                    if model.taps().is_some() {
-                        r.bisection = crate::bisect::bisect(case, engine.as_ref(), &goldens, &r);
+                    let rerun = rerun_command(&trial);
+                    let mut r =
+                        crate::trial::run(case, engine.name(), model.as_ref(), expected.as_ref(), rerun, Some(&probe));
+                    // Depth bisection needs the depth goldens: not for cases whose reference is an engine.
+                    if model.taps().is_some()
+                        && let Some(goldens) = expected.goldens()
+                    {
+                        r.bisection = crate::bisect::bisect(case, engine.as_ref(), goldens, &r);
                     }
                     r
                 }
@@ -238,6 +345,17 @@ impl Suite {
                 Err(Failed::from(format!("error: {e}")))
             }));
         }
+        for (name, file, e) in &self.engine_errors {
+            let trial = format!("load::engines/{name}");
+            let report = self.error_report(&trial, "load", &format!("engines/{name}"), file, e);
+            let suite = self.clone();
+            let msg = format!("error: {e}");
+            trials.push(Trial::test(trial, move || {
+                suite.reports.lock().unwrap().push(report);
+                Err(Failed::from(msg))
+            }));
+        }
+        let ci = crate::golden::pending::ci_is_set();
         for file in files {
             let id = case_id(&self.root.join("cases"), &file);
             let loaded = load_case(&self.root, &file, &mut models).and_then(|c| {
@@ -292,9 +410,13 @@ impl Suite {
                         let suite = self.clone();
                         let case = case.clone();
                         let name = format!("{}::{}", engine.name(), case.id);
-                        trials.push(Trial::test(name, move || {
+                        trials.push(Trial::ignorable_test(name, move || {
+                            // In CI a missing engine fails (run_trial reports it); never silently.
+                            if !ci && let Some(reason) = suite.unavailable(&case, &engine) {
+                                return Ok(Completion::ignored_with(reason));
+                            }
                             let r = suite.run_trial(&case, &engine);
-                            if r.ok() { Ok(()) } else { Err(Failed::from(terminal::render(&r))) }
+                            if r.ok() { Ok(Completion::Completed) } else { Err(Failed::from(terminal::render(&r))) }
                         }));
                     }
                 }

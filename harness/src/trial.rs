@@ -1,4 +1,5 @@
-//! One trial: a case run on one engine, every tap compared with its golden, in forward order.
+//! One trial: a case run on one engine, every tap compared with its expected tensor (a golden,
+//! or a reference engine's output: see [`crate::expected`]), in forward order.
 
 use crate::case::{Case, Tap};
 use crate::diagnose::logits::{self, is_logits_tap};
@@ -6,8 +7,8 @@ use crate::diagnose::probes::Variants;
 use crate::diagnose::{Ctx, Reruns, diagnose};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::Result;
+use crate::expected::Expected;
 use crate::family::TapKind;
-use crate::golden::Goldens;
 use crate::metrics::{Selection, compare, unravel};
 use crate::report::{Added, TapReport, TapStatus, TrialReport, Verdict};
 use crate::tensor::Tensor;
@@ -114,9 +115,10 @@ pub fn compare_tensors(
     rep
 }
 
-/// The taps of `case` in the forward order the goldens recorded.
-pub fn taps_in_forward_order<'a>(case: &'a Case, goldens: &Goldens) -> Vec<&'a Tap> {
-    let pos = |name: &str| goldens.manifest.taps.iter().position(|e| e.name == name).unwrap_or(usize::MAX);
+/// The taps of `case` in the forward order the reference recorded (the case's own order, which
+/// is the family's module order, when it recorded none).
+pub fn taps_in_forward_order<'a>(case: &'a Case, expected: &dyn Expected) -> Vec<&'a Tap> {
+    let pos = |name: &str| expected.position(name).unwrap_or(usize::MAX);
     let mut taps: Vec<&Tap> = case.taps.iter().collect();
     taps.sort_by_key(|t| pos(&t.name));
     taps
@@ -183,22 +185,23 @@ pub fn run_case(case: &Case, model: &dyn LoadedModel, taps: &[&str]) -> Result<O
     }
 }
 
-/// Run `case` on a loaded engine model and compare every tap; diagnose a failure (with the
-/// reference engine's variants, when given).
+/// Run `case` on a loaded engine model and compare every tap with `expected` (the goldens, or a
+/// reference engine's outputs); diagnose a failure (with the reference engine's variants, when
+/// given).
 pub fn run(
     case: &Case,
     engine: &str,
     model: &dyn LoadedModel,
-    goldens: &Goldens,
+    expected: &dyn Expected,
     rerun: String,
     variants: Option<&dyn Variants>,
 ) -> TrialReport {
-    let (mut report, outputs) = judge(case, engine, model, goldens, rerun, variants);
+    let (mut report, outputs) = judge(case, engine, model, expected, rerun, variants);
     if report.verdict != Verdict::Pass && report.error.is_none() {
-        add_block_errors(case, model, goldens, &mut report.taps);
+        add_block_errors(case, model, expected, &mut report.taps);
         for tap in &case.taps {
             let Some(rep) = report.taps.iter_mut().find(|r| r.name == tap.name) else { continue };
-            if let (Some(a), Ok(g)) = (outputs.get(&tap.name), goldens.load(&tap.name)) {
+            if let (Some(a), Ok(g)) = (outputs.get(&tap.name), expected.load(&tap.name)) {
                 add_detail(case, tap, rep, a, &g);
             }
         }
@@ -213,7 +216,7 @@ pub fn judge(
     case: &Case,
     engine: &str,
     model: &dyn LoadedModel,
-    goldens: &Goldens,
+    expected: &dyn Expected,
     rerun: String,
     variants: Option<&dyn Variants>,
 ) -> (TrialReport, Outputs) {
@@ -233,7 +236,7 @@ pub fn judge(
         expected: None,
     };
     report.notes = model.notes();
-    let (taps, not_produced) = split_produced(taps_in_forward_order(case, goldens), model.taps().as_deref());
+    let (taps, not_produced) = split_produced(taps_in_forward_order(case, expected), model.taps().as_deref());
     if let Some(note) = not_produced_note(engine, &not_produced, model.taps().as_deref()) {
         report.notes.push(note);
     }
@@ -248,7 +251,7 @@ pub fn judge(
     let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
     let ran = run_case(case, model, &names).and_then(|o| {
         let checks = match &case.decode {
-            Some(dec) => crate::decode::full_forward_checks(case, dec, model, &o, goldens)?,
+            Some(dec) => crate::decode::full_forward_checks(case, dec, model, &o, expected)?,
             None => vec![],
         };
         Ok((o, checks))
@@ -261,19 +264,18 @@ pub fn judge(
             return (report, Outputs::new());
         }
     };
-    if let Some(text) = &case.text {
+    // The tokenizer's goldens (engine-vs-engine cases have none: both engines get the same ids).
+    if let (Some(text), Some(goldens)) = (&case.text, expected.goldens()) {
         report.taps.extend(crate::text::compare(text, goldens));
     }
     for tap in taps {
-        let entry = goldens.entry(&tap.name);
-        let floor = entry.and_then(|e| e.noise.as_ref()).map(|n| n.floor);
-        let file = entry.map(|e| goldens.dir.join(&e.file));
+        let file = expected.file(&tap.name);
         report.taps.push(compare_tap(
             case,
             tap,
             outputs.get(&tap.name),
-            goldens.load(&tap.name),
-            floor,
+            expected.load(&tap.name),
+            expected.noise_floor(&tap.name),
             file.as_deref(),
         ));
     }
@@ -288,29 +290,30 @@ pub fn judge(
     } else if let Some(first) = report.first_divergence {
         report.verdict = Verdict::Fail;
         let again = || run_case(case, model, &names);
-        let mut ctx = Ctx::new(case, goldens, &outputs, &report.taps, first);
+        let mut ctx = Ctx::new(case, expected, &outputs, &report.taps, first);
         report.hints = diagnose(&mut ctx, &Reruns { engine: Some(&again), variants });
     }
     (report, outputs)
 }
 
-/// Fill [`TapReport::added`]: each block the engine can run alone is run on the golden of its
-/// input, and its taps are compared again, so each shows the error it adds by itself.
-fn add_block_errors(case: &Case, model: &dyn LoadedModel, goldens: &Goldens, reports: &mut [TapReport]) {
+/// Fill [`TapReport::added`]: each block the engine can run alone is run on the golden (expected
+/// tensor) of its input, and its taps are compared again, so each shows the error it adds by
+/// itself.
+fn add_block_errors(case: &Case, model: &dyn LoadedModel, expected: &dyn Expected, reports: &mut [TapReport]) {
     if case.decode.is_some() {
         return;
     }
     for block in model.blocks() {
         let names: Vec<String> = reports.iter().filter(|r| block.contains(&r.name)).map(|r| r.name.clone()).collect();
-        if names.is_empty() || goldens.entry(&block.input).is_none() {
+        if names.is_empty() || !expected.has(&block.input) {
             continue;
         }
-        let Ok(input) = goldens.load(&block.input) else { continue };
+        let Ok(input) = expected.load(&block.input) else { continue };
         let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
         let Ok(out) = model.run_block(&case.inputs, &block.path, &input, &wanted) else { continue };
         for rep in reports.iter_mut().filter(|r| block.contains(&r.name)) {
             let Some(tap) = case.taps.iter().find(|t| t.name == rep.name) else { continue };
-            let alone = compare_tap(case, tap, out.get(&rep.name), goldens.load(&rep.name), rep.noise_floor, None);
+            let alone = compare_tap(case, tap, out.get(&rep.name), expected.load(&rep.name), rep.noise_floor, None);
             rep.added = alone.metrics.map(|m| Added {
                 max_abs: m.max_abs,
                 sqnr_db: m.sqnr_db,

@@ -72,6 +72,26 @@ fn bad_model_specs_give_located_one_line_errors() {
 }
 
 #[test]
+fn bad_engine_files_give_located_one_line_errors() {
+    let repo = TempRepo::with_cases(&["llama/mha"]);
+    let mut out = String::new();
+    for f in corpus("engines") {
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        let rel = format!("cases/engines/{name}.yaml");
+        repo.write(&rel, &std::fs::read_to_string(&f).unwrap());
+        let msg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            harness::engine::external::spec::load(repo.root(), &repo.path(&rel)).err().map(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| panic!("{name}: panicked"))
+        .unwrap_or_else(|| panic!("{name}: no error"));
+        let msg = msg.replace(&repo.root().display().to_string(), "<repo>");
+        out += &check_line(&name, &msg, &rel);
+        std::fs::remove_file(repo.path(&rel)).unwrap();
+    }
+    insta::assert_snapshot!("engines", out);
+}
+
+#[test]
 fn bad_npy_files_are_refused_with_the_reason() {
     let mut out = String::new();
     for f in corpus("npy") {

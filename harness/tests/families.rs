@@ -45,7 +45,8 @@ fn family_modules_match_hf_module_order() {
             c => c.unwrap(),
         };
         let class = case.model.family.class;
-        if !CHECKED.contains(&class) {
+        // Cases compared against another engine have no goldens.
+        if !CHECKED.contains(&class) || case.reference.is_some() {
             continue;
         }
         let manifest = root.join("goldens").join(&case.id).join("manifest.json");

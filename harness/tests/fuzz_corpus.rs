@@ -57,3 +57,30 @@ fn npy_corpus() {
         let _ = harness::tensor::parse_npy_bytes(&data, Some("bfloat16"));
     }
 }
+
+#[test]
+fn engine_spec_corpus() {
+    use harness::engine::external::{Dims, spec};
+    let root = tempfile::tempdir().unwrap();
+    let files = inputs("engine_spec");
+    assert!(files.len() >= 10, "the engine_spec corpus is missing");
+    let mut loaded = 0;
+    for f in files {
+        let Ok(data) = std::fs::read(&f) else { continue }; // a running fuzzer may remove files
+        let file = root.path().join("cases/engines/fuzz.yaml");
+        let Ok(doc) = harness::yaml::Doc::from_bytes(&file, data) else { continue };
+        let Ok(spec) = spec::parse(root.path(), doc) else { continue };
+        loaded += 1;
+        // The same checks as fuzz_targets/engine_spec.rs.
+        for hf in ["model.embed_tokens", "model.layers.0.self_attn", "model.layers.12.mlp.up_proj", "logits"] {
+            if let Some(name) = spec.rules.to_engine(hf) {
+                assert_eq!(spec.rules.to_hf(&name), hf, "{}: {name}", f.display());
+            }
+        }
+        for name in ["blk.0.attn_out", "rope_cos", "token_embd"] {
+            let t = harness::tensor::Tensor::new(vec![2, 3, 4], (0..24).map(|v| v as f32).collect()).unwrap();
+            let _ = spec.rules.layout(name, t, &Dims { batch: Some(1), seq: Some(3) });
+        }
+    }
+    assert!(loaded >= 1, "no engine file of the corpus loads");
+}

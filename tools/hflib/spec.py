@@ -122,6 +122,8 @@ class Case:
     # model inputs are then filled in by tokenizing (hf.tokenize).
     text: str | list | None = None
     tokenizer: dict = field(default_factory=dict)
+    # `reference: {engine: NAME}`: compared against that engine's outputs, so it has no goldens.
+    reference_engine: str | None = None
 
 
 def _load_yaml(file: Path) -> tuple[dict, bytes]:
@@ -219,6 +221,8 @@ def load_case(root: Path, file: Path, models: dict[str, ModelSpec]) -> Case:
         decode = _rows(file, "decode.tokens", d["tokens"])
         if "input_ids" not in inputs or len(decode) != len(inputs["input_ids"]):
             raise SpecError(file, "`decode.tokens` needs one row per row of input_ids")
+    reference = doc.get("reference")
+    reference_engine = reference.get("engine") if isinstance(reference, dict) else None
     return Case(
         id=case_id(root, file),
         file=file,
@@ -231,6 +235,7 @@ def load_case(root: Path, file: Path, models: dict[str, ModelSpec]) -> Case:
         text=text,
         tokenizer=dict(tokenizer),
         bisect=bool(doc.get("bisect", False)),
+        reference_engine=reference_engine,
     )
 
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use harness::case::{Case, case_id, load_case};
+use harness::engine::external::{self, EngineMapping, EngineSpec};
 use harness::engine::{Engine, Registry};
 use harness::engines::reference::{Mutation, ReferenceEngine};
 use harness::error::{Error, did_you_mean, display_path};
@@ -71,6 +72,10 @@ enum Cmd {
         /// Also write report.json, junit.xml and index.html into this directory.
         #[arg(long, value_name = "DIR")]
         report: Option<PathBuf>,
+        /// B is this external engine's own dump: map its tensor names and layouts with the rules
+        /// of cases/engines/<NAME>.yaml.
+        #[arg(long, value_name = "NAME")]
+        engine: Option<String>,
     },
     /// Shrink a failing case's input to a minimal one that fails the same way (same first
     /// divergent tap family, same hint), print it, and write it as a regression case under
@@ -163,6 +168,22 @@ fn engine(registry: &Registry, name: &str) -> Arc<dyn Engine> {
         };
         fail(Error::input(format!("unknown engine `{name}`")).hint(hint))
     })
+}
+
+/// The spec of external engine `name` (cases/engines/<name>.yaml).
+fn external_engine(root: &Path, name: &str) -> EngineSpec {
+    let file = external::engine_file(root, name);
+    if !file.is_file() {
+        let names: Vec<String> =
+            external::spec::discover(root).unwrap_or_default().iter().map(|f| external::spec::engine_name(f)).collect();
+        let hint = match did_you_mean(name, names.iter().map(String::as_str)) {
+            Some(k) => format!("did you mean `{k}`?"),
+            None if names.is_empty() => "declare it in cases/engines/<name>.yaml (docs/engine-protocol.md)".into(),
+            None => format!("external engines: {}", names.join(", ")),
+        };
+        fail(Error::input(format!("no external engine `{name}`")).file(&file).hint(hint));
+    }
+    external::spec::load(root, &file).unwrap_or_else(|e| fail(e))
 }
 
 fn goldens(cmd: GoldensCmd) {
@@ -359,7 +380,7 @@ fn main() {
                 println!("the engine did not return: {}", m.missing.join(", "));
             }
         }
-        Cmd::Diff { a, b, atol, rtol, cosine, sqnr_db, report } => {
+        Cmd::Diff { a, b, atol, rtol, cosine, sqnr_db, report, engine } => {
             let tol = if [atol, rtol, cosine, sqnr_db].iter().any(Option::is_some) {
                 Tolerance { atol, rtol, cosine, sqnr_db, mismatch: None, argmax: None, noise: None }
             } else {
@@ -367,7 +388,12 @@ fn main() {
             };
             tol.validate()
                 .unwrap_or_else(|m| fail(Error::input(m).hint("check the --atol/--rtol/--cosine/--sqnr-db values")));
-            let d = harness::diff::diff(&a, &b, &tol, &harness::diff::Identity).unwrap_or_else(|e| fail(e));
+            let spec = engine.map(|name| external_engine(&root(), &name));
+            let mapping: Box<dyn harness::diff::Mapping> = match &spec {
+                Some(s) => Box::new(EngineMapping { rules: &s.rules }),
+                None => Box::new(harness::diff::Identity),
+            };
+            let d = harness::diff::diff(&a, &b, &tol, mapping.as_ref()).unwrap_or_else(|e| fail(e));
             for n in &d.notes {
                 println!("note: {n}");
             }

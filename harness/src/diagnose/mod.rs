@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::case::Case;
 use crate::engine::Outputs;
 use crate::error::Result;
+use crate::expected::Expected;
 use crate::family::TapKind;
-use crate::golden::Goldens;
 use crate::report::{TapReport, TapStatus};
 use crate::tensor::Tensor;
 
@@ -111,7 +111,8 @@ pub struct Hint {
 /// What diagnosis can look at for one failing trial.
 pub struct Ctx<'a> {
     pub case: &'a Case,
-    pub goldens: &'a Goldens,
+    /// The reference: goldens, or a reference engine's outputs.
+    pub expected: &'a dyn Expected,
     /// The engine's outputs from the trial's run.
     pub outputs: &'a Outputs,
     /// The compared taps, in forward order.
@@ -124,22 +125,23 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub fn new(
         case: &'a Case,
-        goldens: &'a Goldens,
+        expected: &'a dyn Expected,
         outputs: &'a Outputs,
         taps: &'a [TapReport],
         first: usize,
     ) -> Self {
-        Ctx { case, goldens, outputs, taps, first, cache: HashMap::new() }
+        Ctx { case, expected, outputs, taps, first, cache: HashMap::new() }
     }
     pub fn actual(&self, name: &str) -> Option<&'a Tensor> {
         self.outputs.get(name)
     }
-    /// A golden by tap name (any tap the manifest has, compared or not), loaded once.
+    /// The expected tensor ("golden") by tap name (any tap the reference has, compared or not),
+    /// loaded once.
     pub fn golden(&mut self, name: &str) -> Option<Arc<Tensor>> {
         if let Some(t) = self.cache.get(name) {
             return t.clone();
         }
-        let t = self.goldens.entry(name).and_then(|_| self.goldens.load(name).ok()).map(Arc::new);
+        let t = self.expected.has(name).then(|| self.expected.load(name).ok()).flatten().map(Arc::new);
         self.cache.insert(name.to_string(), t.clone());
         t
     }

@@ -174,8 +174,9 @@ fn swap_halves(a: &[f32], w: usize) -> Vec<f32> {
     a.chunks(w).flat_map(|r| r[h..].iter().chain(&r[..h]).copied()).collect()
 }
 
-/// Permute `a` (row-major, `shape`) by `perm`: out[i_perm...] = a[i...].
-fn permute(a: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<f32>, Vec<usize>) {
+/// Permute `a` (row-major, `shape`) by `perm`: out[i_perm...] = a[i...]. Also used by external
+/// engines' layout rules.
+pub(crate) fn permute(a: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<f32>, Vec<usize>) {
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let mut out = vec![0.0; a.len()];
     let mut out_strides = vec![1usize; shape.len()];

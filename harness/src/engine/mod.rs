@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::tensor::Tensor;
 
+pub mod external;
+
 /// Tap name -> tensor, as returned by an engine.
 pub type Outputs = BTreeMap<String, Tensor>;
 
@@ -25,6 +27,11 @@ pub trait Engine: Send + Sync {
         true
     }
     fn load(&self, model: &ModelSpec) -> Result<Box<dyn LoadedModel>>;
+    /// Why the engine cannot run on this machine (e.g. its program is not installed), if so.
+    /// Outside CI such trials are reported as ignored with this reason; in CI they fail.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
 }
 
 pub trait LoadedModel: Send + Sync {

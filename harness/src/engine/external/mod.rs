@@ -1,0 +1,264 @@
+//! External-process engines: any program, in any language, declared in
+//! `cases/engines/<name>.yaml` and run once per forward.
+//!
+//! For each run the harness writes a request directory (request.json, the inputs as `.npy`),
+//! runs the engine's command from the repository root with a timeout (its whole process group is
+//! killed when it hangs), and reads the tensors it wrote back, mapping its names and layouts onto
+//! HF's with the rules of its engine file. docs/engine-protocol.md is the protocol.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::case::{Inputs, ModelSpec, glob_match};
+use crate::engine::{Engine, LoadedModel, Outputs};
+use crate::error::{Error, Result};
+use crate::family::{Family, TapKind};
+
+pub mod process;
+pub mod protocol;
+pub mod rules;
+pub mod spec;
+
+pub use rules::{Dims, Rules};
+pub use spec::{EngineSpec, OutputDtype};
+
+/// Keep the request directory of a failed run (and say where) when set to anything but empty,
+/// `0` or `false`.
+pub const KEEP_ENV: &str = "HARNESS_KEEP_REQUEST";
+/// Environment variables every engine command gets.
+pub const REQUEST_ENV: &str = "HARNESS_REQUEST";
+pub const OUTPUT_ENV: &str = "HARNESS_OUTPUT_DIR";
+
+/// How many lines of a failed engine's stderr a report shows.
+const TAIL_LINES: usize = 20;
+
+pub struct ExternalEngine {
+    spec: Arc<EngineSpec>,
+}
+
+impl ExternalEngine {
+    pub fn new(spec: EngineSpec) -> Self {
+        ExternalEngine { spec: Arc::new(spec) }
+    }
+    /// Load `cases/engines/<name>.yaml`.
+    pub fn load(root: &Path, file: &Path) -> Result<Self> {
+        spec::load(root, file).map(Self::new)
+    }
+    pub fn spec(&self) -> &EngineSpec {
+        &self.spec
+    }
+}
+
+/// `cases/engines/<name>.yaml` under `root`, by engine name.
+pub fn engine_file(root: &Path, name: &str) -> PathBuf {
+    root.join(spec::ENGINES_DIR).join(format!("{name}.yaml"))
+}
+
+/// Every engine file under `root`, loaded: `(name, file, engine or its error)`.
+pub fn discover(root: &Path) -> Result<Vec<(String, PathBuf, Result<ExternalEngine>)>> {
+    Ok(spec::discover(root)?
+        .into_iter()
+        .map(|f| (spec::engine_name(&f), f.clone(), ExternalEngine::load(root, &f)))
+        .collect())
+}
+
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file()))
+}
+
+impl Engine for ExternalEngine {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+    fn supports(&self, family: &Family) -> bool {
+        self.spec.families.iter().any(|f| f.class == family.class)
+    }
+    fn default_enabled(&self) -> bool {
+        self.spec.default
+    }
+    fn load(&self, model: &ModelSpec) -> Result<Box<dyn LoadedModel>> {
+        let all = (model.family.modules)(&model.config)?;
+        let kinds = all.iter().map(|m| (m.path.clone(), m.kind)).collect();
+        let modules: Vec<String> = all.into_iter().map(|m| m.path).collect();
+        let taps = self
+            .spec
+            .taps
+            .as_ref()
+            .map(|globs| modules.iter().filter(|m| globs.iter().any(|g| glob_match(g, m))).cloned().collect());
+        Ok(Box::new(ExternalModel { spec: self.spec.clone(), model: model.clone(), modules, kinds, taps }))
+    }
+    fn unavailable(&self) -> Option<String> {
+        let prog = &self.spec.command[0];
+        let found = if prog.contains('/') {
+            let p = Path::new(prog);
+            if p.is_absolute() { p.is_file() } else { self.spec.root.join(p).is_file() }
+        } else {
+            on_path(prog)
+        };
+        if found {
+            return None;
+        }
+        let setup = match &self.spec.setup {
+            Some(s) => format!("; set it up with: {s}"),
+            None => String::new(),
+        };
+        Some(format!(
+            "engine `{}` is not installed here: its command `{prog}` does not exist ({}){setup}",
+            self.spec.name,
+            crate::error::display_path(&self.spec.file)
+        ))
+    }
+}
+
+pub struct ExternalModel {
+    spec: Arc<EngineSpec>,
+    model: ModelSpec,
+    /// Every module of the family, for a run that asks for everything.
+    modules: Vec<String>,
+    /// How each module's leading axes line up with the inputs.
+    kinds: std::collections::HashMap<String, TapKind>,
+    /// What the engine file's `taps:` allows; None: everything.
+    taps: Option<Vec<String>>,
+}
+
+impl LoadedModel for ExternalModel {
+    fn run(&self, inputs: &Inputs, taps: &[&str]) -> Result<Outputs> {
+        let asked: Vec<String> =
+            if taps.is_empty() { self.modules.clone() } else { taps.iter().map(|t| t.to_string()).collect() };
+        let wanted: Vec<String> =
+            asked.into_iter().filter(|t| self.taps.as_ref().is_none_or(|allowed| allowed.contains(t))).collect();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("harness-{}-", self.spec.name))
+            .tempdir()
+            .map_err(|e| Error::io(&std::env::temp_dir(), &e))?;
+        let result = self.run_in(dir.path(), inputs, &wanted);
+        match result {
+            Err(e) if keep_requested() => {
+                let kept = dir.keep();
+                let msg = format!("{} [request kept in {}]", e.msg, kept.display());
+                Err(Error { msg, ..e })
+            }
+            r => r,
+        }
+    }
+    fn taps(&self) -> Option<Vec<String>> {
+        self.taps.clone()
+    }
+}
+
+fn keep_requested() -> bool {
+    std::env::var(KEEP_ENV).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+impl ExternalModel {
+    fn run_in(&self, dir: &Path, inputs: &Inputs, wanted: &[String]) -> Result<Outputs> {
+        let spec = &self.spec;
+        let request = protocol::write_request(dir, spec, &self.model, inputs, wanted)?;
+        let request = std::path::absolute(&request).unwrap_or(request);
+        let out = request.with_file_name(protocol::OUTPUT_DIR);
+        let args: Vec<String> =
+            spec.command.iter().map(|a| a.replace(spec::REQUEST_PLACEHOLDER, &request.to_string_lossy())).collect();
+        let mut cmd = Command::new(&args[0]);
+        cmd.args(&args[1..]).current_dir(&spec.root).envs(&spec.env).env(REQUEST_ENV, &request).env(OUTPUT_ENV, &out);
+        let (stdout, stderr) = (dir.join("stdout.log"), dir.join("stderr.log"));
+        let (ended, took) = process::run(cmd, spec.timeout, &stdout, &stderr)
+            .map_err(|e| e.file(&spec.file).hint("check `command:` (it runs from the repository root)"))?;
+        let tail = || {
+            let (lines, which) = match process::tail(&stderr, TAIL_LINES) {
+                l if l.is_empty() => (process::tail(&stdout, TAIL_LINES), "stdout"),
+                l => (l, "stderr"),
+            };
+            if lines.is_empty() {
+                "; it printed nothing".to_string()
+            } else {
+                format!("; the last {} lines of its {which}:\n    | {}", lines.len(), lines.join("\n    | "))
+            }
+        };
+        match ended {
+            process::Ended::Exited(st) if st.success() => {}
+            process::Ended::Exited(st) => {
+                return Err(Error::engine(format!(
+                    "engine `{}` {} after {:.1} s (hint: set {KEEP_ENV}=1 to keep the request directory and run the \
+                     command by hand){}",
+                    spec.name,
+                    process::describe_status(&st),
+                    took.as_secs_f64(),
+                    tail()
+                ))
+                .file(&spec.file));
+            }
+            process::Ended::TimedOut(t) => {
+                return Err(Error::engine(format!(
+                    "engine `{}` did not finish within its timeout of {} s and was killed with its process group \
+                     (hint: raise `timeout:` if it is only slow, else look for a hang){}",
+                    spec.name,
+                    t.as_secs_f64(),
+                    tail()
+                ))
+                .file(&spec.file));
+            }
+        }
+        let dims = Dims { batch: Some(inputs.input_ids.batch), seq: Some(inputs.input_ids.seq) };
+        let outputs = protocol::read_outputs(&out, spec, wanted, &dims)?;
+        // In forward order, so the error names the first tap that is off.
+        for hf in wanted {
+            if let (Some(t), Some(&kind)) = (outputs.get(hf), self.kinds.get(hf)) {
+                self.check_leading_axes(hf, kind, t.shape(), inputs)?;
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// A tap's leading axes are fixed by its kind (`[batch, seq, ...]` for token taps): a tensor
+    /// whose leading axes differ is in the wrong layout, whatever the rest of its shape.
+    fn check_leading_axes(&self, hf: &str, kind: TapKind, shape: &[usize], inputs: &Inputs) -> Result<()> {
+        let (b, s) = (inputs.input_ids.batch, inputs.input_ids.seq);
+        let (want, what): (Vec<usize>, String) = match kind {
+            TapKind::Tokens => (vec![b, s], format!("[batch={b}, seq={s}, ...]")),
+            TapKind::Positions => (vec![1, s], format!("[1, seq={s}, ...]")),
+            TapKind::Pooled => (vec![b], format!("[batch={b}, ...]")),
+        };
+        if shape.len() >= want.len() && shape[..want.len()] == want[..] {
+            return Ok(());
+        }
+        let name = self.spec.rules.to_engine(hf).unwrap_or_else(|| hf.to_string());
+        let reversed: Vec<usize> = shape.iter().rev().copied().collect();
+        let hint = if reversed.len() >= want.len() && reversed[..want.len()] == want[..] {
+            format!(
+                "its dimensions look reversed (ggml order): add `{{engine: '{}', reverse: true}}` under `layouts:`",
+                regex::escape(&name)
+            )
+        } else {
+            "fix the engine's `layouts:` rules (reverse, transpose, reshape), or the shape it writes".to_string()
+        };
+        Err(Error::engine(format!(
+            "engine `{}` gave tap `{hf}` (its `{name}`) shape {shape:?} after the layout rules; HF's is {what}",
+            self.spec.name
+        ))
+        .file(&self.spec.file)
+        .hint(hint))
+    }
+}
+
+/// `harness diff A B --engine NAME`: B is that engine's dump, named and laid out its way.
+pub struct EngineMapping<'a> {
+    pub rules: &'a Rules,
+}
+
+impl crate::diff::Mapping for EngineMapping<'_> {
+    fn name(&self, name: &str) -> Option<String> {
+        Some(self.rules.to_hf(name))
+    }
+    fn layout(
+        &self,
+        name: &str,
+        _hf_name: &str,
+        t: crate::tensor::Tensor,
+        expected: &[usize],
+    ) -> Result<crate::tensor::Tensor> {
+        // Without a request, `batch` and `seq` are the reference tensor's first two sizes.
+        let dims = Dims { batch: expected.first().copied(), seq: expected.get(1).copied() };
+        self.rules.layout(name, t, &dims)
+    }
+}

@@ -1,0 +1,361 @@
+//! External-process engines (cases/engines/*.yaml) and engine-vs-engine cases.
+//!
+//! The engines here are tiny shell scripts (tests/engines/): `replay.sh` "computes" by copying
+//! tensors prepared by the test (the reference engine's outputs under ggml-like names, in ggml's
+//! reversed layout), `sleep.sh` hangs, `crash.sh` exits 1. No Python is involved.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TempRepo;
+use harness::engine::Engine;
+use harness::engines::reference::{Mutation, ReferenceEngine};
+use harness::report::{TapStatus, TrialReport, Verdict, terminal};
+use harness::tensor::{Tensor, write_npy};
+
+const CASE: &str = "llama/mha";
+
+fn script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/engines").join(name).display().to_string()
+}
+
+/// The engine's own name for an HF tap: `model.layers.N.rest` -> `blk.N.rest`,
+/// `model.embed_tokens` -> `token_embd`; the rest unchanged.
+fn own_name(hf: &str) -> String {
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        return format!("blk.{rest}");
+    }
+    if hf == "model.embed_tokens" { "token_embd".into() } else { hf.into() }
+}
+
+/// Dims reversed, as ggml stores them.
+fn reversed(t: &Tensor) -> Tensor {
+    let shape = t.shape();
+    let n = shape.len();
+    let strides: Vec<usize> = (0..n).map(|k| shape[k + 1..].iter().product()).collect();
+    let out_shape: Vec<usize> = shape.iter().rev().copied().collect();
+    let mut data = vec![0.0; t.numel()];
+    for (i, v) in data.iter_mut().enumerate() {
+        // Output index i over out_shape; source index is the same multi-index read backwards.
+        let mut rem = i;
+        let mut src = 0;
+        for k in (0..n).rev() {
+            let idx = rem % out_shape[k];
+            rem /= out_shape[k];
+            src += idx * strides[n - 1 - k];
+        }
+        *v = t.data()[src];
+    }
+    Tensor::new(out_shape, data).unwrap()
+}
+
+/// The reference engine's outputs for the case, written as the replay engine's tensors: per-layer
+/// ones reversed (ggml order), under the engine's own names.
+fn replay_dir(repo: &TempRepo, reverse: bool) -> PathBuf {
+    let case = repo.load(CASE).unwrap();
+    let model = ReferenceEngine::new().load(&case.model).unwrap();
+    let taps: Vec<&str> = case.taps.iter().map(|t| t.name.as_str()).collect();
+    let outs = model.run(&case.inputs, &taps).unwrap();
+    let dir = repo.path("replay");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (hf, t) in &outs {
+        let name = own_name(hf);
+        let t = if reverse && name.starts_with("blk.") { reversed(t) } else { t.clone() };
+        write_npy(&dir.join(format!("{name}.npy")), &t).unwrap();
+    }
+    dir
+}
+
+const RULES: &str = r#"names:
+  - {engine: token_embd, hf: model.embed_tokens}
+  - {engine: 'blk\.(\d+)', hf: 'model.layers.$1'}
+  - {engine: 'blk\.(\d+)\.(.+)', hf: 'model.layers.$1.$2'}
+"#;
+
+/// Write `cases/engines/<name>.yaml` running `script` with `env`, plus `extra` YAML.
+fn engine_file(repo: &TempRepo, name: &str, script_name: &str, env: &[(&str, &str)], extra: &str) {
+    let env: Vec<String> = env.iter().map(|(k, v)| format!("  {k}: '{v}'")).collect();
+    let env = if env.is_empty() { String::new() } else { format!("env:\n{}\n", env.join("\n")) };
+    repo.write(
+        &format!("cases/engines/{name}.yaml"),
+        &format!(
+            "command: [sh, '{}', \"{{request}}\"]\nfamilies: [LlamaForCausalLM]\n{env}{extra}",
+            script(script_name)
+        ),
+    );
+}
+
+/// The case, run on `engine`.
+fn run_on(repo: &TempRepo, engine: &str) -> TrialReport {
+    let case = repo.load(CASE).unwrap();
+    let suite = repo.suite(vec![]);
+    let e = suite.registry.get(engine).unwrap_or_else(|| panic!("{engine} not registered: {:?}", suite.engine_errors));
+    suite.run_trial(&case, &e.clone())
+}
+
+fn replay_repo(reverse_layout: bool, extra: &str) -> (TempRepo, PathBuf) {
+    let repo = TempRepo::with_cases(&[CASE]);
+    let dir = replay_dir(&repo, true);
+    let copy = repo.path("request-copy.json");
+    let layouts = if reverse_layout { "layouts:\n  - {engine: 'blk\\..*', reverse: true}\n" } else { "" };
+    let env = [("REPLAY_DIR", dir.to_str().unwrap()), ("REQUEST_COPY", copy.to_str().unwrap())];
+    engine_file(&repo, "replay", "replay.sh", &env, &format!("{RULES}{layouts}{extra}"));
+    (repo, dir)
+}
+
+#[test]
+fn names_and_layouts_are_mapped_and_the_request_is_complete() {
+    let (repo, _) = replay_repo(true, "");
+    let r = run_on(&repo, "replay");
+    assert_eq!(r.verdict, Verdict::Pass, "{}", terminal::render(&r));
+    // The reference engine's own numbers came back through names, a reversed layout and .npy:
+    // every tap is exactly as far from its golden as the reference engine is.
+    let direct = repo.run(CASE, "reference", vec![]);
+    let max_abs = |r: &TrialReport| r.taps.iter().map(|t| t.metrics.as_ref().unwrap().max_abs).collect::<Vec<_>>();
+    assert_eq!(max_abs(&r), max_abs(&direct));
+    let req: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.path("request-copy.json")).unwrap()).unwrap();
+    assert_eq!(req["protocol"], 1);
+    assert_eq!(req["model"]["family"], "LlamaForCausalLM");
+    assert_eq!(req["model"]["config"]["hidden_size"], 64);
+    assert_eq!(req["inputs"]["input_ids"]["shape"], serde_json::json!([1, 12]));
+    let taps = req["taps"].as_array().unwrap();
+    assert_eq!(taps.len(), r.taps.len());
+    let find = |hf: &str| taps.iter().find(|t| t["hf"] == hf).unwrap()["engine"].clone();
+    assert_eq!(find("model.layers.1.self_attn.o_proj"), "blk.1.self_attn.o_proj");
+    assert_eq!(find("model.embed_tokens"), "token_embd");
+    assert_eq!(find("logits"), "logits");
+    // The inputs are int64 .npy files next to request.json (gone with the request directory).
+    assert!(Path::new(req["model"]["dir"].as_str().unwrap()).join("model.safetensors").is_file());
+}
+
+#[test]
+fn a_missing_layout_rule_names_the_tap_and_suggests_the_rule() {
+    let (repo, _) = replay_repo(false, "");
+    let r = run_on(&repo, "replay");
+    assert_eq!(r.verdict, Verdict::Error);
+    let e = r.error.unwrap();
+    assert!(
+        e.contains(
+            "cases/engines/replay.yaml: engine `replay` gave tap `model.layers.0.input_layernorm` (its `blk.0.input_layernorm`) shape [64, 12, 1] after the \
+             layout rules; HF's is [batch=1, seq=12, ...]"
+        ),
+        "{e}"
+    );
+    assert!(e.ends_with("(hint: its dimensions look reversed (ggml order): add `{engine: 'blk\\.0\\.input_layernorm', reverse: true}` under `layouts:`)"), "{e}");
+}
+
+#[test]
+fn a_wrong_shape_past_the_leading_axes_is_a_shape_mismatch_with_a_hint() {
+    // Per-token rows flattened differently: [1, 12, 64] written as [1, 12, 4, 16].
+    let (repo, _) = replay_repo(
+        false,
+        "layouts:\n  - {engine: 'blk\\.1\\.self_attn', reverse: true, reshape: [batch, seq, 4, 16]}\n  - {engine: 'blk\\..*', reverse: true}\n",
+    );
+    let r = run_on(&repo, "replay");
+    assert_eq!(r.verdict, Verdict::Fail, "{}", terminal::render(&r));
+    let t = r.first_divergent_tap().unwrap();
+    assert_eq!(t.name, "model.layers.1.self_attn");
+    assert_eq!(t.status, TapStatus::ShapeMismatch { actual: vec![1, 12, 4, 16], expected: vec![1, 12, 64] });
+    assert!(r.hints.iter().any(|h| h.message.contains("only the shape differs")), "{:?}", r.hints);
+}
+
+#[test]
+fn a_missing_tap_names_the_engine_file_and_the_tap() {
+    let (repo, dir) = replay_repo(true, "");
+    std::fs::remove_file(dir.join("blk.1.mlp.up_proj.npy")).unwrap();
+    let r = run_on(&repo, "replay");
+    assert_eq!(r.verdict, Verdict::Error);
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("cases/engines/replay.yaml: engine `replay` wrote no tensor for tap `model.layers.1.mlp.up_proj`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("looked for `blk.1.mlp.up_proj`") && e.contains("(hint: check the engine's `names:` rules"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unreadable_output_names_the_tensor_and_the_tap() {
+    let (repo, dir) = replay_repo(true, "");
+    std::fs::write(dir.join("blk.0.mlp.npy"), b"\x93NUMPY garbage").unwrap();
+    let r = run_on(&repo, "replay");
+    assert_eq!(r.verdict, Verdict::Error);
+    let e = r.error.unwrap();
+    assert!(e.contains("cases/engines/replay.yaml: engine `replay`'s tensor `blk.0.mlp` `blk.0.mlp.npy` for tap `model.layers.0.mlp` is unreadable"), "{e}");
+    assert!(e.contains("hint: write one little-endian C-order .npy"), "{e}");
+}
+
+#[test]
+fn outputs_of_another_dtype_than_declared_are_refused() {
+    let (repo, _) = replay_repo(true, "dtype: bfloat16\n");
+    let e = run_on(&repo, "replay").error.unwrap();
+    assert!(e.contains("is float32, but its engine file declares `dtype: bfloat16`"), "{e}");
+}
+
+#[test]
+fn a_layout_rule_that_does_not_fit_is_located() {
+    let (repo, _) = replay_repo(false, "layouts:\n  - {engine: 'blk\\..*', reshape: [batch, seq, 7]}\n");
+    let e = run_on(&repo, "replay").error.unwrap();
+    let text = std::fs::read_to_string(repo.path("cases/engines/replay.yaml")).unwrap();
+    let line = text.lines().position(|l| l.contains("reshape")).unwrap() + 1;
+    let at = format!("cases/engines/replay.yaml:{line}:5: layout rule `blk\\..*` (reshape [batch, seq, 7])");
+    assert!(e.contains(&at), "{e}");
+    assert!(e.contains("cannot reshape [64, 12, 1] (768 values) to [1, 12, 7]"), "{e}");
+}
+
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
+#[test]
+fn a_hanging_engine_is_killed_at_its_timeout_with_its_children() {
+    let repo = TempRepo::with_cases(&[CASE]);
+    let pid_file = repo.path("child.pid");
+    engine_file(&repo, "sleeper", "sleep.sh", &[("PID_FILE", pid_file.to_str().unwrap())], "timeout: 1\n");
+    let start = Instant::now();
+    let r = run_on(&repo, "sleeper");
+    let took = start.elapsed();
+    assert_eq!(r.verdict, Verdict::Error);
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("engine `sleeper` did not finish within its timeout of 1 s and was killed with its process group"),
+        "{e}"
+    );
+    assert!(e.contains("its stderr:\n    | loading weights..."), "{e}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // Dead, or a zombie waiting for init to reap it; never still sleeping.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_state(pid).is_some_and(|s| s != 'Z') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(process_state(pid).is_none_or(|s| s == 'Z'), "child {pid} survived: {:?}", process_state(pid));
+}
+
+#[test]
+fn a_crash_is_reported_with_its_status_and_stderr_tail() {
+    let repo = TempRepo::with_cases(&[CASE]);
+    engine_file(&repo, "crash", "crash.sh", &[], "");
+    let r = run_on(&repo, "crash");
+    assert_eq!(r.verdict, Verdict::Error);
+    let e = r.error.unwrap();
+    assert!(e.starts_with("engine `crash` failed: /"), "{e}");
+    assert!(e.contains("cases/engines/crash.yaml: engine `crash` exited with status 1 after"), "{e}");
+    assert!(e.contains("the last 20 lines of its stderr:\n    | trace line 7\n"), "{e}");
+    assert!(e.ends_with("    | error: unsupported tensor type q4_k in blk.0.attn_q"), "{e}");
+    assert!(!e.contains("trace line 6\n"), "{e}");
+}
+
+#[test]
+fn bad_engine_files_become_load_trials_and_hide_nothing() {
+    let (repo, _) = replay_repo(true, "");
+    repo.write("cases/engines/broken.yaml", "command: [x]\nfamilies: [LlamaForCausalLM]\ntimout: 3\n");
+    let suite = repo.suite(vec![]);
+    let names: Vec<String> = suite.trials().unwrap().iter().map(|t| t.name().to_string()).collect();
+    assert!(names.contains(&"load::engines/broken".to_string()), "{names:?}");
+    assert!(names.contains(&"reference::llama/mha".to_string()), "{names:?}");
+    let (_, _, e) = &suite.engine_errors[0];
+    assert!(e.to_string().ends_with("broken.yaml:3:1: unknown key `timout` (hint: did you mean `timeout`?)"), "{e}");
+    // A case that names the broken engine says why it is unknown.
+    let text = std::fs::read_to_string(repo.path("cases/llama/mha.yaml")).unwrap();
+    repo.write("cases/llama/mha.yaml", &format!("{text}engines: [broken]\n"));
+    let case = repo.load(CASE).unwrap();
+    let e = suite.engines_for(&case).err().unwrap().to_string();
+    assert!(e.contains("engine `broken` is declared in") && e.contains("which does not load"), "{e}");
+    // An external engine runs only where a case lists it unless it says `default: true`.
+    let plain = repo.load("llama/mha").map(|mut c| {
+        c.engines = None;
+        c
+    });
+    let engines: Vec<String> =
+        suite.engines_for(&plain.unwrap()).unwrap().iter().map(|e| e.name().to_string()).collect();
+    assert_eq!(engines, ["reference"]);
+}
+
+#[test]
+fn an_engine_that_is_not_installed_is_ignored_outside_ci_with_the_reason() {
+    let repo = TempRepo::with_cases(&[CASE]);
+    repo.write(
+        "cases/engines/absent.yaml",
+        "command: [tools/.venv/bin/no-such-python, x.py]\nfamilies: [LlamaForCausalLM]\nsetup: make venv\n",
+    );
+    let suite = repo.suite(vec![]);
+    let case = repo.load(CASE).unwrap();
+    let e = suite.registry.get("absent").unwrap().clone();
+    let reason = suite.unavailable(&case, &e).unwrap();
+    assert!(reason.contains("its command `tools/.venv/bin/no-such-python` does not exist"), "{reason}");
+    assert!(reason.ends_with("set it up with: make venv"), "{reason}");
+    // Run anyway (as in CI): an error with the same reason, never a pass.
+    let r = suite.run_trial(&case, &e);
+    assert_eq!(r.verdict, Verdict::Error);
+    assert!(r.error.unwrap().contains("does not exist"));
+}
+
+/// A case compared against another engine instead of goldens.
+fn engine_vs_engine_repo() -> TempRepo {
+    let repo = TempRepo::with_cases(&[CASE]);
+    let text = std::fs::read_to_string(repo.path("cases/llama/mha.yaml")).unwrap();
+    repo.write("cases/llama/vs-reference.yaml", &format!("{text}reference: {{engine: reference}}\n"));
+    repo
+}
+
+#[test]
+fn engine_vs_engine_localizes_and_hints_a_mutant() {
+    let repo = engine_vs_engine_repo();
+    let mutant: Arc<dyn Engine> = Arc::new(ReferenceEngine::mutant("rope-interleaved", Mutation::RopeInterleaved));
+    let r = repo.run("llama/vs-reference", "rope-interleaved", vec![mutant]);
+    assert_eq!(r.verdict, Verdict::Fail, "{}", terminal::render(&r));
+    // RoPE acts inside attention: q/k/v projections still match, the attention output does not.
+    let first = r.first_divergent_tap().unwrap();
+    assert_eq!(first.name, "model.layers.0.self_attn.o_proj", "{}", terminal::render(&r));
+    assert!(r.taps[..r.first_divergence.unwrap()].iter().all(|t| t.status.is_pass()));
+    let top = &r.hints[0];
+    assert!(top.message.contains("interleaved pairs"), "{}", terminal::render(&r));
+    // The reference itself passes against the reference: no goldens were needed.
+    assert!(!repo.path("goldens/llama/vs-reference").exists());
+    assert_eq!(repo.run("llama/vs-reference", "perturbed", vec![perturbed()]).verdict, Verdict::Fail);
+}
+
+fn perturbed() -> Arc<dyn Engine> {
+    Arc::new(ReferenceEngine::mutant(
+        "perturbed",
+        Mutation::PerturbWeight { name: "model.layers.1.mlp.up_proj.weight".into(), index: 5, delta: 0.5 },
+    ))
+}
+
+#[test]
+fn engine_vs_engine_excludes_the_reference_and_checks_its_name() {
+    let repo = engine_vs_engine_repo();
+    let suite = repo.suite(vec![perturbed()]);
+    let case = repo.load("llama/vs-reference").unwrap();
+    // Every default engine but the reference itself: none here (mutants are not default).
+    assert!(suite.engines_for(&case).unwrap().is_empty());
+    let text = std::fs::read_to_string(repo.path("cases/llama/vs-reference.yaml")).unwrap();
+    repo.write("cases/llama/vs-reference.yaml", &text.replace("engine: reference}", "engine: refrence}"));
+    let case = repo.load("llama/vs-reference").unwrap();
+    let e = suite.engines_for(&case).err().unwrap().to_string();
+    assert!(e.ends_with("vs-reference.yaml:16:21: unknown engine `refrence` (hint: did you mean `reference`?)"), "{e}");
+}
+
+#[test]
+fn diff_applies_an_engines_rules() {
+    let (repo, dir) = replay_repo(true, "");
+    let spec = harness::engine::external::spec::load(repo.root(), &repo.path("cases/engines/replay.yaml")).unwrap();
+    let mapping = harness::engine::external::EngineMapping { rules: &spec.rules };
+    let tol = harness::tolerance::Tolerance::default();
+    let d = harness::diff::diff(&repo.path("goldens/llama/mha"), &dir, &tol, &mapping).unwrap();
+    assert_eq!(d.report.verdict, Verdict::Pass, "{}", terminal::render(&d.report));
+    assert_eq!(d.report.taps.len(), repo.load(CASE).unwrap().taps.len());
+    // Without the rules, B's names match only the taps it writes under their HF names.
+    let d = harness::diff::diff(&repo.path("goldens/llama/mha"), &dir, &tol, &harness::diff::Identity).unwrap();
+    let found: Vec<&str> =
+        d.report.taps.iter().filter(|t| t.status != TapStatus::Missing).map(|t| t.name.as_str()).collect();
+    assert_eq!(found, ["model.norm", "logits"]);
+}
