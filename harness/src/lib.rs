@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod report;
 pub mod runner;
 pub mod tensor;
+pub mod timings;
 pub mod tolerance;
 pub mod trial;
 pub mod yaml;

@@ -19,6 +19,7 @@ use crate::error::{Error, Result, did_you_mean};
 use crate::expect::Expectations;
 use crate::golden::Store;
 use crate::report::{TrialReport, Verdict, terminal};
+use crate::timings::{self, Phase};
 
 /// Sub-directories of `cases/` that hold specs, not cases.
 pub const RESERVED_DIRS: &[&str] = &["models", "engines", crate::expect::DIR];
@@ -182,7 +183,8 @@ impl Suite {
         let trial = format!("{}::{}", engine.name(), case.id);
         // An engine that panics fails its own trial with the panic message; the run goes on.
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            match self.store.open(case).and_then(|g| Ok((g, self.model(engine, &case.model)?))) {
+            let opened = timings::time(Phase::OpenGoldens, || self.store.open(case));
+            match opened.and_then(|g| Ok((g, timings::time(Phase::EngineLoad, || self.model(engine, &case.model))?))) {
                 Ok((goldens, model)) => {
                     let probe = ReferenceProbe { case };
                     let mut r = crate::trial::run(
@@ -194,7 +196,9 @@ impl Suite {
                         Some(&probe),
                     );
                     if model.taps().is_some() {
-                        r.bisection = crate::bisect::bisect(case, engine.as_ref(), &goldens, &r);
+                        r.bisection = timings::time(Phase::Diagnose, || {
+                            crate::bisect::bisect(case, engine.as_ref(), &goldens, &r)
+                        });
                     }
                     r
                 }
@@ -289,8 +293,9 @@ pub fn run_suite_with(args: &Arguments, registry: Registry, report_dir: Option<P
             std::process::exit(2);
         }
     };
+    let start = std::time::Instant::now();
     let suite = Suite::new(root, registry);
-    let trials = match suite.trials() {
+    let trials = match timings::time(Phase::Cases, || suite.trials()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -298,6 +303,10 @@ pub fn run_suite_with(args: &Arguments, registry: Registry, report_dir: Option<P
         }
     };
     let conclusion = libtest_mimic::run(args, trials);
+    if timings::enabled() && !args.list {
+        let threads = args.test_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        println!("\n{}", timings::render(start.elapsed(), threads));
+    }
     if !args.list
         && let Err(e) = crate::report::after_run(&suite.root, &suite.reports.lock().unwrap(), report_dir)
     {
