@@ -23,6 +23,7 @@ pub mod sentence;
 pub mod shrink;
 pub mod tensor;
 pub mod text;
+pub mod timings;
 pub mod tolerance;
 pub mod trial;
 pub mod yaml;

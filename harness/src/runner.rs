@@ -23,6 +23,7 @@ use crate::expect::Expectations;
 use crate::expected::{EngineOutputs, Expected};
 use crate::golden::Store;
 use crate::report::{TrialReport, Verdict, terminal};
+use crate::timings::{self, Phase};
 
 /// Sub-directories of `cases/` that hold specs or other kinds of cases, not golden cases.
 pub const RESERVED_DIRS: &[&str] = &["models", "engines", crate::expect::DIR, crate::metamorphic::DIR];
@@ -292,7 +293,8 @@ impl Suite {
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let ready = match self.unavailable(case, engine) {
                 Some(reason) => Err(Error::engine(reason).file(&case.file)),
-                None => self.expected(case).and_then(|g| Ok((g, self.model(engine, &case.model)?))),
+                None => timings::time(Phase::OpenGoldens, || self.expected(case))
+                    .and_then(|g| Ok((g, timings::time(Phase::EngineLoad, || self.model(engine, &case.model))?))),
             };
             match ready {
                 Ok((expected, model)) => {
@@ -304,7 +306,8 @@ impl Suite {
                     if model.taps().is_some()
                         && let Some(goldens) = expected.goldens()
                     {
-                        r.bisection = crate::bisect::bisect(case, engine.as_ref(), goldens, &r);
+                        r.bisection =
+                            timings::time(Phase::Diagnose, || crate::bisect::bisect(case, engine.as_ref(), goldens, &r));
                     }
                     r
                 }
@@ -486,8 +489,9 @@ pub fn run_suite_with(args: &Arguments, registry: Registry, report_dir: Option<P
             std::process::exit(2);
         }
     };
+    let start = std::time::Instant::now();
     let suite = Suite::new(root, registry);
-    let trials = match suite.trials() {
+    let trials = match timings::time(Phase::Cases, || suite.trials()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -501,6 +505,10 @@ pub fn run_suite_with(args: &Arguments, registry: Registry, report_dir: Option<P
         }
     }
     let conclusion = libtest_mimic::run(args, trials);
+    if timings::enabled() && !args.list {
+        let threads = args.test_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        println!("\n{}", timings::render(start.elapsed(), threads));
+    }
     if !args.list
         && let Err(e) = crate::report::after_run(&suite.root, &suite.reports.lock().unwrap(), report_dir)
     {

@@ -9,9 +9,10 @@ use crate::engine::{LoadedModel, Outputs};
 use crate::error::Result;
 use crate::expected::Expected;
 use crate::family::TapKind;
-use crate::metrics::{Selection, compare, unravel};
+use crate::metrics::{Selection, compare_golden, unravel};
 use crate::report::{Added, TapReport, TapStatus, TrialReport, Verdict};
 use crate::tensor::Tensor;
+use crate::timings::{self, Phase};
 use crate::tolerance::{Observed, Tolerance};
 
 /// Row flags selecting the real (non-padding) tokens of a `[batch, seq, ...]` tap, or None when
@@ -84,7 +85,7 @@ pub fn compare_tensors(
     }
     let rows = rows(golden.shape());
     let sel = rows.as_deref().map(|rows| Selection { row_len: golden.numel() / rows.len().max(1), rows });
-    let m = compare(actual.data(), golden.data(), tolerance.allclose(), sel);
+    let m = compare_golden(actual, &golden, tolerance.allclose(), sel);
     let shape = golden.shape();
     if is_logits_tap(name) {
         // One row per position: the token selection, if any, is exactly the row selection.
@@ -249,12 +250,15 @@ pub fn judge(
         return (report, Outputs::new());
     }
     let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
-    let ran = run_case(case, model, &names).and_then(|o| {
-        let checks = match &case.decode {
-            Some(dec) => crate::decode::full_forward_checks(case, dec, model, &o, expected)?,
-            None => vec![],
-        };
-        Ok((o, checks))
+    // Forward passes, with a decode case's steps and cache checks.
+    let ran = timings::time(Phase::Forward, || {
+        run_case(case, model, &names).and_then(|o| {
+            let checks = match &case.decode {
+                Some(dec) => crate::decode::full_forward_checks(case, dec, model, &o, expected)?,
+                None => vec![],
+            };
+            Ok((o, checks))
+        })
     });
     let (outputs, checks): (Outputs, _) = match ran {
         Ok(o) => o,
@@ -270,14 +274,11 @@ pub fn judge(
     }
     for tap in taps {
         let file = expected.file(&tap.name);
-        report.taps.push(compare_tap(
-            case,
-            tap,
-            outputs.get(&tap.name),
-            expected.load(&tap.name),
-            expected.noise_floor(&tap.name),
-            file.as_deref(),
-        ));
+        let floor = expected.noise_floor(&tap.name);
+        let golden = timings::time(Phase::LoadGolden, || expected.load(&tap.name));
+        report.taps.push(timings::time(Phase::Compare, || {
+            compare_tap(case, tap, outputs.get(&tap.name), golden, floor, file.as_deref())
+        }));
     }
     crate::decode::insert_checks(&mut report.taps, checks);
     report.first_divergence = crate::diagnose::first_divergence(&report.taps);
@@ -291,7 +292,8 @@ pub fn judge(
         report.verdict = Verdict::Fail;
         let again = || run_case(case, model, &names);
         let mut ctx = Ctx::new(case, expected, &outputs, &report.taps, first);
-        report.hints = diagnose(&mut ctx, &Reruns { engine: Some(&again), variants });
+        report.hints =
+            timings::time(Phase::Diagnose, || diagnose(&mut ctx, &Reruns { engine: Some(&again), variants }));
     }
     (report, outputs)
 }

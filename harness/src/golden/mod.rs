@@ -5,14 +5,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::case::Case;
 use crate::error::{Error, ErrorKind, Result};
-use crate::tensor::{Tensor, read_npy};
+use crate::tensor::{Tensor, read_npy_bytes, read_npy_deferred};
+
+mod verify;
+pub use verify::{CACHE_MIN_BYTES, Verifier};
 
 pub mod atomic;
 pub mod describe;
@@ -104,10 +107,12 @@ pub fn regen_command(case_id: &str) -> String {
     format!("tools/.venv/bin/python tools/regen_goldens.py --case {case_id}")
 }
 
-/// Golden store rooted at `<root>/goldens`, with a per-run cache of weight hashes.
+/// Golden store rooted at `<root>/goldens`, with a per-run cache of weight checks.
 pub struct Store {
     pub dir: PathBuf,
-    weight_hashes: Mutex<HashMap<PathBuf, String>>,
+    /// (weights file, expected sha256) -> whether it matches.
+    weight_checks: Mutex<HashMap<(PathBuf, String), bool>>,
+    verifier: Arc<Verifier>,
 }
 
 /// A case's goldens, checked against the case (not stale).
@@ -117,24 +122,30 @@ pub struct Goldens {
     /// Expected tensors held in memory instead of files under `dir`: an oracle's answer for a
     /// shrink candidate, which has no goldens (see [`Goldens::in_memory`]).
     pub memory: Option<HashMap<String, Tensor>>,
+    verifier: Arc<Verifier>,
 }
 
 impl Store {
     pub fn new(root: &Path) -> Store {
-        Store { dir: root.join("goldens"), weight_hashes: Mutex::new(HashMap::new()) }
+        Store {
+            dir: root.join("goldens"),
+            weight_checks: Mutex::new(HashMap::new()),
+            verifier: Arc::new(Verifier::for_root(root)),
+        }
     }
 
     pub fn case_dir(&self, case_id: &str) -> PathBuf {
         self.dir.join(case_id)
     }
 
-    fn weights_hash(&self, file: &Path) -> Result<String> {
-        if let Some(h) = self.weight_hashes.lock().unwrap().get(file) {
-            return Ok(h.clone());
+    fn weights_match(&self, file: &Path, expected: &str) -> Result<bool> {
+        let key = (file.to_path_buf(), expected.to_string());
+        if let Some(&ok) = self.weight_checks.lock().unwrap().get(&key) {
+            return Ok(ok);
         }
-        let h = sha256_file(file)?;
-        self.weight_hashes.lock().unwrap().insert(file.to_path_buf(), h.clone());
-        Ok(h)
+        let ok = self.verifier.check(file, expected)?.is_none();
+        self.weight_checks.lock().unwrap().insert(key, ok);
+        Ok(ok)
     }
 
     /// Load the manifest of `case` and check it still describes the case, its model spec and
@@ -191,7 +202,7 @@ impl Store {
             )));
         }
         let weights = case.model.dir.join("model.safetensors");
-        if weights.exists() && self.weights_hash(&weights)? != manifest.model.weights_sha256 {
+        if weights.exists() && !self.weights_match(&weights, &manifest.model.weights_sha256)? {
             return Err(stale(&format!("the weights {}", crate::error::display_path(&weights))));
         }
         let tokenizer_taps = case.text.as_ref().map_or(&[][..], |_| &crate::text::TOKENIZER_TAPS[..2]);
@@ -202,7 +213,7 @@ impl Store {
                     .hint(format!("regenerate: {regen}")));
             }
         }
-        Ok(Goldens { dir, manifest, memory: None })
+        Ok(Goldens { dir, manifest, memory: None, verifier: self.verifier.clone() })
     }
 }
 
@@ -245,14 +256,26 @@ impl Goldens {
             taps: entries,
         };
         let memory = taps.into_iter().map(|(n, t, _)| (n, t)).collect();
-        Goldens { dir: PathBuf::from(format!("<{source}>")), manifest, memory: Some(memory) }
+        Goldens {
+            dir: PathBuf::from(format!("<{source}>")),
+            manifest,
+            memory: Some(memory),
+            verifier: Arc::new(Verifier::new(None, u64::MAX, 0)),
+        }
+    }
+
+    /// The goldens of `manifest` in `dir`, checked with `verifier` (for benchmarks and tools; a
+    /// run gets its goldens from [`Store::open`], which also checks staleness).
+    pub fn new(dir: PathBuf, manifest: Manifest, verifier: Arc<Verifier>) -> Goldens {
+        Goldens { dir, manifest, memory: None, verifier }
     }
 
     pub fn entry(&self, tap: &str) -> Option<&TapEntry> {
         self.manifest.taps.iter().find(|e| e.name == tap)
     }
 
-    /// Read one tap's golden, checking it against its manifest entry (hash, shape, dtype).
+    /// Read one tap's golden, checking it against its manifest entry (hash, shape, dtype). The
+    /// hash of a large unchanged golden is checked once, not on every load (see [`verify`]).
     pub fn load(&self, tap: &str) -> Result<Tensor> {
         if let Some(memory) = &self.memory {
             return memory.get(tap).cloned().ok_or_else(|| {
@@ -271,14 +294,23 @@ impl Goldens {
             .file(self.dir.join(MANIFEST)));
         }
         let path = self.dir.join(&e.file);
-        let t = read_npy(&path, Some(&e.dtype))?;
+        let small = std::fs::metadata(&path).is_ok_and(|m| m.len() < verify::CACHE_MIN_BYTES);
+        let (t, small_hash) = if small {
+            let bytes = std::fs::read(&path).map_err(|err| Error::io(&path, &err))?;
+            (read_npy_bytes(&path, &bytes, Some(&e.dtype))?, Some(sha256_bytes(&bytes)))
+        } else {
+            (read_npy_deferred(&path, Some(&e.dtype))?, None)
+        };
         if t.shape() != e.shape.as_slice() {
             return Err(Error::golden(format!("shape {:?} differs from the manifest's {:?}", t.shape(), e.shape))
                 .file(&path)
                 .hint(format!("regenerate: {}", regen_command(&self.manifest.case))));
         }
-        let h = sha256_file(&path)?;
-        if h != e.sha256 {
+        let mismatch = match small_hash {
+            Some(h) => Some(h).filter(|h| *h != e.sha256),
+            None => self.verifier.check(&path, &e.sha256)?,
+        };
+        if let Some(h) = mismatch {
             return Err(Error::golden(format!(
                 "sha256 {} does not match the manifest ({})",
                 &h[..12],
