@@ -306,8 +306,9 @@ impl Suite {
                     if model.taps().is_some()
                         && let Some(goldens) = expected.goldens()
                     {
-                        r.bisection =
-                            timings::time(Phase::Diagnose, || crate::bisect::bisect(case, engine.as_ref(), goldens, &r));
+                        r.bisection = timings::time(Phase::Diagnose, || {
+                            crate::bisect::bisect(case, engine.as_ref(), goldens, &r)
+                        });
                     }
                     r
                 }
