@@ -1,4 +1,5 @@
-"""regen_goldens.py under faults: killed with SIGKILL while it works, and a disk that fills up.
+"""regen_goldens.py under faults: killed with SIGKILL while it works, a disk that fills up, a
+read-only goldens directory.
 
 Both run on a throwaway copy of one case (llama/mha) whose inputs are edited, so that the tool
 has new goldens to write and the old ones must survive any interruption.
@@ -83,6 +84,13 @@ class Killed(unittest.TestCase):
 
 class DiskFull(unittest.TestCase):
     def test_a_failed_write_reports_the_file_and_keeps_the_old_goldens(self):
+        # A full disk and a read-only goldens directory, as the OS reports them mid-write (tests
+        # run as root in CI, where chmod cannot make a directory read-only, so the error is raised).
+        for code, text in [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system")]:
+            with self.subTest(error=text):
+                self.failed_write(code, text)
+
+    def failed_write(self, code: int, text: str):
         import regen_goldens
         from hflib import store
 
@@ -92,11 +100,11 @@ class DiskFull(unittest.TestCase):
             before = snapshot(d)
             real = store.write_files
 
-            def full(dir_, files):
+            def failing(dir_, files):
                 real(dir_, dict(list(files.items())[:3]))
-                raise OSError(errno.ENOSPC, "No space left on device", str(dir_ / "logits.npy"))
+                raise OSError(code, os.strerror(code), str(dir_ / "logits.npy"))
 
-            store.write_files = full
+            store.write_files = failing
             err = io.StringIO()
             argv = sys.argv
             try:
@@ -109,11 +117,10 @@ class DiskFull(unittest.TestCase):
                 sys.argv = argv
             self.assertEqual(rc, 1)
             msg = err.getvalue()
-            self.assertIn("logits.npy: no space left on device", msg)
+            self.assertIn(f"logits.npy: {text}", msg)
             self.assertIn("were not touched", msg)
             self.assertEqual(snapshot(d), before, "the accepted goldens changed")
             self.assertEqual([x.name for x in d.parent.iterdir()], ["mha"], "a half-written directory was left")
-
 
 if __name__ == "__main__":
     unittest.main()
