@@ -186,7 +186,7 @@ impl Suite {
     /// once per case and shared by its trials).
     pub fn expected(&self, case: &Case) -> Result<Arc<dyn Expected>> {
         let Some(engine) = self.reference_engine(case)? else {
-            return Ok(Arc::new(self.store.open(case)?));
+            return Ok(Arc::new(timings::time(Phase::OpenGoldens, || self.store.open(case))?));
         };
         let slot = {
             let mut m = self.references.lock().unwrap();
@@ -194,8 +194,10 @@ impl Suite {
         };
         let outputs = slot
             .get_or_init(|| {
-                let model = self.model(&engine, &case.model)?;
-                crate::expected::from_engine(case, engine.name(), model.as_ref()).map(Arc::new)
+                let model = timings::time(Phase::EngineLoad, || self.model(&engine, &case.model))?;
+                // The reference engine's run is a forward pass, not harness overhead.
+                timings::time(Phase::Forward, || crate::expected::from_engine(case, engine.name(), model.as_ref()))
+                    .map(Arc::new)
             })
             .clone()?;
         Ok(outputs)
@@ -293,7 +295,8 @@ impl Suite {
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let ready = match self.unavailable(case, engine) {
                 Some(reason) => Err(Error::engine(reason).file(&case.file)),
-                None => timings::time(Phase::OpenGoldens, || self.expected(case))
+                None => self
+                    .expected(case)
                     .and_then(|g| Ok((g, timings::time(Phase::EngineLoad, || self.model(engine, &case.model))?))),
             };
             match ready {
@@ -399,15 +402,7 @@ impl Suite {
                         );
                     }
                 }
-                Err(e) => {
-                    let name = format!("load::{id}");
-                    let report = self.error_report(&name, "load", &id, &file, &e);
-                    let suite = self.clone();
-                    trials.push(Trial::test(name, move || {
-                        suite.reports.lock().unwrap().push(report);
-                        Err(Failed::from(format!("error: {e}")))
-                    }));
-                }
+                Err(e) => trials.push(self.load_failure(&id, &file, e)),
                 Ok((case, engines)) => {
                     let case = Arc::new(case);
                     for engine in engines {
@@ -430,6 +425,17 @@ impl Suite {
         Ok(trials)
     }
 
+    /// The failing `load::{id}` trial of a file that did not load, with its report.
+    fn load_failure(self: &Arc<Self>, id: &str, file: &Path, e: Error) -> Trial {
+        let name = format!("load::{id}");
+        let report = self.error_report(&name, "load", id, file, &e);
+        let suite = self.clone();
+        Trial::test(name, move || {
+            suite.reports.lock().unwrap().push(report);
+            Err(Failed::from(format!("error: {e}")))
+        })
+    }
+
     /// One trial per metamorphic case (`cases/metamorphic/`) and engine.
     fn metamorphic_trials(self: &Arc<Self>) -> Vec<Trial> {
         let mut models = BTreeMap::new();
@@ -441,15 +447,7 @@ impl Suite {
                 Ok((m, engines))
             });
             match loaded {
-                Err(e) => {
-                    let name = format!("load::{id}");
-                    let report = self.error_report(&name, "load", &id, &file, &e);
-                    let suite = self.clone();
-                    trials.push(Trial::test(name, move || {
-                        suite.reports.lock().unwrap().push(report);
-                        Err(Failed::from(format!("error: {e}")))
-                    }));
-                }
+                Err(e) => trials.push(self.load_failure(&id, &file, e)),
                 Ok((meta, engines)) => {
                     let meta = Arc::new(meta);
                     for engine in engines {
