@@ -129,7 +129,7 @@ impl Checks {
 
 fn run(model: &dyn LoadedModel, case: &Case) -> Result<Outputs> {
     let names: Vec<&str> = case.taps.iter().map(|t| t.name.as_str()).collect();
-    run_case(case, model, &names)
+    crate::timings::time(crate::timings::Phase::Forward, || run_case(case, model, &names))
 }
 
 /// Does `property` hold for `model` on `cand`? `base` gives the model, taps and tolerances.
