@@ -122,21 +122,13 @@ pub fn diff(a: &Path, b: &Path, tolerance: &Tolerance, mapping: &dyn Mapping) ->
     if !only_b.is_empty() {
         notes.push(format!("only in {}: {}", display_path(b), only_b.join(", ")));
     }
-    let mut report = TrialReport {
-        trial: "diff".into(),
-        engine: display_path(b),
-        case: display_path(a),
-        case_file: a.to_path_buf(),
-        verdict: Verdict::Pass,
-        taps: vec![],
-        first_divergence: None,
-        hints: vec![],
-        error: None,
-        rerun: format!("harness diff {} {}", display_path(a), display_path(b)),
-        notes: vec![],
-        bisection: None,
-        expected: None,
-    };
+    let mut report = TrialReport::new(
+        "diff".into(),
+        &display_path(b),
+        &display_path(a),
+        a.to_path_buf(),
+        format!("harness diff {} {}", display_path(a), display_path(b)),
+    );
     let a_path = |n: &str| sa.taps.iter().find(|(m, _)| m == n).map(|(_, p)| p.clone());
     for name in &order {
         let golden = read_npy(&a_path(name).unwrap_or_default(), None);

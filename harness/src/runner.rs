@@ -259,21 +259,10 @@ impl Suite {
     }
 
     fn error_report(&self, trial: &str, engine: &str, case_id: &str, file: &Path, err: &Error) -> TrialReport {
-        TrialReport {
-            trial: trial.to_string(),
-            engine: engine.to_string(),
-            case: case_id.to_string(),
-            case_file: file.to_path_buf(),
-            verdict: Verdict::Error,
-            taps: vec![],
-            first_divergence: None,
-            hints: vec![],
-            error: Some(err.to_string()),
-            rerun: rerun_command(trial),
-            notes: vec![],
-            bisection: None,
-            expected: None,
-        }
+        let mut r = TrialReport::new(trial.to_string(), engine, case_id, file.to_path_buf(), rerun_command(trial));
+        r.verdict = Verdict::Error;
+        r.error = Some(err.to_string());
+        r
     }
 
     /// The expected findings of every engine (`cases/expected/`), read on first use.

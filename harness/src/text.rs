@@ -340,20 +340,7 @@ pub fn compare(text: &TextCase, goldens: &Goldens) -> Vec<TapReport> {
         if goldens.entry(name).is_none() && !required {
             continue;
         }
-        let mut rep = TapReport {
-            name: name.to_string(),
-            shape: vec![],
-            tolerance: exact(),
-            metrics: None,
-            logits: None,
-            noise_floor: None,
-            max_abs_index: None,
-            first_mismatch_index: None,
-            status: TapStatus::Pass,
-            row_max_abs: None,
-            sqnr_db_at_tolerance: None,
-            added: None,
-        };
+        let mut rep = TapReport::new(name, exact());
         match goldens.load(name) {
             Err(err) => rep.status = TapStatus::Error { message: err.to_string() },
             Ok(g) => {

@@ -53,20 +53,7 @@ pub fn compare_tensors(
     noise_floor: Option<f64>,
     golden_file: Option<&std::path::Path>,
 ) -> TapReport {
-    let mut rep = TapReport {
-        name: name.to_string(),
-        shape: vec![],
-        tolerance: tolerance.clone(),
-        metrics: None,
-        logits: None,
-        noise_floor,
-        max_abs_index: None,
-        first_mismatch_index: None,
-        status: TapStatus::Pass,
-        row_max_abs: None,
-        sqnr_db_at_tolerance: None,
-        added: None,
-    };
+    let mut rep = TapReport { noise_floor, ..TapReport::new(name, tolerance.clone()) };
     let golden = match golden {
         Ok(g) => g,
         Err(e) => {
@@ -221,21 +208,7 @@ pub fn judge(
     rerun: String,
     variants: Option<&dyn Variants>,
 ) -> (TrialReport, Outputs) {
-    let mut report = TrialReport {
-        trial: format!("{engine}::{}", case.id),
-        engine: engine.to_string(),
-        case: case.id.clone(),
-        case_file: case.file.clone(),
-        verdict: Verdict::Pass,
-        taps: vec![],
-        first_divergence: None,
-        hints: vec![],
-        error: None,
-        rerun,
-        notes: vec![],
-        bisection: None,
-        expected: None,
-    };
+    let mut report = TrialReport::new(format!("{engine}::{}", case.id), engine, &case.id, case.file.clone(), rerun);
     report.notes = model.notes();
     let (taps, not_produced) = split_produced(taps_in_forward_order(case, expected), model.taps().as_deref());
     if let Some(note) = not_produced_note(engine, &not_produced, model.taps().as_deref()) {

@@ -348,21 +348,8 @@ pub fn check(meta: &MetaCase, property: Property, model: &dyn LoadedModel) -> Ou
 /// a failing trial prints.
 pub fn run_trial(meta: &MetaCase, engine: &dyn Engine, model: Result<&dyn LoadedModel>) -> (TrialReport, String) {
     let trial = format!("{}::{}", engine.name(), meta.id);
-    let mut report = TrialReport {
-        trial: trial.clone(),
-        engine: engine.name().to_string(),
-        case: meta.id.clone(),
-        case_file: meta.file.clone(),
-        verdict: Verdict::Pass,
-        taps: vec![],
-        first_divergence: None,
-        hints: vec![],
-        error: None,
-        rerun: crate::runner::rerun_command(&trial),
-        notes: vec![],
-        bisection: None,
-        expected: None,
-    };
+    let rerun = crate::runner::rerun_command(&trial);
+    let mut report = TrialReport::new(trial.clone(), engine.name(), &meta.id, meta.file.clone(), rerun);
     let model = match model {
         Ok(m) => m,
         Err(e) => {

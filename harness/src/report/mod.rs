@@ -136,7 +136,46 @@ pub struct TrialReport {
     pub expected: Option<crate::expect::Outcome>,
 }
 
+impl TapReport {
+    /// A passing report of `name` with nothing measured yet.
+    pub fn new(name: &str, tolerance: Tolerance) -> TapReport {
+        TapReport {
+            name: name.to_string(),
+            shape: vec![],
+            tolerance,
+            metrics: None,
+            logits: None,
+            noise_floor: None,
+            max_abs_index: None,
+            first_mismatch_index: None,
+            status: TapStatus::Pass,
+            row_max_abs: None,
+            sqnr_db_at_tolerance: None,
+            added: None,
+        }
+    }
+}
+
 impl TrialReport {
+    /// A passing report with no taps yet: `trial` (`{engine}::{case}`) and where it comes from.
+    pub fn new(trial: String, engine: &str, case: &str, case_file: PathBuf, rerun: String) -> TrialReport {
+        TrialReport {
+            trial,
+            engine: engine.to_string(),
+            case: case.to_string(),
+            case_file,
+            verdict: Verdict::Pass,
+            taps: vec![],
+            first_divergence: None,
+            hints: vec![],
+            error: None,
+            rerun,
+            notes: vec![],
+            bisection: None,
+            expected: None,
+        }
+    }
+
     pub fn first_divergent_tap(&self) -> Option<&TapReport> {
         self.first_divergence.map(|i| &self.taps[i])
     }
