@@ -1,14 +1,15 @@
 //! Real models: text inputs and the tokenizer check, sentence embeddings, checkpoints on disk
 //! (`path:` and `hf:`), and absent checkpoints reported as ignored.
 //!
-//! Tests that need all-MiniLM-L6-v2 (`tools/fetch_models.sh` puts it in models/) skip with a
-//! note when it is absent, and fail under CI, where `.ci/run` fetches it first.
+//! Tests that need all-MiniLM-L6-v2 (`tools/fetch_models.sh` puts it in models/) are reported
+//! as ignored when it is absent, and fail under CI, where `.ci/run` fetches it first.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::skip::{Outcome, Skip};
 use common::{TempRepo, repo_root};
 use harness::engine::{Engine, Registry};
 use harness::engines::reference::{Mutation, ReferenceEngine};
@@ -19,15 +20,12 @@ fn minilm_dir() -> PathBuf {
     repo_root().join("models/all-MiniLM-L6-v2")
 }
 
-/// Whether the MiniLM checkpoint is there; absent: a skip note locally, a failure under CI.
-fn have_minilm(test: &str) -> bool {
+/// The MiniLM checkpoint is there, or the test is skipped (ignored; a failure under CI).
+fn need_minilm() -> Outcome {
     if minilm_dir().join("model.safetensors").is_file() {
-        return true;
+        return Ok(());
     }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-    assert!(!ci, "{test}: models/all-MiniLM-L6-v2 is absent under CI (hint: .ci/run runs tools/fetch_models.sh)");
-    eprintln!("note: {test} skipped: models/all-MiniLM-L6-v2 is absent (hint: run tools/fetch_models.sh)");
-    false
+    Err(Skip("models/all-MiniLM-L6-v2 is absent (hint: run tools/fetch_models.sh)".into()))
 }
 
 /// Re-sign a copied case's manifest for edited case/model-spec files (as if tools/ had
@@ -83,11 +81,8 @@ fn harness_run(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> (bool, Stri
     (out.status.success(), text)
 }
 
-#[test]
-fn minilm_same_sentence_twice_embeds_identically() {
-    if !have_minilm("minilm_same_sentence_twice_embeds_identically") {
-        return;
-    }
+fn minilm_same_sentence_twice_embeds_identically() -> Outcome {
+    need_minilm()?;
     let root = repo_root();
     let suite = Suite::new(root.clone(), Registry::builtin());
     let case = harness::case::load_case(&root, &root.join("cases/minilm/twice.yaml"), &mut Default::default()).unwrap();
@@ -107,13 +102,11 @@ fn minilm_same_sentence_twice_embeds_identically() {
     // sentence-transformers agrees: its two rows are identical too.
     let g = harness::tensor::read_npy(&root.join("goldens/minilm/twice/sentence_embedding.npy"), None).unwrap();
     assert_eq!(&g.data()[..d], &g.data()[d..2 * d]);
+    Ok(())
 }
 
-#[test]
-fn minilm_ignoring_the_mask_fails_at_the_first_attention() {
-    if !have_minilm("minilm_ignoring_the_mask_fails_at_the_first_attention") {
-        return;
-    }
+fn minilm_ignoring_the_mask_fails_at_the_first_attention() -> Outcome {
+    need_minilm()?;
     // Straight from the repository, without the known-bug probes (a dozen 6-layer re-runs):
     // only the localization is asserted here.
     let root = repo_root();
@@ -126,15 +119,13 @@ fn minilm_ignoring_the_mask_fails_at_the_first_attention() {
     let first = r.first_divergent_tap().unwrap();
     assert_eq!(first.name, "encoder.layer.0.attention", "{}", terminal::render(&r));
     assert!(r.taps.iter().any(|t| t.name == "sentence_embedding" && !t.status.is_pass()));
+    Ok(())
 }
 
 /// A port that truncates where tokenizer.json says (128) instead of sentence-transformers'
 /// max_seq_length (256): the tokenizer tap reports it first, with the position and both tokens.
-#[test]
-fn tokenizer_truncation_mismatch_is_reported_as_such() {
-    if !have_minilm("tokenizer_truncation_mismatch_is_reported_as_such") {
-        return;
-    }
+fn tokenizer_truncation_mismatch_is_reported_as_such() -> Outcome {
+    need_minilm()?;
     let case = "minilm/unicode-long";
     let repo = minilm_repo(case);
     edit(
@@ -160,13 +151,11 @@ fn tokenizer_truncation_mismatch_is_reported_as_such() {
     assert!(r.hints[0].message.contains("truncation"), "{}", r.hints[0].message);
     // The activations were computed on the harness's 128 tokens, not skipped.
     assert!(r.taps.iter().any(|t| t.name == "embeddings" && matches!(t.status, TapStatus::ShapeMismatch { .. })));
+    Ok(())
 }
 
-#[test]
-fn tokenizer_special_tokens_mismatch_is_reported_at_position_zero() {
-    if !have_minilm("tokenizer_special_tokens_mismatch_is_reported_at_position_zero") {
-        return;
-    }
+fn tokenizer_special_tokens_mismatch_is_reported_at_position_zero() -> Outcome {
+    need_minilm()?;
     let case = "minilm/twice";
     let repo = minilm_repo(case);
     edit(&repo, &format!("cases/{case}.yaml"), "taps:", "  tokenizer: {add_special_tokens: false}\ntaps:");
@@ -179,12 +168,12 @@ fn tokenizer_special_tokens_mismatch_is_reported_at_position_zero() {
     assert_eq!(harness.as_ref().unwrap().token.as_deref(), Some("the"));
     assert_eq!(hf.as_ref().unwrap().token.as_deref(), Some("[CLS]"));
     assert!(r.hints[0].message.contains("add_special_tokens"), "{}", r.hints[0].message);
+    Ok(())
 }
 
 /// No checkpoint: the trial is ignored with the reason and the command, never passed; asked
 /// for (`--include-ignored`), it runs and fails with the same error.
-#[test]
-fn absent_model_is_ignored_with_the_command_that_provides_it() {
+fn absent_model_is_ignored_with_the_command_that_provides_it() -> Outcome {
     let repo = TempRepo::with_cases(&["minilm/twice", "bert/sequence"]);
     let (ok, out) = harness_run(repo.root(), &["reference::"], &[]);
     assert!(ok, "{out}");
@@ -206,6 +195,7 @@ fn absent_model_is_ignored_with_the_command_that_provides_it() {
     assert!(out.contains("the checkpoint directory `models/all-MiniLM-L6-v2` does not exist"), "{out}");
     let (_, listed) = harness_run(repo.root(), &["--list", "--ignored"], &[]);
     assert!(listed.contains("reference::minilm/twice: test") && !listed.contains("bert/sequence"), "{listed}");
+    Ok(())
 }
 
 /// Lay out `files` as a Hugging Face cache snapshot of `org/name` at `hash`, `refs/main` -> hash.
@@ -220,8 +210,7 @@ fn cache_snapshot(cache: &Path, id: &str, hash: &str, files: &Path) {
     std::fs::write(repo.join("refs/main"), hash).unwrap();
 }
 
-#[test]
-fn hf_source_resolves_offline_and_pins_the_revision() {
+fn hf_source_resolves_offline_and_pins_the_revision() -> Outcome {
     let repo = TempRepo::with_cases(&["bert/sequence"]);
     let cache = tempfile::tempdir().unwrap();
     let (h1, h2) = ("1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222");
@@ -265,4 +254,14 @@ fn hf_source_resolves_offline_and_pins_the_revision() {
         out.contains(&format!("provide it with: huggingface-cli download test-org/bert-tiny --revision {h1}")),
         "{out}"
     );
+    Ok(())
 }
+
+tests!(
+    minilm_same_sentence_twice_embeds_identically,
+    minilm_ignoring_the_mask_fails_at_the_first_attention,
+    tokenizer_truncation_mismatch_is_reported_as_such,
+    tokenizer_special_tokens_mismatch_is_reported_at_position_zero,
+    absent_model_is_ignored_with_the_command_that_provides_it,
+    hf_source_resolves_offline_and_pins_the_revision,
+);

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::skip::{Outcome, Skip};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -26,8 +28,7 @@ fn mutant_run() -> (TempRepo, Vec<TrialReport>) {
     (repo, vec![perturbed, reference])
 }
 
-#[test]
-fn failing_trial_carries_per_token_detail_and_passing_one_does_not() {
+fn failing_trial_carries_per_token_detail_and_passing_one_does_not() -> Outcome {
     let (_repo, reports) = mutant_run();
     let (bad, good) = (&reports[0], &reports[1]);
     let t = bad.first_divergent_tap().unwrap();
@@ -45,10 +46,10 @@ fn failing_trial_carries_per_token_detail_and_passing_one_does_not() {
     assert!(bad.taps[..i].iter().filter_map(|t| t.row_max_abs.as_ref()).flatten().all(|&x| x < 1e-4));
     assert!(t.sqnr_db_at_tolerance.is_some_and(|db| db.is_finite()));
     assert!(good.taps.iter().all(|t| t.row_max_abs.is_none() && t.sqnr_db_at_tolerance.is_none()));
+    Ok(())
 }
 
-#[test]
-fn report_files_hold_every_trial_tap_and_metric() {
+fn report_files_hold_every_trial_tap_and_metric() -> Outcome {
     let (repo, reports) = mutant_run();
     let out = repo.path("out");
     let files = harness::report::write_reports(&out, repo.root(), &reports).unwrap();
@@ -77,11 +78,11 @@ fn report_files_hold_every_trial_tap_and_metric() {
     assert!(
         junit.contains(r#"<testcase name="reference::llama/mha" classname="reference" file="cases/llama/mha.yaml"/>"#)
     );
+    Ok(())
 }
 
 /// `HARNESS_REPORT` under `cargo test`: the case runner writes the files at the end of its run.
-#[test]
-fn case_runner_writes_reports_when_asked_by_env() {
+fn case_runner_writes_reports_when_asked_by_env() -> Outcome {
     let repo = TempRepo::with_cases(&["llama/mha"]);
     let out = tempfile::tempdir().unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_harness"))
@@ -97,6 +98,7 @@ fn case_runner_writes_reports_when_asked_by_env() {
     for f in ["report.json", "junit.xml", "index.html"] {
         assert!(out.path().join(f).is_file(), "{f} not written");
     }
+    Ok(())
 }
 
 fn chromium() -> Option<PathBuf> {
@@ -142,13 +144,9 @@ fn run_chromium(bin: &Path, profile: &Path, extra: &[String], url: &str) -> Stri
     std::fs::read_to_string(&out).unwrap_or_default()
 }
 
-#[test]
-fn html_report_renders_in_headless_chromium() {
+fn html_report_renders_in_headless_chromium() -> Outcome {
     let Some(bin) = chromium() else {
-        let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
-        assert!(!ci, "chromium is missing in CI: .ci/run installs it (apt-get install -y chromium)");
-        eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium; .ci/run installs it)");
-        return;
+        return Err(Skip("chromium is not installed (hint: apt-get install -y chromium; .ci/run installs it)".into()));
     };
     let (repo, reports) = mutant_run();
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("html-report");
@@ -210,11 +208,10 @@ document.body.setAttribute('data-probe', [q('svg.tap-plot').length, q('svg.tap-p
     assert!(non_white > pixels.len() / 20, "screenshot is nearly blank");
     assert!(colors.len() > 50, "screenshot has only {} colors", colors.len());
     assert!(red > 200, "no failure red on the screenshot");
+    Ok(())
 }
 
-#[test]
-#[ignore = "writes a sample report with several cases to target/tmp/sample-report for a look"]
-fn write_sample_report() {
+fn write_sample_report() -> Outcome {
     let repo = TempRepo::with_cases(&["llama/mha", "llama/padded-batch", "llama/gqa"]);
     let mutant = |name: &str, weight: &str| -> Arc<dyn harness::engine::Engine> {
         Arc::new(ReferenceEngine::mutant(name, Mutation::PerturbWeight { name: weight.into(), index: 5, delta: 0.5 }))
@@ -232,6 +229,7 @@ fn write_sample_report() {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sample-report");
     harness::report::write_reports(&out, repo.root(), &reports).unwrap();
     eprintln!("{}", out.join("index.html").display());
+    Ok(())
 }
 
 /// A small hand-made report: one passing tap, one failing with per-token detail, one missing.
@@ -315,11 +313,11 @@ fn synthetic() -> Vec<TrialReport> {
     vec![failing, error]
 }
 
-#[test]
-fn json_schema_snapshot() {
+fn json_schema_snapshot() -> Outcome {
     let json = harness::report::json::render(&synthetic(), Path::new("/repo"));
     let json = json.replace(env!("CARGO_PKG_VERSION"), "<version>");
     insta::assert_snapshot!("report_json", json);
+    Ok(())
 }
 
 /// The element skeleton of the page (tags and classes, repeats collapsed), not coordinates.
@@ -357,8 +355,19 @@ fn skeleton(html: &str) -> String {
     out.iter().map(|(l, n)| if *n > 1 { format!("{l} ×{n}\n") } else { format!("{l}\n") }).collect()
 }
 
-#[test]
-fn html_structure_snapshot() {
+fn html_structure_snapshot() -> Outcome {
     let html = harness::report::html::render(&synthetic(), Path::new("/repo"));
     insta::assert_snapshot!("index_html_skeleton", skeleton(&html));
+    Ok(())
 }
+
+tests!(
+    failing_trial_carries_per_token_detail_and_passing_one_does_not,
+    report_files_hold_every_trial_tap_and_metric,
+    case_runner_writes_reports_when_asked_by_env,
+    html_report_renders_in_headless_chromium,
+    #[ignore = "writes a sample report with several cases to target/tmp/sample-report for a look"]
+    write_sample_report,
+    json_schema_snapshot,
+    html_structure_snapshot,
+);

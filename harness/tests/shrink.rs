@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::skip::{Outcome, Skip};
+
 use std::sync::Arc;
 
 use common::TempRepo;
@@ -39,8 +41,7 @@ fn ids(s: &Shrunk) -> Vec<Vec<i64>> {
     (0..m.batch).map(|b| m.row(b).to_vec()).collect()
 }
 
-#[test]
-fn no_sliding_window_shrinks_to_a_sequence_just_longer_than_the_window() {
+fn no_sliding_window_shrinks_to_a_sequence_just_longer_than_the_window() -> Outcome {
     let repo = TempRepo::with_cases(&["modernbert/long"]);
     let s = shrink(&repo, "modernbert/long", Mutation::NoSlidingWindow, OracleChoice::Engine("reference".into()));
     // local_attention 8: token i sees |i - j| <= 4, so 6 tokens is the first length where the
@@ -49,39 +50,39 @@ fn no_sliding_window_shrinks_to_a_sequence_just_longer_than_the_window() {
     assert_eq!(row.len(), 8 / 2 + 2, "{row:?}");
     assert_eq!((row[0], row[row.len() - 1]), (1, 2));
     assert_eq!(s.signature.tap, "layers.*.attn");
+    Ok(())
 }
 
-#[test]
-fn last_token_pooling_shrinks_to_cls_one_token_sep_on_modernbert() {
+fn last_token_pooling_shrinks_to_cls_one_token_sep_on_modernbert() -> Outcome {
     let repo = TempRepo::with_cases(&["modernbert/sequence"]);
     let s = shrink(&repo, "modernbert/sequence", Mutation::PoolLastToken, OracleChoice::Engine("reference".into()));
     // The config names CLS (1) and SEP (2) and the case's row has them: kept, with one token
     // between (the smallest input a tokenizer makes from non-empty text).
     assert_eq!(ids(&s), vec![vec![1, 3, 2]]);
     assert!(s.signature.tap.starts_with("pooled.cls"), "{}", s.signature);
+    Ok(())
 }
 
-#[test]
-fn last_token_pooling_shrinks_to_two_tokens_on_bert() {
+fn last_token_pooling_shrinks_to_two_tokens_on_bert() -> Outcome {
     let repo = TempRepo::with_cases(&["bert/padded-batch"]);
     let s = shrink(&repo, "bert/padded-batch", Mutation::PoolLastToken, OracleChoice::Engine("reference".into()));
     // bert-tiny's config names no CLS/SEP id, so nothing is kept: two tokens, one row, no padding.
     let rows = ids(&s);
     assert_eq!((rows.len(), rows[0].len()), (1, 2), "{rows:?}");
     assert!(s.case.inputs.attention_mask.as_ref().is_none_or(|m| !m.data.contains(&0)));
+    Ok(())
 }
 
-#[test]
-fn kv_cache_wrong_position_shrinks_to_one_prompt_token_and_one_step() {
+fn kv_cache_wrong_position_shrinks_to_one_prompt_token_and_one_step() -> Outcome {
     let repo = TempRepo::with_cases(&["llama/decode"]);
     let s = shrink(&repo, "llama/decode", Mutation::KvCacheWrongPosition, OracleChoice::Engine("reference".into()));
     assert_eq!(ids(&s), vec![vec![1]], "the prompt keeps BOS only");
     assert_eq!(s.case.decode.as_ref().unwrap().tokens.shape(), [1, 1]);
     assert_eq!(s.signature.tap, "model.layers.*.self_attn@decode");
+    Ok(())
 }
 
-#[test]
-fn a_shrunk_input_becomes_a_regression_case_the_runner_picks_up() {
+fn a_shrunk_input_becomes_a_regression_case_the_runner_picks_up() -> Outcome {
     let repo = TempRepo::with_cases(&["llama/decode"]);
     // The prefix oracle: the goldens' own rows and positions, so candidates are prefixes of a
     // row of the case (prompt and decode tokens as one sequence): BOS, then the prompt's second
@@ -109,19 +110,23 @@ fn a_shrunk_input_becomes_a_regression_case_the_runner_picks_up() {
     assert_eq!(report.verdict, Verdict::Error);
     let err = report.error.unwrap();
     assert!(err.contains(&format!("tools/regen_goldens.py --case {id}")), "{err}");
+    Ok(())
 }
 
 /// The whole workflow with Python: shrink against a live HF process, write the regression case,
 /// generate its goldens with tools/, and run it. Needs tools/.venv and two Python start-ups
 /// (~20-40 s), so it is opt-in: `cargo test --test shrink -- --ignored`. CI tests the HF
 /// oracle's protocol in tools/tests/test_hf_oracle.py.
-#[test]
-#[ignore = "needs tools/.venv; slow (Python start-up twice)"]
-fn shrink_against_hf_then_generate_goldens_and_run_the_regression_case() {
+fn shrink_against_hf_then_generate_goldens_and_run_the_regression_case() -> Outcome {
     let python = harness::shrink::hf::python(&common::repo_root());
-    if !python.exists() || std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") {
-        eprintln!("skipped: no tools/.venv (or CI is set, where tools/ writes no goldens)");
-        return;
+    if !python.exists() {
+        return Err(Skip(format!(
+            "{} does not exist (hint: python3 -m venv tools/.venv && tools/.venv/bin/pip install -r tools/requirements.txt)",
+            python.display()
+        )));
+    }
+    if common::skip::ci() {
+        return Err(Skip("tools/ refuses to write goldens under CI (hint: run it locally)".into()));
     }
     let repo = TempRepo::with_cases(&["modernbert/sequence"]);
     std::os::unix::fs::symlink(common::repo_root().join("tools"), repo.path("tools")).unwrap();
@@ -146,10 +151,10 @@ fn shrink_against_hf_then_generate_goldens_and_run_the_regression_case() {
     let bad = repo.run(&id, "mutant", vec![mutant]);
     let sig = Signature::of(&bad).unwrap_or_else(|| panic!("{}", render(&bad)));
     assert!(s.signature.matches(&sig), "{sig} vs {}", s.signature);
+    Ok(())
 }
 
-#[test]
-fn cli_shrink_writes_the_regression_case_and_respects_proptest_max_shrink_iters() {
+fn cli_shrink_writes_the_regression_case_and_respects_proptest_max_shrink_iters() -> Outcome {
     let repo = TempRepo::with_cases(&["modernbert/long"]);
     let run = |env: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_harness"));
@@ -171,10 +176,10 @@ fn cli_shrink_writes_the_regression_case_and_respects_proptest_max_shrink_iters(
     let file = repo.path("cases/regressions/modernbert-long-layers.attn-known_bug.yaml");
     assert!(out.contains("wrote ") && file.exists(), "{out}");
     assert!(out.contains("next: tools/.venv/bin/python tools/regen_goldens.py --case regressions/modernbert-long"));
+    Ok(())
 }
 
-#[test]
-fn a_cases_shrink_settings_are_validated_where_they_are_written() {
+fn a_cases_shrink_settings_are_validated_where_they_are_written() -> Outcome {
     let repo = TempRepo::with_cases(&["bert/tiny-2l"]);
     let text = std::fs::read_to_string(repo.path("cases/bert/tiny-2l.yaml")).unwrap();
     repo.write("cases/bert/tiny-2l.yaml", &format!("{text}shrink: {{oracle: prefix}}\n"));
@@ -187,4 +192,17 @@ fn a_cases_shrink_settings_are_validated_where_they_are_written() {
     let case = repo.load("bert/tiny-2l").unwrap();
     assert_eq!(harness::shrink::default_oracle(&case, "my-port"), OracleChoice::Engine("reference".into()));
     assert_eq!(case.shrink.unwrap().budget, Some(50));
+    Ok(())
 }
+
+tests!(
+    no_sliding_window_shrinks_to_a_sequence_just_longer_than_the_window,
+    last_token_pooling_shrinks_to_cls_one_token_sep_on_modernbert,
+    last_token_pooling_shrinks_to_two_tokens_on_bert,
+    kv_cache_wrong_position_shrinks_to_one_prompt_token_and_one_step,
+    a_shrunk_input_becomes_a_regression_case_the_runner_picks_up,
+    #[ignore = "needs tools/.venv; slow (Python start-up twice)"]
+    shrink_against_hf_then_generate_goldens_and_run_the_regression_case,
+    cli_shrink_writes_the_regression_case_and_respects_proptest_max_shrink_iters,
+    a_cases_shrink_settings_are_validated_where_they_are_written,
+);
