@@ -14,6 +14,11 @@ from pathlib import Path
 
 # Before torch loads: bitwise-reproducible MKL paths, one thread, nothing from the network.
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+# torch picks its vectorized CPU kernels (softmax, norms, reductions) by what the CPU offers, and
+# AVX-512 and AVX2 kernels round differently: goldens made on one machine then fail `--check` on
+# the other by 1-4 ulps. Every x86-64 CI machine has AVX2, so the kernels are pinned to it.
+if platform.machine() in ("x86_64", "AMD64"):
+    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,6 +50,7 @@ TOKENIZER_TAPS = ("tokenizer.input_ids", "tokenizer.attention_mask", "tokenizer.
 
 def versions() -> dict:
     return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability().lower(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
