@@ -191,7 +191,9 @@ class V2Engine:
     def shutdown(self, timeout: float = 30) -> int:
         self.request("shutdown")
         self.proc.stdin.close()
-        return self.proc.wait(timeout=timeout)
+        status = self.proc.wait(timeout=timeout)
+        self.proc.stdout.close()
+        return status
 
 
 def write_npy(d: Path, name: str, a) -> dict:
