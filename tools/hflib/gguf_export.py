@@ -9,6 +9,9 @@ quantized_llama. The layout follows llama.cpp:
 - q_proj and k_proj rows are permuted per head from HF's half-split RoPE order to the
   interleaved order that GGUF's `llama` architecture implies (llama.cpp's `LlamaModel.permute`);
 - 1-d tensors (norms) stay F32; 2-d weights get the file's type;
+- a synthetic SentencePiece (`llama`) vocabulary of exactly vocab_size tokens (`synthetic_vocab`):
+  llama.cpp refuses a file without `tokenizer.ggml.model` and its token list, although the harness
+  only ever feeds token ids;
 - `harness.source.sha256` is the sha256 of the model.safetensors it came from (the Rust side
   refuses a GGUF file older than the weights).
 
@@ -34,6 +37,24 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF rows (per head: first halves, then second halves of the rotated pairs) -> interleaved
     pairs, exactly llama.cpp's `LlamaModel.permute`."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def synthetic_vocab(n: int) -> tuple[list[str], list[int]]:
+    """Tokens and token types for a vocabulary of n ids: `<unk>`, `<s>`, `</s>` (ids 0, 1, 2, as
+    HF Llama's unk/bos/eos), then SentencePiece byte tokens `<0x00>`, `<0x01>`, ... (so llama.cpp
+    finds its newline token and can byte-tokenize ASCII text), then `<tok{id}>` placeholders."""
+    if n < 3:
+        raise ValueError(f"a GGUF vocabulary needs at least 3 tokens (unk, bos, eos), vocab_size is {n}")
+    T = gguf.TokenType
+    tokens, types = ["<unk>", "<s>", "</s>"], [T.UNKNOWN, T.CONTROL, T.CONTROL]
+    for i in range(3, n):
+        if i - 3 < 256:
+            tokens.append(f"<0x{i - 3:02X}>")
+            types.append(T.BYTE)
+        else:
+            tokens.append(f"<tok{i}>")
+            types.append(T.NORMAL)
+    return tokens, [int(t) for t in types]
 
 
 def export(model_dir: Path, qtype: str, out: Path, source_sha256: str, name: str) -> None:
@@ -66,6 +87,14 @@ def export(model_dir: Path, qtype: str, out: Path, source_sha256: str, name: str
     w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
     w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type(int(file_type))
+    tokens, types = synthetic_vocab(cfg["vocab_size"])
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
     w.add_string(SOURCE_SHA256, source_sha256)
 
     def add(name: str, a: np.ndarray) -> None:
