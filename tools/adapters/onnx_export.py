@@ -338,10 +338,43 @@ def optimize(path: Path, family: str, config, options: dict) -> dict:
         setattr(fo, k, v)
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_heads", 0) or 0)
     hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0) or 0)
+    biased = zero_layernorm_bias(path)
     opt = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=hidden, optimization_options=fo, opt_level=0, use_gpu=False)
     stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
     opt.save_model_to_file(str(path))
-    return {"model_type": model_type, "fused": stats}
+    out = {"model_type": model_type, "fused": stats}
+    if biased:
+        out["workaround"] = f"{biased} bias-free LayerNormalization nodes given a zero bias (the SkipLayerNormalization fusion indexes a bias input)"
+    return out
+
+
+def zero_layernorm_bias(path: Path) -> int:
+    """Give every LayerNormalization without a bias (ModernBERT's `norm_bias: false`) an explicit
+    zero bias, in place: onnxruntime.transformers' SkipLayerNormalization fusion (1.31.1) reads
+    the node's third input unconditionally and fails with IndexError otherwise. Adding zero is
+    exact. Returns how many nodes it changed."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx") or len(node.input) >= 3:
+            continue
+        scale = inits.get(node.input[1])
+        if scale is None:
+            continue
+        name = f"{node.input[1]}.zero_bias"
+        if name not in inits:
+            zero = np.zeros(numpy_helper.to_array(scale).shape, dtype=numpy_helper.to_array(scale).dtype)
+            inits[name] = numpy_helper.from_array(zero, name)
+            model.graph.initializer.append(inits[name])
+        node.input.append(name)
+        changed += 1
+    if changed:
+        onnx.save(model, str(path))
+    return changed
 
 
 def check(path: Path, model, names: list[str], wrapper, strict: bool) -> dict:
