@@ -319,6 +319,17 @@ def _export_into(out: Path, model_dir: Path, family: str, graph: str, optimizer:
     }
     if optimizer is not None:
         meta["fusions"] = optimize(path, family, model.config, optimizer)
+        gone = drop_dangling_outputs(path)
+        if gone:
+            # The fusions removed the nodes that computed these taps (a bias Add folded into
+            # BiasGelu / SkipLayerNormalization): those taps no longer exist in this graph.
+            why = "fused away by onnxruntime.transformers' optimizer (its fusions do not keep graph outputs)"
+            for tap, out_name in list(outputs.items()):
+                if out_name in gone:
+                    del outputs[tap]
+                    meta["not_exported"][tap] = why
+            meta["per_position"] = [t for t in meta["per_position"] if t in outputs]
+            meta["fusions"]["fused_away"] = sorted(gone)
     meta["check"] = check(path, model, names, wrapper, strict=optimizer is None)
     log(f"exported {len(outputs)} outputs ({len(output_names)} distinct); check vs HF eager: max_abs {meta['check']['max_abs']:.2e}")
     return meta
@@ -377,6 +388,24 @@ def zero_layernorm_bias(path: Path) -> int:
     return changed
 
 
+def drop_dangling_outputs(path: Path) -> set[str]:
+    """Remove graph outputs that no node, input or initializer produces any more (the optimizer
+    leaves them behind when it fuses their producer away, and onnxruntime refuses such a graph).
+    Returns their names."""
+    import onnx
+
+    model = onnx.load(str(path))
+    g = model.graph
+    produced = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {i.name for i in g.initializer}
+    gone = {o.name for o in g.output if o.name not in produced}
+    if gone:
+        keep = [o for o in g.output if o.name not in gone]
+        del g.output[:]
+        g.output.extend(keep)
+        onnx.save(model, str(path))
+    return gone
+
+
 def check(path: Path, model, names: list[str], wrapper, strict: bool) -> dict:
     """onnxruntime on inputs of another shape (batch 3, seq 5, the last row padded) vs HF eager.
     `strict` (no optimizer): more than 1e-3 anywhere is an export bug."""
@@ -393,6 +422,8 @@ def check(path: Path, model, names: list[str], wrapper, strict: bool) -> dict:
     mask = inputs["attention_mask"].numpy().astype(bool)
     worst, where = 0.0, None
     for name, w in want.items():
+        if name not in got:
+            continue  # fused away
         w = hf.to_numpy(w)
         g = got[name]
         if g.shape != w.shape:
