@@ -74,6 +74,8 @@ class V2Engine:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+        finally:
+            self.proc.stdout.close()
 
 
 def model_request(case) -> dict:

@@ -138,13 +138,15 @@ def sentence_embedding(h: np.ndarray, mask: np.ndarray, modes: list[str], normal
 class OrtEngine(Engine):
     def __init__(self):
         self.model: dict | None = None
+        self.load_options: dict = {}
         self.loaded_key: tuple | None = None
         self.session = None
         self.meta: dict = {}
 
     def load(self, model: dict, options: dict) -> dict:
         self.model = model
-        o = effective_options(options)
+        self.load_options = dict(options or {})
+        o = effective_options(self.load_options)
         info = self._ensure(o)
         taps = sorted(self.meta["outputs"]) + self._named_outputs()
         return {"capabilities": {"decode": False, "blocks": False}, "taps": taps, "info": info}
@@ -217,7 +219,8 @@ class OrtEngine(Engine):
         return feed, uniform
 
     def forward(self, inputs, taps, options, case):
-        self._ensure(effective_options(options or {}))
+        # A request's options override the load's; a request without options keeps them.
+        self._ensure(effective_options({**self.load_options, **(options or {})}))
         feed, uniform = self.feed(inputs)
         names = [o.name for o in self.session.get_outputs()]
         got = dict(zip(names, self.session.run(None, feed)))
