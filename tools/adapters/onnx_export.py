@@ -60,6 +60,11 @@ from hflib.spec import ModelSpec, sha256_file  # noqa: E402
 # Bump when the exported graphs change for the same inputs (wrapper, naming, options).
 EXPORTER_VERSION = 1
 GRAPHS = ("taps", "outputs", "optimized")
+# Decode (causal families): `prefill` is the taps graph that also returns the KV cache
+# (`present.{layer}.key|value`, [batch, kv_heads, seq, head_dim]); `step` takes one token per row
+# and the cache so far (`past.{layer}.key|value`) and returns the taps and the grown cache.
+DECODE_GRAPHS = ("prefill", "step")
+DECODE_FAMILIES = ("LlamaForCausalLM", "Qwen3ForCausalLM")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 # onnxruntime.transformers' optimizer model type per family.
 OPTIMIZER_MODEL_TYPES = {
@@ -126,8 +131,10 @@ class Exported:
 
 def export(model_dir: Path, family: str, graph: str = "taps", optimizer: dict | None = None, cache: Path | None = None) -> Exported:
     """The ONNX graph of the checkpoint in `model_dir`, from the cache or exported now."""
-    if graph not in GRAPHS:
-        raise ValueError(f"graph `{graph}` is not one of {', '.join(GRAPHS)}")
+    if graph not in GRAPHS + DECODE_GRAPHS:
+        raise ValueError(f"graph `{graph}` is not one of {', '.join(GRAPHS + DECODE_GRAPHS)}")
+    if graph in DECODE_GRAPHS and family not in DECODE_FAMILIES:
+        raise ValueError(f"`{graph}` graphs are for {', '.join(DECODE_FAMILIES)}, not {family}")
     model_dir = Path(model_dir).resolve()
     root = cache or cache_root()
     key, parts = cache_key(model_dir, family, graph, optimizer)
@@ -217,10 +224,12 @@ def probe(model, names: list[str]) -> tuple[list[str], dict, list[str]]:
 
 def tapped(model, taps: list[str], graph: str):
     """The model wrapped for export: its forward returns the captured module outputs, then
-    last_hidden_state and logits (`outputs` graphs: logits, else last_hidden_state). It records
-    the output names it returned and which taps alias an earlier output (the same tensor)."""
+    last_hidden_state and logits (`outputs` graphs: logits, else last_hidden_state; `prefill` and
+    `step` graphs then the KV cache). It records the output names it returned and which taps
+    alias an earlier output (the same tensor)."""
     import torch
     from hflib import hf
+    from transformers import DynamicCache
 
     class Tapped(torch.nn.Module):
         def __init__(self, model, taps: list[str], graph: str):
@@ -234,11 +243,17 @@ def tapped(model, taps: list[str], graph: str):
             self.output_names: list[str] = []
             self.aliases: dict[str, str] = {}
 
-        def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, past=None):
             kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids, "position_ids": position_ids}
             kwargs = {k: v for k, v in kwargs.items() if v is not None}
+            decode = self.graph in DECODE_GRAPHS
             if self.use_cache:
-                kwargs["use_cache"] = False
+                kwargs["use_cache"] = decode
+            if past is not None:
+                cache = DynamicCache(config=self.model.config)
+                for i in range(len(past) // 2):
+                    cache.update(past[2 * i], past[2 * i + 1], i)
+                kwargs["past_key_values"] = cache
             captured: dict[str, torch.Tensor] = {}
             handles = []
 
@@ -250,7 +265,7 @@ def tapped(model, taps: list[str], graph: str):
 
                 return fn
 
-            if self.graph == "taps":
+            if self.graph == "taps" or decode:
                 handles = [self.modules_by_name[n].register_forward_hook(hook(n)) for n in self.taps]
             if self.base:
                 handles.append(self.modules_by_name[self.base].register_forward_hook(hook("last_hidden_state")))
@@ -264,9 +279,13 @@ def tapped(model, taps: list[str], graph: str):
             logits = getattr(out, "logits", None)
             if logits is not None:
                 captured["logits"] = logits
-            if self.graph != "taps":
+            if self.graph in ("outputs", "optimized"):
                 name = "logits" if logits is not None else "last_hidden_state"
                 captured = {name: captured[name]}
+            if decode:
+                for i, layer in enumerate(out.past_key_values.layers):
+                    captured[f"present.{i}.key"] = layer.keys
+                    captured[f"present.{i}.value"] = layer.values
             names, tensors, aliases = [], [], {}
             for name, t in captured.items():
                 same = next((n for n, u in zip(names, tensors) if u is t), None)
@@ -287,18 +306,25 @@ def _export_into(out: Path, model_dir: Path, family: str, graph: str, optimizer:
     log(f"exporting {model_dir} ({family}) as a `{graph}` graph{' with optimizer ' + json.dumps(optimizer) if optimizer is not None else ''}")
     model = load_model(model_dir, family)
     names = model_inputs(model)
-    taps, skipped, per_position = probe(model, names) if graph == "taps" else ([], {}, [])
+    taps, skipped, per_position = probe(model, names) if graph in ("taps",) + DECODE_GRAPHS else ([], {}, [])
     wrapper = tapped(model, taps, graph)
-    example = example_inputs(model, names, 2, 7, 3)
     batch = torch.export.Dim("batch", min=1, max=4096)
     max_pos = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
-    seq = torch.export.Dim("seq", min=1, max=max_pos)
-    dynamic = {n: {0: batch, 1: seq} for n in example}
+    if graph == "step":
+        example = step_inputs(model, wrapper, names, 2, 5)
+        past_len = torch.export.Dim("past", min=1, max=max_pos - 1)
+        dynamic = {"input_ids": {0: batch}, "attention_mask": {0: batch, 1: past_len + 1}, "position_ids": {0: batch}, "past": [{0: batch, 2: past_len}] * len(example["past"])}
+        input_names = [n for n in example if n != "past"] + [f"past.{i // 2}.{'value' if i % 2 else 'key'}" for i in range(len(example["past"]))]
+    else:
+        example = example_inputs(model, names, 2, 7, 0 if graph == "prefill" else 3)
+        seq = torch.export.Dim("seq", min=1, max=max_pos)
+        dynamic = {n: {0: batch, 1: seq} for n in example}
+        input_names = list(example)
     with torch.no_grad():
         wrapper(**example)  # records output_names / aliases
         output_names = list(wrapper.output_names)
         program = torch.onnx.export(
-            wrapper, (), kwargs=example, dynamo=True, dynamic_shapes=dynamic, input_names=list(example), output_names=output_names, optimize=True, verbose=False
+            wrapper, (), kwargs=example, dynamo=True, dynamic_shapes=dynamic, input_names=input_names, output_names=output_names, optimize=True, verbose=False
         )
     path = out / "model.onnx"
     program.save(str(path))
@@ -310,7 +336,7 @@ def _export_into(out: Path, model_dir: Path, family: str, graph: str, optimizer:
         "family": family,
         "graph": graph,
         "optimizer": optimizer,
-        "inputs": list(example),
+        "inputs": input_names,
         "opset": opset,
         "outputs": outputs,
         "module_taps": taps,
@@ -330,7 +356,10 @@ def _export_into(out: Path, model_dir: Path, family: str, graph: str, optimizer:
                     meta["not_exported"][tap] = why
             meta["per_position"] = [t for t in meta["per_position"] if t in outputs]
             meta["fusions"]["fused_away"] = sorted(gone)
-    meta["check"] = check(path, model, names, wrapper, strict=optimizer is None)
+    if graph == "step":
+        meta["check"] = check(path, wrapper, step_inputs(model, wrapper, names, 3, 4), strict=True)
+    else:
+        meta["check"] = check(path, wrapper, example_inputs(model, names, 3, 5, 0 if graph == "prefill" else 2), strict=optimizer is None)
     log(f"exported {len(outputs)} outputs ({len(output_names)} distinct); check vs HF eager: max_abs {meta['check']['max_abs']:.2e}")
     return meta
 
@@ -406,16 +435,37 @@ def drop_dangling_outputs(path: Path) -> set[str]:
     return gone
 
 
-def check(path: Path, model, names: list[str], wrapper, strict: bool) -> dict:
-    """onnxruntime on inputs of another shape (batch 3, seq 5, the last row padded) vs HF eager.
-    `strict` (no optimizer): more than 1e-3 anywhere is an export bug."""
+def step_inputs(model, wrapper, names: list[str], batch: int, past: int) -> dict:
+    """Inputs of a `step` graph: one token per row after a prompt of `past` tokens, whose KV
+    cache comes from HF eager (`past`: [key 0, value 0, key 1, ...])."""
+    import torch
+
+    prompt = example_inputs(model, names, batch, past, 0)
+    with torch.no_grad():
+        out = model(**prompt, use_cache=True)
+    cache = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+    vocab = int(model.config.vocab_size)
+    ids = (torch.arange(batch, dtype=torch.long).unsqueeze(1) * 11 + 5) % vocab
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones(batch, past + 1, dtype=torch.long),
+        "position_ids": torch.full((batch, 1), past, dtype=torch.long),
+        "past": cache,
+    }
+
+
+def check(path: Path, wrapper, inputs: dict, strict: bool) -> dict:
+    """onnxruntime on inputs of another shape than the export's (e.g. batch 3, seq 5, the last
+    row padded) vs HF eager. `strict` (no optimizer): more than 1e-3 anywhere is an export bug."""
     import onnxruntime as ort
     import torch
     from hflib import hf
 
-    inputs = example_inputs(model, names, 3, 5, 2)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
+    flat = {k: v for k, v in inputs.items() if k != "past"}
+    for i, t in enumerate(inputs.get("past") or []):
+        flat[f"past.{i // 2}.{'value' if i % 2 else 'key'}"] = t
+    feed = {i.name: flat[i.name].numpy() for i in sess.get_inputs()}
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
     with torch.no_grad():
         want = dict(zip(wrapper.output_names, wrapper(**inputs)))
@@ -436,14 +486,14 @@ def check(path: Path, model, names: list[str], wrapper, strict: bool) -> dict:
             worst, where = m, name
     if strict and worst > 1e-3:
         raise RuntimeError(f"the exported graph differs from HF eager by {worst:.3e} at `{where}`")
-    return {"max_abs": worst, "at": where, "shape": [3, 5]}
+    return {"max_abs": worst, "at": where, "shape": list(inputs["input_ids"].shape)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("family")
-    ap.add_argument("--graph", choices=GRAPHS, default="taps")
+    ap.add_argument("--graph", choices=GRAPHS + DECODE_GRAPHS, default="taps")
     ap.add_argument("--optimizer", type=json.loads, default=None, help="FusionOptions fields as JSON")
     ap.add_argument("--out", type=Path, help="also copy the .onnx here")
     args = ap.parse_args()

@@ -142,20 +142,24 @@ def selected_cases(patterns: list[str]):
     return out
 
 
-def golden_taps(case) -> list[dict]:
-    """The manifest's taps this comparison uses: HF names (decode cases: step 0, unsuffixed)."""
+def golden_taps(case, decode: bool = False) -> list[dict]:
+    """The manifest's taps this comparison uses: `hf` the HF name, `step` the decode step (decode
+    cases: every step with `decode`, else step 0 only), `name` the golden's name (`logits@3`)."""
     m = json.loads((ROOT / "goldens" / case.id / "manifest.json").read_text())
     taps = []
     for t in m["taps"]:
-        name = t["name"]
+        name = hf = t["name"]
         if name in TOKENIZER_TAPS or name.startswith("depth."):
             continue
+        step = None
         if "@" in name:
-            base, step = name.rsplit("@", 1)
-            if step != "0":
+            hf, k = name.rsplit("@", 1)
+            step = int(k)
+            if step != 0 and not decode:
                 continue
-            name = base
-        taps.append({"hf": name, "file": t["file"], "floor": (t.get("noise") or {}).get("floor")})
+            if not decode:
+                name, step = hf, None
+        taps.append({"hf": hf, "step": step, "name": name, "file": t["file"], "floor": (t.get("noise") or {}).get("floor")})
     return taps
 
 
@@ -180,16 +184,20 @@ def run_cases(cases, options: dict, engine: Path = ENGINE, log=None) -> list[dic
                 for c in group:
                     rows.append({"case": c.id, "error": f"load: {resp.get('error')} ({resp.get('hint')})"})
                 continue
+            decode = bool((resp.get("capabilities") or {}).get("decode"))
             for c in group:
-                rows.extend(run_case(eng, c, options, load_s, resp.get("info")))
+                rows.extend(run_case(eng, c, options, load_s, resp.get("info"), decode))
                 load_s = None
         finally:
             eng.close()
     return rows
 
 
-def run_case(eng: V2Engine, case, options: dict, load_s: float | None, info: str | None) -> list[dict]:
-    taps = golden_taps(case)
+def run_case(eng: V2Engine, case, options: dict, load_s: float | None, info: str | None, decode: bool = False) -> list[dict]:
+    """One case: a `forward`, or for decode cases on an engine that decodes, a `decode` request
+    (its steps compared with the goldens `tap@k`; else step 0 only, from a forward)."""
+    decode = decode and case.decode is not None
+    taps = golden_taps(case, decode)
     inputs = case_inputs(case)
     mask = inputs.get("attention_mask")
     if mask is None:
@@ -197,26 +205,37 @@ def run_case(eng: V2Engine, case, options: dict, load_s: float | None, info: str
     with tempfile.TemporaryDirectory(prefix="ort-compare-") as d:
         d = Path(d)
         spec = write_inputs(d, inputs)
-        wanted = [t["hf"] for t in taps if t["hf"] != "similarity"]
+        wanted = list(dict.fromkeys(t["hf"] for t in taps if t["hf"] != "similarity"))
         if "sentence_embedding" not in wanted and any(t["hf"] == "similarity" for t in taps):
             wanted.append("sentence_embedding")
+        req = {"case": case.id, "inputs": spec, "taps": [{"hf": t, "engine": None} for t in wanted], "output_dir": str(d / "out"), "options": options}
+        if decode:
+            tokens = np.asarray(case.decode, dtype=np.int64)
+            np.save(d / "decode_tokens.npy", tokens)
+            req["decode"] = {"file": str(d / "decode_tokens.npy"), "shape": list(tokens.shape), "dtype": "int64"}
         t0 = time.perf_counter()
-        resp = eng.request("forward", case=case.id, inputs=spec, taps=[{"hf": t, "engine": None} for t in wanted], output_dir=str(d / "out"), options=options)
+        resp = eng.request("decode" if decode else "forward", **req)
         fwd_s = time.perf_counter() - t0
         if not resp.get("ok"):
-            return [{"case": case.id, "error": f"forward: {resp.get('error')} ({resp.get('hint')})"}]
+            return [{"case": case.id, "error": f"{'decode' if decode else 'forward'}: {resp.get('error')} ({resp.get('hint')})"}]
         not_produced = resp.get("not_produced") or {}
-        got = {p.stem: np.load(p) for p in (d / "out").glob("*.npy")}
-    if "sentence_embedding" in got:
-        e = got["sentence_embedding"].astype(np.float32)
-        got["similarity"] = e @ e.T / np.maximum(np.outer(np.linalg.norm(e, axis=1), np.linalg.norm(e, axis=1)), np.float32(1e-8))
+        got: dict = {}  # step (None: a forward) -> {hf name: array}
+        for p in (d / "out").rglob("*.npy"):
+            step = int(p.parent.name) if decode else None
+            got.setdefault(step, {})[p.stem] = np.load(p)
+    for arrays in got.values():
+        if "sentence_embedding" in arrays:
+            e = arrays["sentence_embedding"].astype(np.float32)
+            arrays["similarity"] = e @ e.T / np.maximum(np.outer(np.linalg.norm(e, axis=1), np.linalg.norm(e, axis=1)), np.float32(1e-8))
     rows = []
     for t in taps:
-        row = {"case": case.id, "tap": t["hf"], "forward_s": fwd_s, "load_s": load_s, "info": info}
+        row = {"case": case.id, "tap": t["name"], "forward_s": fwd_s, "load_s": load_s, "info": info}
         load_s = None
-        if t["hf"] in got:
+        arrays = got.get(t["step"], {})
+        if t["hf"] in arrays:
             want = np.load(ROOT / "goldens" / case.id / t["file"])
-            row.update(metrics(got[t["hf"]], want, mask, t["floor"]))
+            # Decode steps after the prompt have no padding (decode cases refuse it).
+            row.update(metrics(arrays[t["hf"]], want, mask if not t["step"] else None, t["floor"]))
         else:
             row["not_produced"] = not_produced.get(t["hf"], "not written")
         rows.append(row)

@@ -21,7 +21,9 @@ Named outputs besides the graph's: `pooled.cls`, `pooled.mean` and their `.norma
 `sentence_embedding` (per the checkpoint's sentence-transformers modules.json), computed from
 `last_hidden_state` and the attention mask in numpy, as an embedding service would.
 
-Decode (past_key_values) is not implemented: the graph has no cache inputs; see ORT_NOTES.md.
+Decode (capability `decode`, Llama and Qwen3, taps graph): the prompt runs through a `prefill`
+graph that also returns the KV cache, each next token through a `step` graph that takes it
+(onnx_export.py); both are exported on the first decode request.
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ class OrtEngine(Engine):
         self.loaded_key: tuple | None = None
         self.session = None
         self.meta: dict = {}
+        self.decode_key: tuple | None = None
+        self.decode_sessions: list = []
 
     def load(self, model: dict, options: dict) -> dict:
         self.model = model
@@ -149,7 +153,8 @@ class OrtEngine(Engine):
         o = effective_options(self.load_options)
         info = self._ensure(o)
         taps = sorted(self.meta["outputs"]) + self._named_outputs()
-        return {"capabilities": {"decode": False, "blocks": False}, "taps": taps, "info": info}
+        decode = self.model["class"] in onnx_export.DECODE_FAMILIES and o["graph"] == "taps"
+        return {"capabilities": {"decode": decode, "blocks": False}, "taps": taps, "info": info}
 
     def _named_outputs(self) -> list[str]:
         names = []
@@ -192,7 +197,7 @@ class OrtEngine(Engine):
         print(f"ort_engine: {self.info}; session in {time.perf_counter() - t1:.2f} s", file=sys.stderr, flush=True)
         return self.info
 
-    def feed(self, inputs: dict[str, np.ndarray]) -> tuple[dict, bool]:
+    def feed(self, inputs: dict[str, np.ndarray], input_names: list[str]) -> tuple[dict, bool]:
         """The session's inputs, with HF's defaults for those the request lacks; and whether the
         positions are the same in every row (HF's default), when per-position taps have one row."""
         ids = inputs.get("input_ids")
@@ -201,7 +206,7 @@ class OrtEngine(Engine):
         ids = ids.astype(np.int64)
         b, s = ids.shape
         feed = {"input_ids": ids}
-        for name in self.input_names:
+        for name in input_names:
             if name == "input_ids":
                 continue
             if name in inputs:
@@ -221,36 +226,84 @@ class OrtEngine(Engine):
     def forward(self, inputs, taps, options, case):
         # A request's options override the load's; a request without options keeps them.
         self._ensure(effective_options({**self.load_options, **(options or {})}))
-        feed, uniform = self.feed(inputs)
-        names = [o.name for o in self.session.get_outputs()]
-        got = dict(zip(names, self.session.run(None, feed)))
+        feed, uniform = self.feed(inputs, self.input_names)
+        got = run(self.session, feed)
         mask = feed.get("attention_mask", np.ones(feed["input_ids"].shape, np.int64))
-        outs = self.meta["outputs"]
-        per_position = set(self.meta.get("per_position") or [])
         derived: dict[str, np.ndarray] = {}
-        hidden = got.get(outs.get("last_hidden_state", ""))
+        hidden = got.get(self.meta["outputs"].get("last_hidden_state", ""))
         if hidden is not None and self.model["class"] in POOLED_FAMILIES:
             derived.update(pooled(hidden, mask))
         if hidden is not None and self.sentence is not None:
             derived["sentence_embedding"] = sentence_embedding(hidden, mask, *self.sentence)
-        result, missing = {}, {}
-        for t in taps:
-            hf_name = t["hf"]
-            out_name = t.get("engine") or hf_name
-            if hf_name in outs:
-                a = got[outs[hf_name]]
-                if hf_name in per_position and uniform:
-                    a = a[:1]  # HF's default positions are one row, broadcast over the batch
-                result[out_name] = a
-            elif hf_name in derived:
-                result[out_name] = derived[hf_name]
-            elif hf_name in (self.meta.get("not_exported") or {}):
-                missing[hf_name] = f"not a graph output: {self.meta['not_exported'][hf_name]}"
-            elif self.meta["graph"] != "taps":
-                missing[hf_name] = f"the `{self.meta['graph']}` graph has only {', '.join(outs)}"
-            else:
-                missing[hf_name] = "no such module output in the exported graph"
-        return result, missing
+        return collect(got, self.meta, taps, uniform, derived)
+
+    def decode(self, inputs, tokens, taps, options, case):
+        """The prompt through the `prefill` graph, then each token through the `step` graph with
+        the KV cache the previous run returned (numpy arrays between runs)."""
+        o = effective_options({**self.load_options, **(options or {})})
+        family = self.model.get("class")
+        if family not in onnx_export.DECODE_FAMILIES:
+            raise EngineError(f"decode is implemented for {', '.join(onnx_export.DECODE_FAMILIES)}, not {family}")
+        if o["graph"] != "taps":
+            raise EngineError(f"decode runs the taps graphs (prefill + step), not `{o['graph']}`", "leave the option `graph` at `taps` for decode cases")
+        key = (o["n_threads"], o["ort_level"])
+        if self.decode_key != key:
+            sessions = []
+            for graph in onnx_export.DECODE_GRAPHS:
+                try:
+                    e = onnx_export.export(Path(self.model["dir"]), family, graph)
+                except (ValueError, RuntimeError) as err:
+                    raise EngineError(f"exporting the `{graph}` graph failed: {err}") from None
+                sessions.append((make_session(e.path, o["n_threads"], o["ort_level"]), e.meta))
+            self.decode_sessions, self.decode_key = sessions, key
+        (pre, pre_meta), (step, step_meta) = self.decode_sessions
+        feed, uniform = self.feed(inputs, [i.name for i in pre.get_inputs()])
+        got = run(pre, feed)
+        steps = [collect(got, pre_meta, taps, uniform, {})]
+        tokens = tokens.astype(np.int64)
+        b = feed["input_ids"].shape[0]
+        if tokens.shape[0] != b:
+            raise EngineError(f"decode tokens have {tokens.shape[0]} rows, the prompt {b}")
+        mask = feed["attention_mask"]
+        pos = feed["position_ids"][:, -1:] + 1
+        for k in range(tokens.shape[1]):
+            mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
+            sfeed = {"input_ids": np.ascontiguousarray(tokens[:, k : k + 1]), "attention_mask": mask, "position_ids": pos}
+            for i in step.get_inputs():
+                if i.name.startswith("past."):
+                    sfeed[i.name] = got["present." + i.name[len("past.") :]]
+            got = run(step, sfeed)
+            steps.append(collect(got, step_meta, taps, bool((pos == pos[:1]).all()), {}))
+            pos = pos + 1
+        return steps
+
+def run(session, feed: dict) -> dict[str, np.ndarray]:
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+
+
+def collect(got: dict, meta: dict, taps: list[dict], uniform: bool, derived: dict) -> tuple[dict, dict]:
+    """The requested taps from a run's outputs (under the engine's names, else HF's), and why
+    the others are not there."""
+    outs = meta["outputs"]
+    per_position = set(meta.get("per_position") or [])
+    result, missing = {}, {}
+    for t in taps:
+        hf_name = t["hf"]
+        out_name = t.get("engine") or hf_name
+        if hf_name in outs:
+            a = got[outs[hf_name]]
+            if hf_name in per_position and uniform:
+                a = a[:1]  # HF's default positions are one row, broadcast over the batch
+            result[out_name] = a
+        elif hf_name in derived:
+            result[out_name] = derived[hf_name]
+        elif hf_name in (meta.get("not_exported") or {}):
+            missing[hf_name] = f"not a graph output: {meta['not_exported'][hf_name]}"
+        elif meta["graph"] in ("outputs", "optimized"):
+            missing[hf_name] = f"the `{meta['graph']}` graph has only {', '.join(outs)}"
+        else:
+            missing[hf_name] = "no such module output in the exported graph"
+    return result, missing
 
 
 def main() -> int:

@@ -1,8 +1,8 @@
 """The onnxruntime engine (tools/adapters/ort_engine.py) over protocol 2, against the goldens.
 
 Runs the adapter as the harness will: one process per model speaking JSON lines (`load`, one
-`forward` per case, `shutdown`), and checks every tap of committed cases within the default
-tolerance (atol 1e-4 + rtol 1e-3) on the `taps` graph. Skipped when onnxruntime (or torch, which
+`forward` per case, or `decode` for decode cases, `shutdown`), and checks every tap of committed
+cases within the default tolerance (atol 1e-4 + rtol 1e-3) on the `taps` graph. Skipped when onnxruntime (or torch, which
 exports) is not installed: tools/adapters/requirements-onnx.txt. The first run exports each model
 (~30 s each here); exports are cached (tools/adapters/onnx_export.py).
 """
@@ -36,6 +36,9 @@ CASES = {
     "bert-tiny": ["bert/sequence", "bert/padded-batch"],
     "distilbert-tiny": ["distilbert/sequence", "distilbert/padded-batch"],
     "modernbert-tiny": ["modernbert/sequence", "modernbert/padded-batch", "modernbert/long"],
+    # Decode cases: the prompt (prefill graph), then every token through the KV cache (step
+    # graph), each step compared with the goldens `tap@k`.
+    "qwen3-tiny-2layer": ["qwen3/2layer", "qwen3/decode"],
 }
 
 
@@ -51,10 +54,11 @@ class OrtTapsGraph(unittest.TestCase):
                 resp = eng.request("load", protocol=2, engine="onnxruntime", model=oc.model_request(first), options={"graph": "taps", "n_threads": 1})
                 self.assertTrue(resp.get("ok"), resp)
                 self.assertEqual(resp["id"], 0)
-                self.assertFalse(resp["capabilities"]["decode"])
+                causal = first.model.family.endswith("ForCausalLM")
+                self.assertEqual(resp["capabilities"]["decode"], causal)
                 rows = []
                 for cid in CASES[model_id]:
-                    rows += oc.run_case(eng, cases[cid], {"graph": "taps"}, None, resp.get("info"))
+                    rows += oc.run_case(eng, cases[cid], {"graph": "taps"}, None, resp.get("info"), decode=causal)
             finally:
                 status = eng.close()
                 log.seek(0)
@@ -67,6 +71,10 @@ class OrtTapsGraph(unittest.TestCase):
         failing = [(r["case"], r["tap"], r["max_abs"]) for r in rows if not r["within"]]
         self.assertEqual(failing, [], "taps outside atol 1e-4 + rtol 1e-3")
         self.assertGreater(len(rows), 10)
+        for cid in CASES[model_id]:
+            if cases[cid].decode is not None:
+                steps = {r["tap"].rsplit("@", 1)[1] for r in rows if r["case"] == cid}
+                self.assertEqual(len(steps), len(cases[cid].decode[0]) + 1, "every decode step compared")
 
     def test_llama(self):
         self.check_model("llama-tiny-mha")
@@ -82,6 +90,9 @@ class OrtTapsGraph(unittest.TestCase):
 
     def test_modernbert_local_and_global_layers(self):
         self.check_model("modernbert-tiny")
+
+    def test_qwen3_decode_through_the_kv_cache(self):
+        self.check_model("qwen3-tiny-2layer")
 
 
 @unittest.skipIf(MISSING, REASON)
