@@ -126,6 +126,34 @@ class OrtProtocol(unittest.TestCase):
                 status = eng.close()
         self.assertEqual(status, 0)
 
+    def test_decode_equals_full_forward(self):
+        """The harness's own decode check, here: logits@k through the KV cache equal the engine's
+        full forward over the prompt and the first k tokens, at the last position."""
+        case = oc.selected_cases(["llama/decode"])[0]
+        prompt = np.asarray(case.inputs["input_ids"], np.int64)
+        tokens = np.asarray(case.decode, np.int64)
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            eng = oc.V2Engine([str(oc.PYTHON), str(oc.ENGINE)], stderr=subprocess.DEVNULL)
+            try:
+                self.assertTrue(eng.request("load", protocol=2, engine="onnxruntime", model=oc.model_request(case), options={})["ok"])
+                np.save(d / "tokens.npy", tokens)
+                decode = {"file": str(d / "tokens.npy"), "shape": list(tokens.shape), "dtype": "int64"}
+                logits = [{"hf": "logits", "engine": None}]
+                r = eng.request("decode", inputs=oc.write_inputs(d, {"input_ids": prompt}), taps=logits, output_dir=str(d / "decode"), decode=decode)
+                self.assertTrue(r["ok"], r)
+                for k in range(1, tokens.shape[1] + 1):
+                    dk = d / f"full{k}"
+                    dk.mkdir()
+                    full = np.concatenate([prompt, tokens[:, :k]], axis=1)
+                    r = eng.request("forward", inputs=oc.write_inputs(dk, {"input_ids": full}), taps=logits, output_dir=str(dk / "out"))
+                    self.assertTrue(r["ok"], r)
+                    want = np.load(dk / "out" / "logits.npy")[:, -1]
+                    got = np.load(d / "decode" / str(k) / "logits.npy")[:, -1]
+                    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3, err_msg=f"step {k}")
+            finally:
+                self.assertEqual(eng.close(), 0)
+
     def test_v1_request(self):
         """Protocol 1: one process, request.json as the argument, options from $HARNESS_ORT_OPTIONS."""
         case = oc.selected_cases(["bert/tiny-2l"])[0]
