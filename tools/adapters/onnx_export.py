@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Export an HF checkpoint to ONNX for the onnxruntime engine (tools/adapters/ort_engine.py).
 
-    tools/.venv/bin/python tools/adapters/onnx_export.py MODEL_DIR FAMILY [--graph taps|outputs|optimized]
-        [--optimizer '{"enable_gelu_approximation": true}'] [--out FILE.onnx]
+    tools/.venv/bin/python tools/adapters/onnx_export.py MODEL_DIR FAMILY
+        [--graph taps|outputs|optimized|prefill|step] [--optimizer '{"enable_gelu_approximation": true}']
+        [--out FILE.onnx]
 
-Two kinds of graph:
+The kinds of graph:
 
 - `taps`: the model with a forward hook on every module that runs exactly once per forward; the
   wrapper returns each module's output (its first element when it returns a tuple) as an extra
@@ -13,9 +14,12 @@ Two kinds of graph:
   attention block returning its o_proj) is one graph output; `meta.json` maps every tap to it.
 - `outputs`: what production exports: `logits` when the model has a head, else
   `last_hidden_state`. `optimized` is that graph through onnxruntime.transformers' optimizer
-  (fused Attention / SkipLayerNormalization / Gelu ...); `--optimizer` sets FusionOptions fields.
-  The optimizer also runs on a `taps` graph when `--optimizer` is given, so that a fusion's error
-  can be located tap by tap (fusions whose inner values are graph outputs do not fire).
+  (fused EmbedLayerNormalization / SkipLayerNormalization / BiasGelu ...; attention is not fused on
+  these graphs, see ORT_NOTES.md); `--optimizer` sets FusionOptions fields. The optimizer also
+  runs on a `taps` graph when `--optimizer` is given, so that a fusion's error can be located tap
+  by tap; taps whose nodes a fusion removed are dropped from that graph (`not_exported`).
+- `prefill` / `step` (Llama, Qwen3): the taps graph returning the KV cache, and the taps graph of
+  one decode step taking it (see DECODE_GRAPHS).
 
 The graph's inputs are those of input_ids / attention_mask / token_type_ids / position_ids the
 model's forward takes, int64 [batch, seq], both axes dynamic. The export is torch.export

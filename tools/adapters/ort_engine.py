@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import onnx_export  # noqa: E402  (imports torch, transformers: only needed to export)
+import onnx_export  # noqa: E402  (imports torch and transformers only when it exports)
 from protocol import Engine, EngineError, serve  # noqa: E402
 
 POOLED = ("pooled.cls", "pooled.mean", "pooled.cls.normalized", "pooled.mean.normalized")
@@ -55,7 +55,10 @@ def effective_options(options: dict) -> dict:
             o.update(json.loads(env))
         except ValueError as e:
             raise EngineError(f"$HARNESS_ORT_OPTIONS is not JSON: {e}") from None
-    o.update({k: v for k, v in (options or {}).items() if k in OPTION_KEYS})
+    unknown = sorted(set(options or {}) - OPTION_KEYS)
+    if unknown:
+        raise EngineError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(f'`{k}`' for k in unknown)}", f"this engine takes {', '.join(sorted(OPTION_KEYS))}")
+    o.update(options or {})
     if o["graph"] not in onnx_export.GRAPHS:
         raise EngineError(f"option graph `{o['graph']}` is not one of {', '.join(onnx_export.GRAPHS)}")
     if o["ort_level"] not in ORT_LEVELS:
@@ -179,7 +182,7 @@ class OrtEngine(Engine):
         t0 = time.perf_counter()
         try:
             e = onnx_export.export(model_dir, family, o["graph"], o["optimizer"])
-        except (ValueError, RuntimeError) as err:
+        except (ValueError, RuntimeError, OSError) as err:
             raise EngineError(f"exporting {model_dir} to ONNX failed: {err}") from None
         t1 = time.perf_counter()
         self.session = make_session(e.path, o["n_threads"], o["ort_level"])
@@ -252,7 +255,7 @@ class OrtEngine(Engine):
             for graph in onnx_export.DECODE_GRAPHS:
                 try:
                     e = onnx_export.export(Path(self.model["dir"]), family, graph)
-                except (ValueError, RuntimeError) as err:
+                except (ValueError, RuntimeError, OSError) as err:
                     raise EngineError(f"exporting the `{graph}` graph failed: {err}") from None
                 sessions.append((make_session(e.path, o["n_threads"], o["ort_level"]), e.meta))
             self.decode_sessions, self.decode_key = sessions, key
