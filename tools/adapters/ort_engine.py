@@ -50,15 +50,17 @@ OPTION_KEYS = {"graph", "optimizer", "n_threads", "ort_level"}
 def effective_options(options: dict) -> dict:
     env = os.environ.get("HARNESS_ORT_OPTIONS")
     o = {"graph": "taps", "optimizer": None, "n_threads": 1, "ort_level": "all"}
+    given = {}
     if env:
         try:
-            o.update(json.loads(env))
+            given.update(json.loads(env))
         except ValueError as e:
             raise EngineError(f"$HARNESS_ORT_OPTIONS is not JSON: {e}") from None
-    unknown = sorted(set(options or {}) - OPTION_KEYS)
+    given.update(options or {})
+    unknown = sorted(set(given) - OPTION_KEYS)
     if unknown:
         raise EngineError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(f'`{k}`' for k in unknown)}", f"this engine takes {', '.join(sorted(OPTION_KEYS))}")
-    o.update(options or {})
+    o.update(given)
     if o["graph"] not in onnx_export.GRAPHS:
         raise EngineError(f"option graph `{o['graph']}` is not one of {', '.join(onnx_export.GRAPHS)}")
     if o["ort_level"] not in ORT_LEVELS:
