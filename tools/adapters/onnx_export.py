@@ -146,6 +146,7 @@ def export(model_dir: Path, family: str, graph: str = "taps", optimizer: dict | 
     if (final / "meta.json").exists() and (final / "model.onnx").exists():
         return Exported(final / "model.onnx", json.loads((final / "meta.json").read_text()), True)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
     try:
         t0 = time.perf_counter()
@@ -166,6 +167,18 @@ def export(model_dir: Path, family: str, graph: str = "taps", optimizer: dict | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Exported(final / "model.onnx", meta, False)
+
+
+def remove_stale_tmp(root: Path, age_s: float = 3600) -> None:
+    """Remove half-written exports left by a killed exporter (the harness SIGKILLs an engine at
+    its timeout, so the cleanup in `export` does not run): `.tmp-*` older than an hour."""
+    now = time.time()
+    for d in root.glob(".tmp-*"):
+        try:
+            if now - d.stat().st_mtime > age_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def load_model(model_dir: Path, family: str):
