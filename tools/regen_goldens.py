@@ -14,6 +14,11 @@ models likewise with `provenance.json.new`) and nothing accepted changes; then
 Random models (`source: {random: {seed: N}}`) are built from their config and seed and saved to
 goldens/models/<id>/; every case's taps are written to goldens/<case>/<tap>.npy with a
 manifest.json holding provenance and hashes. Writes are atomic per directory.
+
+Every model a case uses also gets goldens/models/<id>/structure.json (hflib/structure.py): its
+modules, their kinds and axes, its inputs, whether it is causal, measured from HF. Random
+models write it with their weights; checkpoints (`path`/`hf`) get it alone. Before anything is
+written, the declared class is checked against the config (structure.check_class).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hflib import gguf_export, hf, store  # noqa: E402
+from hflib import gguf_export, hf, store, structure  # noqa: E402
 from hflib.spec import Case, ModelSpec, SpecError, discover, expand_taps, load_case, sha256_bytes, sha256_file  # noqa: E402
 
 TOOL = "tools/regen_goldens.py"
@@ -65,6 +70,8 @@ def model_is_stale(spec: ModelSpec, d: Path) -> bool:
         return True
     if any(not (d / f"model.{q}.gguf").exists() for q in spec.gguf):
         return True
+    if structure.is_stale(spec, d, d / structure.FILE):
+        return True
     return prov.get("spec_sha256") != spec.sha256 or prov.get("weights_sha256") != sha256_file(weights)
 
 
@@ -84,6 +91,7 @@ def build_model(spec: ModelSpec, final: Path) -> None:
     with store.cleanup_on_error(tmp):
         hf.build_random(spec, tmp)
         write_gguf(spec, tmp)
+        structure.write_into(spec, tmp, tmp)
         prov = model_provenance(spec, sha256_file(tmp / "model.safetensors"))
         store.write_files(tmp, {"provenance.json": store.manifest_bytes(prov)})
         store.commit_dir(tmp, final)
@@ -247,10 +255,42 @@ def build_model_pending(spec: ModelSpec, final: Path, scratch: Path) -> tuple[Pa
     d = scratch / spec.id
     hf.build_random(spec, d)
     write_gguf(spec, d)
+    structure.write_into(spec, d, d)
     prov = model_provenance(spec, sha256_file(d / "model.safetensors"))
     store.write_files(d, {"provenance.json": store.manifest_bytes(prov)})
     files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
     return d, store.write_pending(final, files, store.MODEL_MARKER)
+
+
+def prepare_model(spec: ModelSpec, root: Path, goldens: Path, out_root: Path, scratch: Path | None, args, problems: list, pending: list) -> Path:
+    """Build (random) or locate (checkpoint) the model, write its files and structure.json when
+    stale (pending / checked as the mode says), and return the directory cases run on."""
+    d = out_root / "models" / spec.id
+    if spec.is_random:
+        if scratch is not None and (args.all or model_is_stale(spec, d)):
+            new_dir, is_pending = build_model_pending(spec, d, scratch)
+            if is_pending:
+                pending.append(f"models/{spec.id}")
+            return new_dir
+        if args.check or args.all or model_is_stale(spec, d):
+            build_model(spec, d)
+        if args.check:
+            problems += compare_dirs(goldens / "models" / spec.id, d, f"goldens/models/{spec.id}")
+        return d
+    md = spec.dir(root)
+    if spec.absent(root) is not None:
+        return md  # its cases are skipped (or fail --check) below, saying why
+    # A checkpoint: only structure.json is ours, in goldens/models/<id>/ alone.
+    if args.check or args.all or structure.is_stale(spec, md, d / structure.FILE):
+        data = structure.structure_bytes(structure.record(spec, md))
+        if scratch is not None:
+            if store.write_pending(d, {structure.FILE: data}, structure.FILE):
+                pending.append(f"models/{spec.id}")
+        else:
+            store.write_file_atomic(d / structure.FILE, data)
+    if args.check:
+        problems += compare_dirs(goldens / "models" / spec.id, d, f"goldens/models/{spec.id}")
+    return md
 
 
 def compare_dirs(committed: Path, fresh: Path, label: str) -> list[str]:
@@ -327,7 +367,18 @@ def run() -> int:
         print(f"error: no case with goldens matches {args.case}", file=sys.stderr)
         return 2
 
-    needed = {c.model.id: c.model for c in cases}
+    # The declared class must fit the config before anything is built or written; a model that
+    # does not is reported and its cases are skipped.
+    needed: dict[str, ModelSpec] = {}
+    for spec in sorted({c.model.id: c.model for c in cases}.values(), key=lambda s: s.id):
+        try:
+            structure.check_class(spec, None if spec.is_random or spec.absent(root) else spec.dir(root))
+        except SpecError as e:
+            errors.append(str(e))
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        needed[spec.id] = spec
+    cases = [c for c in cases if c.model.id in needed]
     out_root = Path(tempfile.mkdtemp(prefix="goldens-check-")) if args.check else goldens
     scratch = Path(tempfile.mkdtemp(prefix="goldens-pending-")) if args.pending else None
     problems = []
@@ -335,23 +386,17 @@ def run() -> int:
     try:
         model_dirs: dict[str, Path] = {}
         for spec in progress(sorted(needed.values(), key=lambda s: s.id), "models", args.quiet):
-            if spec.is_random:
-                d = out_root / "models" / spec.id
-                if scratch is not None and (args.all or model_is_stale(spec, d)):
-                    new_dir, is_pending = build_model_pending(spec, d, scratch)
-                    if is_pending:
-                        pending.append(f"models/{spec.id}")
-                    model_dirs[spec.id] = new_dir
-                    continue
-                if args.check or args.all or model_is_stale(spec, d):
-                    build_model(spec, d)
-                if args.check:
-                    problems += compare_dirs(goldens / "models" / spec.id, d, f"goldens/models/{spec.id}")
-                model_dirs[spec.id] = d
-            else:
-                model_dirs[spec.id] = spec.dir(root)
+            try:
+                d = prepare_model(spec, root, goldens, out_root, scratch, args, problems, pending)
+            except SpecError as e:
+                errors.append(str(e))
+                print(f"error: {e}", file=sys.stderr)
+                continue
+            model_dirs[spec.id] = d
         done = 0
         for case in progress(cases, "cases", args.quiet):
+            if case.model.id not in model_dirs:
+                continue  # its model failed (reported above)
             final = out_root / case.id
             md = model_dirs[case.model.id]
             why = case.model.absent(root)
@@ -390,7 +435,8 @@ def run() -> int:
         if problems:
             print(f"error: {len(problems)} golden files are not reproduced by {TOOL} (hint: regenerate and commit, or find the nondeterminism)", file=sys.stderr)
             return 1
-        print(f"ok: {len(cases)} cases and {len([s for s in needed.values() if s.is_random])} models reproduced bit for bit", file=sys.stderr)
+        models = len([s for s in needed.values() if s.absent(root) is None])
+        print(f"ok: {len(cases)} cases and {models} models (weights and structure.json) reproduced bit for bit", file=sys.stderr)
     elif args.pending:
         print(f"regenerated {done} of {len(cases)} cases; {len(pending)} pending: {', '.join(pending) or 'none (nothing changed)'}", file=sys.stderr)
         if pending:

@@ -59,10 +59,10 @@ def versions() -> dict:
 
 
 def model_class(spec: ModelSpec):
-    cls = getattr(transformers, spec.family, None)
-    if cls is None or not hasattr(cls, "config_class"):
-        raise SpecError(spec.file, f"unknown model family `{spec.family}` (not a transformers model class)")
-    return cls
+    """The spec's `family` as a transformers class; an unknown name fails with a did-you-mean."""
+    from .structure import model_class as checked
+
+    return checked(spec)
 
 
 def build_random(spec: ModelSpec, out_dir: Path) -> None:
@@ -71,7 +71,7 @@ def build_random(spec: ModelSpec, out_dir: Path) -> None:
     seed = int(spec.source["random"]["seed"])
     try:
         config = cls.config_class(**spec.config)
-    except (TypeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - strict dataclass validation raises its own error types
         raise SpecError(spec.file, f"invalid config: {e}") from None
     torch.manual_seed(seed)
     model = cls._from_config(config, attn_implementation="eager", dtype=torch.float32).eval()

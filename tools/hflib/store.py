@@ -75,6 +75,23 @@ def write_files(d: Path, files: dict[str, bytes]) -> None:
     _fsync_dir(d)
 
 
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Replace one file atomically: written and fsynced beside it, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
 @contextlib.contextmanager
 def cleanup_on_error(tmp: Path):
     """Remove a half-written temp directory when writing it fails (the old one stays)."""
@@ -143,14 +160,20 @@ def write_pending(final: Path, files: dict[str, bytes], marker: str) -> bool:
 
 
 def recover(root: Path) -> list[str]:
-    """Remove leftovers of interrupted runs; restore a directory a fallback swap left missing."""
+    """Remove leftovers of interrupted runs (temp directories and files); restore a directory a
+    fallback swap left missing."""
     notes = []
     if not root.exists():
         return notes
     for p in sorted(root.rglob(".*")):
+        name = p.name
+        if p.is_file() and ".tmp-" in name:
+            # A single file written by write_file_atomic (structure.json of a checkpoint).
+            p.unlink()
+            notes.append(f"removed unfinished {p}")
+            continue
         if not p.is_dir():
             continue
-        name = p.name
         if ".tmp-" in name:
             shutil.rmtree(p, ignore_errors=True)
             notes.append(f"removed unfinished {p}")
