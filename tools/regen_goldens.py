@@ -56,7 +56,7 @@ def model_provenance(spec: ModelSpec, weights_sha: str) -> dict:
         "model": spec.id,
         "class": spec.family,
         "seed": spec.source["random"]["seed"],
-        "spec_sha256": spec.sha256,
+        "spec_digest": spec.digest,
         "weights_sha256": weights_sha,
         "dtype": spec.dtype,
         "generator": {"tool": TOOL, **hf.versions()},
@@ -72,7 +72,7 @@ def model_is_stale(spec: ModelSpec, d: Path) -> bool:
         return True
     if structure.is_stale(spec, d, d / structure.FILE):
         return True
-    return prov.get("spec_sha256") != spec.sha256 or prov.get("weights_sha256") != sha256_file(weights)
+    return prov.get("spec_digest") != spec.digest or prov.get("weights_sha256") != sha256_file(weights)
 
 
 def write_gguf(spec: ModelSpec, d: Path) -> None:
@@ -161,11 +161,11 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
     manifest = {
         "format": store.FORMAT,
         "case": case.id,
-        "case_sha256": case.sha256,
+        "case_digest": case.digest,
         "model": {
             "id": case.model.id,
             "class": case.model.family,
-            "spec_sha256": case.model.sha256,
+            "spec_digest": case.model.digest,
             "weights_sha256": sha256_file(model_dir / "model.safetensors"),
             **({"revision": case.model.revision()} if "hf" in case.model.source else {}),
         },
@@ -229,7 +229,7 @@ def case_is_stale(case: Case, d: Path, model_dir: Path) -> bool:
     m = store.read_manifest(d)
     if m is None:
         return True
-    if m.get("case_sha256") != case.sha256 or m.get("model", {}).get("spec_sha256") != case.model.sha256:
+    if m.get("case_digest") != case.digest or m.get("model", {}).get("spec_digest") != case.model.digest:
         return True
     weights = model_dir / "model.safetensors"
     if not weights.exists() or m["model"].get("weights_sha256") != sha256_file(weights):

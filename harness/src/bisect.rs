@@ -12,11 +12,12 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::case::{Case, ModelSpec};
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::family::{Config, layer_of};
 use crate::golden::Goldens;
 use crate::report::{TrialReport, Verdict};
+use crate::structure::layer_of;
 use crate::trial::{compare_tap, run_case};
 
 /// The golden of `tap` for the model truncated to `k` layers.
@@ -109,14 +110,18 @@ pub fn truncated(spec: &ModelSpec, k: usize) -> ModelSpec {
     ModelSpec { config: Config::new(map, spec.file.clone()), ..spec.clone() }
 }
 
-/// The module of layer `i` (`model.layers.1`, `encoder.layer.1`, ...), from the family's modules.
+/// The module of layer `i` (`model.layers.1`, `encoder.layer.1`, ...), from the recorded
+/// structure.
 fn layer_module(case: &Case, i: usize) -> Option<String> {
-    let modules = (case.model.family.modules)(&case.model.config).ok()?;
-    modules
-        .into_iter()
-        .map(|m| m.path)
-        .filter(|p| layer_of(p) == Some(i) && p.ends_with(&format!(".{i}")))
-        .min_by_key(|p| p.len())
+    case.model.structure.layer_module(i).or_else(|| {
+        case.model
+            .structure
+            .modules
+            .iter()
+            .map(|m| m.path.clone())
+            .filter(|p| layer_of(p) == Some(i) && p.ends_with(&format!(".{i}")))
+            .min_by_key(|p| p.len())
+    })
 }
 
 /// Bisect a failed trial of an outputs-only engine, when the case has depth goldens.

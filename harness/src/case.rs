@@ -10,9 +10,10 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::config::Config;
 use crate::error::{Error, ErrorKind, Pos, Result, did_you_mean};
-use crate::family::{self, Config, Family, Module};
 use crate::sentence;
+use crate::structure::{Module, Structure};
 use crate::text::{Text, TextCase, TextTokenizer, TokenizerOptions};
 use crate::tolerance::Tolerance;
 use crate::yaml::Doc;
@@ -77,6 +78,11 @@ pub struct SourceFile {
 #[serde(deny_unknown_fields)]
 struct RandomFile {
     seed: u64,
+    /// Also randomize the weights HF initializes to constants (norm weights, biases), so that a
+    /// port that drops a bias or reads a norm weight wrongly differs (tools/ reads it).
+    #[serde(default)]
+    #[allow(dead_code)]
+    every_weight: bool,
 }
 
 impl SourceFile {
@@ -143,7 +149,10 @@ impl WeightDtype {
 pub struct ModelSpec {
     pub id: String,
     pub file: PathBuf,
-    pub family: &'static Family,
+    /// The HF class (`family:` in the spec), e.g. `MistralForCausalLM`: any transformers class.
+    pub class: String,
+    /// What HF recorded about the architecture (goldens/models/<id>/structure.json).
+    pub structure: std::sync::Arc<Structure>,
     pub source: Source,
     pub dtype: WeightDtype,
     /// The checkpoint directory: `goldens/models/<id>` for random models, else the `path`.
@@ -160,6 +169,20 @@ pub struct ModelSpec {
     pub sentence: Option<sentence::Pipeline>,
 }
 
+impl ModelSpec {
+    /// The vocabulary size the structure recorded (or the config's `vocab_size`).
+    pub fn vocab(&self) -> Result<usize> {
+        match self.structure.vocab_size {
+            Some(v) => Ok(v),
+            None => self.config.usize("vocab_size"),
+        }
+    }
+    /// Token types the model takes (0: it takes no `token_type_ids`).
+    pub fn type_vocab(&self) -> usize {
+        if self.structure.takes("token_type_ids") { self.structure.type_vocab_size.unwrap_or(0) } else { 0 }
+    }
+}
+
 /// `cases/**/<name>.yaml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,7 +197,7 @@ pub struct CaseFile {
     /// Default tolerance of every tap that has none of its own.
     #[serde(default)]
     pub tolerance: Option<Tolerance>,
-    /// Engines to run; default: every registered engine that supports the family.
+    /// Engines to run; default: every registered engine that runs the model.
     #[serde(default)]
     pub engines: Option<Vec<String>>,
     /// Compare positions whose attention_mask is 0 too (default: only real tokens).
@@ -462,15 +485,28 @@ pub fn load_model_spec(root: &Path, id: &str) -> Result<ModelSpec> {
 pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec> {
     let file = doc.file.clone();
     let spec: ModelSpecFile = doc.parse()?;
-    let family = family::lookup(&spec.family).ok_or_else(|| {
-        let names = family::all().iter().map(|f| f.class);
-        let hint = match did_you_mean(&spec.family, names.clone()) {
-            Some(n) => format!("did you mean `{n}`?"),
-            None => format!("supported: {}", names.collect::<Vec<_>>().join(", ")),
-        };
-        doc.err("family", format!("unknown model family `{}`", spec.family)).hint(hint)
-    })?;
+    let class = spec.family.trim().to_string();
+    if class.is_empty() || !class.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(doc
+            .err("family", format!("`{}` is not an HF class name", spec.family))
+            .hint("name the transformers class, e.g. `LlamaForCausalLM` or `BertModel`"));
+    }
     let source = spec.source.resolve().map_err(|(m, h)| doc.err("source", m).hint(h))?;
+    for (i, q) in spec.gguf.iter().enumerate() {
+        if class != "LlamaForCausalLM" {
+            return Err(doc
+                .err("gguf", format!("`gguf:` is only supported for LlamaForCausalLM, not {class}"))
+                .hint("remove `gguf:`"));
+        }
+        if crate::engines::candle_tx::gguf::GgufType::parse(q).is_none() {
+            let known = crate::engines::candle_tx::gguf::GgufType::ALL.map(|t| t.as_str());
+            let hint = match did_you_mean(q, known) {
+                Some(k) => format!("did you mean `{k}`?"),
+                None => format!("known types: {}", known.join(", ")),
+            };
+            return Err(doc.err(&format!("gguf[{i}]"), format!("unknown GGUF type `{q}`")).hint(hint));
+        }
+    }
     let mut revision = None;
     let mut absent: Option<String> = None;
     let dir = match &source {
@@ -540,10 +576,14 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
             .at(doc.pos("source"))
             .hint(format!("provide it with: {fetch}"));
         let config = Config::new(spec.config.clone(), file.clone());
+        // Recorded from an earlier copy of the checkpoint, or not yet: the cases are ignored anyway.
+        let structure = load_structure(root, id, &file, &class, &spec.config, None)
+            .unwrap_or_else(|_| std::sync::Arc::new(Structure::unknown(id, &class)));
         return Ok(ModelSpec {
             id: id.to_string(),
             file,
-            family,
+            class,
+            structure,
             source,
             dtype: spec.dtype,
             dir,
@@ -564,27 +604,23 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
         config.insert(k.clone(), v.clone());
     }
     let config = Config::new(config, file.clone());
-    (family.validate)(&config).map_err(|e| e.file(&file).at(doc.pos("config")))?;
-    for (i, q) in spec.gguf.iter().enumerate() {
-        if family.class != "LlamaForCausalLM" {
-            return Err(doc
-                .err("gguf", format!("`gguf:` is only supported for LlamaForCausalLM, not {}", family.class))
-                .hint("remove `gguf:`"));
-        }
-        if crate::engines::candle_tx::gguf::GgufType::parse(q).is_none() {
-            let known = crate::engines::candle_tx::gguf::GgufType::ALL.map(|t| t.as_str());
-            let hint = match did_you_mean(q, known) {
-                Some(k) => format!("did you mean `{k}`?"),
-                None => format!("known types: {}", known.join(", ")),
-            };
-            return Err(doc.err(&format!("gguf[{i}]"), format!("unknown GGUF type `{q}`")).hint(hint));
-        }
+    let structure = load_structure(root, id, &file, &class, &spec.config, Some(&dir))?;
+    if let Some(ty) = config.get("model_type").and_then(|v| v.as_str())
+        && ty != structure.model_type
+    {
+        return Err(doc
+            .err(
+                "family",
+                format!("`{class}` is a `{}` model, but the config's model_type is `{ty}`", structure.model_type),
+            )
+            .hint("name the class that matches the checkpoint's config (tools/regen_goldens.py suggests one)"));
     }
     let sentence = sentence::load(&dir)?;
     Ok(ModelSpec {
         id: id.to_string(),
         file,
-        family,
+        class,
+        structure,
         source,
         dtype: spec.dtype,
         dir,
@@ -593,6 +629,76 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
         absent: None,
         sentence,
     })
+}
+
+/// The command that records a model's structure (and builds a random model), as printed.
+pub fn regen_model_command() -> String {
+    "tools/.venv/bin/python tools/regen_goldens.py".to_string()
+}
+
+/// `goldens/models/<id>/structure.json`, checked against what it was recorded from: the class,
+/// and the config (the checkpoint's config.json when it is on disk, and the keys the spec's
+/// `config:` sets). Only what changes the architecture makes it stale: moving a checkpoint
+/// (`source:`) or editing a description does not.
+fn load_structure(
+    root: &Path,
+    id: &str,
+    spec_file: &Path,
+    class: &str,
+    spec_config: &serde_json::Map<String, serde_json::Value>,
+    dir: Option<&Path>,
+) -> Result<std::sync::Arc<Structure>> {
+    let file = root.join("goldens").join("models").join(id).join(crate::structure::FILE);
+    let regen = regen_model_command();
+    let s = Structure::read(&file, &regen).map_err(|e| {
+        if e.kind == ErrorKind::Golden && e.msg.starts_with("no structure recorded") {
+            Error::golden(format!(
+                "model `{id}` ({class}) has no recorded structure: {} does not exist",
+                crate::error::display_path(&file)
+            ))
+            .file(spec_file)
+            .hint(format!("tools/ record it from HF when they build the model: {regen}"))
+        } else {
+            e
+        }
+    })?;
+    if s.class != class {
+        return Err(Structure::stale(
+            &file,
+            &format!("the class (`{}` recorded, `{class}` in {})", s.class, crate::error::display_path(spec_file)),
+            &regen,
+        ));
+    }
+    if let Some(dir) = dir
+        && let Ok(bytes) = std::fs::read(dir.join("config.json"))
+    {
+        let config_file = dir.join("config.json");
+        if crate::golden::sha256_bytes(&bytes) != s.config_sha256 {
+            return Err(Structure::stale(&file, &crate::error::display_path(&config_file), &regen));
+        }
+        let on_disk: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).unwrap_or_default();
+        if let Some((k, v)) = spec_config.iter().find(|(k, v)| on_disk.get(*k).is_some_and(|d| !same_value(d, v))) {
+            return Err(Structure::stale(
+                &file,
+                &format!(
+                    "`{k}` ({v} in {}, {} in {})",
+                    crate::error::display_path(spec_file),
+                    on_disk[k],
+                    crate::error::display_path(&config_file)
+                ),
+                &regen,
+            ));
+        }
+    }
+    Ok(std::sync::Arc::new(s))
+}
+
+/// JSON values equal as HF writes them (`1e-5` and `1.0e-5`, `64` and `64.0`).
+fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 /// Checkpoint files that are Python pickles: never loaded.
@@ -671,6 +777,22 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
     }
 
     let (inputs, text) = validate_inputs(&doc, &cf.inputs, &model)?;
+    for need in model.structure.inputs.iter().filter(|i| i.required) {
+        let given = match need.name.as_str() {
+            "input_ids" => true,
+            "attention_mask" => inputs.attention_mask.is_some(),
+            "token_type_ids" => inputs.token_type_ids.is_some(),
+            _ => false,
+        };
+        if !given {
+            return Err(doc
+                .err(
+                    "inputs",
+                    format!("the forward of `{}` needs `{}`, which the case does not give", model.class, need.name),
+                )
+                .hint(format!("add `{}` under `inputs:` ({}, rank {})", need.name, need.dtype, need.rank)));
+        }
+    }
     let decode = cf.decode.as_ref().map(|d| validate_decode(&doc, &cf, d, &inputs, &model)).transpose()?;
     let default_tol = match &cf.tolerance {
         Some(t) => {
@@ -682,11 +804,8 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
     if cf.taps.is_empty() {
         return Err(doc.err("taps", "no taps to compare").hint("list at least one, e.g. `taps: [logits]`"));
     }
-    let mut modules = (model.family.modules)(&model.config)?;
-    if model.sentence.is_some() && modules.iter().any(|m| m.path == "pooled.mean") {
-        modules.extend(sentence::modules());
-    }
-    let mut taps = expand_taps(&doc, &cf.taps, &modules, &default_tol)?;
+    let modules = &model.structure.modules;
+    let mut taps = expand_taps(&doc, &cf.taps, modules, &default_tol)?;
     if let Some(d) = &decode {
         taps = per_step(&taps, d.steps());
     }
@@ -701,7 +820,7 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
     {
         return Err(doc
             .err("engines", "empty engine list")
-            .hint("remove `engines:` to run every engine that supports the family"));
+            .hint("remove `engines:` to run every engine that runs the model"));
     }
     let reference = cf.reference.as_ref().map(|r| validate_reference(&doc, &cf, r)).transpose()?;
     Ok(Case {
@@ -725,15 +844,12 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
     })
 }
 
-/// For a case whose model is absent (its load failed with `ModelAbsent`): the model's family and
+/// For a case whose model is absent (its load failed with `ModelAbsent`): the model's class and
 /// the case's `engines:`, read without validating the rest, to name its ignored trials.
-pub fn peek_absent(
-    file: &Path,
-    models: &BTreeMap<String, Result<ModelSpec>>,
-) -> Option<(&'static Family, Option<Vec<String>>)> {
+pub fn peek_absent(file: &Path, models: &BTreeMap<String, Result<ModelSpec>>) -> Option<(String, Option<Vec<String>>)> {
     let cf: CaseFile = Doc::read(file).ok()?.parse().ok()?;
     let spec = models.get(&cf.model)?.as_ref().ok()?;
-    Some((spec.family, cf.engines))
+    Some((spec.class.clone(), cf.engines))
 }
 
 fn validate_shrink(doc: &Doc, f: &ShrinkFile, model: &ModelSpec) -> Result<ShrinkSettings> {
@@ -746,11 +862,11 @@ fn validate_shrink(doc: &Doc, f: &ShrinkFile, model: &ModelSpec) -> Result<Shrin
                 err.hint = e.hint;
                 err
             })?;
-            if choice == OracleChoice::Prefix && !model.family.causal {
+            if choice == OracleChoice::Prefix && !model.structure.causal {
                 return Err(doc
                     .err(
                         "shrink.oracle",
-                        format!("the prefix oracle needs a causal model; `{}` is not one", model.family.class),
+                        format!("the prefix oracle needs a causal model; `{}` is not one", model.class),
                     )
                     .hint("use `engine:reference` or `hf`"));
             }
@@ -858,8 +974,8 @@ fn validate_inputs(doc: &Doc, f: &InputsFile, model: &ModelSpec) -> Result<(Inpu
     let flat = input_ids.is_flat();
     let at = |key: &str, i: usize, seq: usize| element_path("inputs", key, flat, i, seq);
     check_vocab(doc, "inputs", "input_ids", flat, &ids, model)?;
-    if let Some(max_pos) = model.config.opt_usize("max_position_embeddings")? {
-        let offset = model.family.position_offset;
+    if let Some(max_pos) = model.structure.max_positions {
+        let offset = model.structure.position_offset;
         if ids.seq + offset > max_pos {
             return Err(doc
                 .err(
@@ -894,13 +1010,10 @@ fn validate_inputs(doc: &Doc, f: &InputsFile, model: &ModelSpec) -> Result<(Inpu
     let types =
         f.token_type_ids.as_ref().map(|t| matrix(doc, "inputs", "token_type_ids", t, Some(ids.shape()))).transpose()?;
     if let Some(t) = &types {
-        let n = model.config.opt_usize("type_vocab_size")?.unwrap_or(0);
+        let n = model.type_vocab();
         if n == 0 {
             return Err(doc
-                .err(
-                    "inputs.token_type_ids",
-                    format!("model `{}` ({}) takes no token_type_ids", model.id, model.family.class),
-                )
+                .err("inputs.token_type_ids", format!("model `{}` ({}) takes no token_type_ids", model.id, model.class))
                 .hint("remove `token_type_ids`"));
         }
         if let Some(i) = t.data.iter().position(|&v| v as u64 >= n as u64) {
@@ -932,16 +1045,16 @@ fn text_inputs(doc: &Doc, f: &InputsFile, text: &Text, model: &ModelSpec) -> Res
         return Err(doc.err("inputs.tokenizer.max_length", "`max_length` is 0").hint("give a positive length"));
     }
     // Before tokenizing: `padding: max_length` allocates that many tokens per row.
-    let max_pos = model.config.opt_usize("max_position_embeddings")?.unwrap_or(1 << 20);
+    let max_pos = model.structure.max_positions.unwrap_or(1 << 20);
     if let Some(n) = opts.max_length
-        && n + model.family.position_offset > max_pos
+        && n + model.structure.position_offset > max_pos
     {
         return Err(doc
             .err(
                 "inputs.tokenizer.max_length",
                 format!("`max_length` {n} is longer than the model's max_position_embeddings {max_pos}"),
             )
-            .hint(format!("give at most {}", max_pos.saturating_sub(model.family.position_offset))));
+            .hint(format!("give at most {}", max_pos.saturating_sub(model.structure.position_offset))));
     }
     // Located at the case's `text` (the tokenizer file is named in the message).
     let tokenizer = TextTokenizer::load(&model.dir).map_err(|e| {
@@ -953,7 +1066,7 @@ fn text_inputs(doc: &Doc, f: &InputsFile, text: &Text, model: &ModelSpec) -> Res
     })?;
     let enc = tokenizer.encode(text, &opts).map_err(|(msg, hint)| doc.err("inputs.text", msg).hint(hint))?;
     let ids = &enc.input_ids;
-    let vocab = model.config.usize("vocab_size")?;
+    let vocab = model.vocab()?;
     if let Some(i) = ids.data.iter().position(|&v| v as u64 >= vocab as u64) {
         return Err(doc
             .err(
@@ -962,8 +1075,8 @@ fn text_inputs(doc: &Doc, f: &InputsFile, text: &Text, model: &ModelSpec) -> Res
             )
             .hint("the tokenizer does not belong to this model"));
     }
-    if let Some(max_pos) = model.config.opt_usize("max_position_embeddings")?
-        && ids.seq + model.family.position_offset > max_pos
+    if let Some(max_pos) = model.structure.max_positions
+        && ids.seq + model.structure.position_offset > max_pos
     {
         return Err(doc
             .err(
@@ -972,7 +1085,7 @@ fn text_inputs(doc: &Doc, f: &InputsFile, text: &Text, model: &ModelSpec) -> Res
             )
             .hint("set `tokenizer: {truncation: true}` (it truncates at the model's max length) or shorten the text"));
     }
-    let n_types = model.config.opt_usize("type_vocab_size")?.unwrap_or(0);
+    let n_types = model.type_vocab();
     let types = if n_types == 0 {
         None
     } else {
@@ -997,7 +1110,7 @@ fn element_path(section: &str, key: &str, flat: bool, i: usize, seq: usize) -> S
 }
 
 fn check_vocab(doc: &Doc, section: &str, key: &str, flat: bool, ids: &IdMatrix, model: &ModelSpec) -> Result<()> {
-    let vocab = model.config.usize("vocab_size")?;
+    let vocab = model.vocab()?;
     if let Some(i) = ids.data.iter().position(|&v| v as u64 >= vocab as u64) {
         return Err(doc
             .err(
@@ -1010,9 +1123,9 @@ fn check_vocab(doc: &Doc, section: &str, key: &str, flat: bool, ids: &IdMatrix, 
 }
 
 fn validate_decode(doc: &Doc, cf: &CaseFile, f: &DecodeFile, inputs: &Inputs, model: &ModelSpec) -> Result<Decode> {
-    if !model.family.causal {
+    if !model.structure.causal {
         return Err(doc
-            .err("decode", format!("`decode:` needs a causal language model; `{}` is not one", model.family.class))
+            .err("decode", format!("`decode:` needs a causal language model; `{}` is not one", model.class))
             .hint("remove `decode:`"));
     }
     let tokens = matrix(doc, "decode", "tokens", &f.tokens, None)?;
@@ -1038,8 +1151,8 @@ fn validate_decode(doc: &Doc, cf: &CaseFile, f: &DecodeFile, inputs: &Inputs, mo
             )
             .hint("give every prompt row the same number of real tokens, or drop `decode:`"));
     }
-    if let Some(max_pos) = model.config.opt_usize("max_position_embeddings")?
-        && prompt.seq + tokens.seq + model.family.position_offset > max_pos
+    if let Some(max_pos) = model.structure.max_positions
+        && prompt.seq + tokens.seq + model.structure.position_offset > max_pos
     {
         return Err(doc
             .err(

@@ -11,8 +11,8 @@ use crate::case::{Case, Decode, Tap};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::{Error, Result};
 use crate::expected::Expected;
-use crate::family::Module;
 use crate::report::TapReport;
+use crate::structure::Module;
 use crate::tensor::Tensor;
 use crate::trial::compare_tap;
 

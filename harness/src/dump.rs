@@ -35,7 +35,7 @@ pub struct DumpEntry {
 }
 
 /// Run `case` on `engine` and write its taps into `out` (created if needed). `every_module`
-/// dumps every module of the family instead of the case's taps.
+/// dumps every module of the model's structure instead of the case's taps.
 pub fn dump(
     suite: &Suite,
     case: &Case,
@@ -44,7 +44,7 @@ pub fn dump(
     every_module: bool,
 ) -> Result<DumpManifest> {
     let names: Vec<String> = if every_module {
-        (case.model.family.modules)(&case.model.config)?.into_iter().map(|m| m.path).collect()
+        case.model.structure.modules.iter().map(|m| m.path.clone()).collect()
     } else {
         case.taps.iter().map(|t| t.name.clone()).collect()
     };

@@ -1,18 +1,19 @@
 //! The harness: a differential-testing harness and golden-file framework for ML inference
-//! engines. See README.md for the user's view and `../shared/design.md` for the design.
+//! engines. See README.md for the user's view and docs/ for the rest.
 
 pub mod bisect;
 pub mod case;
+pub mod config;
 pub mod decode;
 pub mod diagnose;
 pub mod diff;
+pub mod digest;
 pub mod dump;
 pub mod engine;
 pub mod engines;
 pub mod error;
 pub mod expect;
 pub mod expected;
-pub mod family;
 pub mod golden;
 pub mod hub;
 pub mod metamorphic;
@@ -21,6 +22,7 @@ pub mod report;
 pub mod runner;
 pub mod sentence;
 pub mod shrink;
+pub mod structure;
 pub mod tensor;
 pub mod text;
 pub mod timings;

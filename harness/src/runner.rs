@@ -169,17 +169,29 @@ impl Suite {
     /// The engine a case with `reference: {engine}` is compared against.
     pub fn reference_engine(&self, case: &Case) -> Result<Option<Arc<dyn Engine>>> {
         let Some(r) = &case.reference else { return Ok(None) };
-        let e = self.lookup(&r.engine, &case.file, r.pos)?;
-        if !e.supports(case.model.family) {
-            return Err(Error::input(format!(
-                "reference engine `{}` does not support {}",
-                r.engine, case.model.family.class
-            ))
-            .file(&case.file)
-            .at(r.pos)
-            .hint("name an engine that runs this model family"));
+        self.lookup(&r.engine, &case.file, r.pos).map(Some)
+    }
+
+    /// Why `engine` cannot run `case` (it, or the case's reference engine, does not implement the
+    /// model's class or config), if so: a capability, reported as an ignored trial with the reason.
+    pub fn cannot_run(&self, case: &Case, engine: &Arc<dyn Engine>) -> Option<String> {
+        if let Err(why) = engine.supports(&case.model) {
+            return Some(format!(
+                "engine `{}` cannot run model `{}` ({}): {why}",
+                engine.name(),
+                case.model.id,
+                case.model.class
+            ));
         }
-        Ok(Some(e))
+        let reference = self.reference_engine(case).ok().flatten()?;
+        reference.supports(&case.model).err().map(|why| {
+            format!(
+                "the case's reference engine `{}` cannot run model `{}` ({}): {why}",
+                reference.name(),
+                case.model.id,
+                case.model.class
+            )
+        })
     }
 
     /// What `case` is compared against: its goldens, or its reference engine's outputs (run
@@ -219,8 +231,9 @@ impl Suite {
         slot.get_or_init(|| engine.load(spec).map(Arc::from)).clone()
     }
 
-    /// The engines that run `case`: its `engines:` list, else every default engine for the family
-    /// (except the case's reference engine, if it has one).
+    /// The engines that run `case`: its `engines:` list (each may still be unable to run the
+    /// model: see [`Suite::cannot_run`]), else every default engine that runs the model (except
+    /// the case's reference engine, if it has one).
     pub fn engines_for(&self, case: &Case) -> Result<Vec<Arc<dyn Engine>>> {
         let reference = self.reference_engine(case)?.map(|e| e.name().to_string());
         match &case.engines {
@@ -230,12 +243,6 @@ impl Suite {
                 .map(|(i, n)| {
                     let pos = case.engine_positions.get(i).copied().flatten();
                     let e = self.lookup(n, &case.file, pos)?;
-                    if !e.supports(case.model.family) {
-                        return Err(Error::input(format!("engine `{n}` does not support {}", case.model.family.class))
-                            .file(&case.file)
-                            .at(pos)
-                            .hint("remove it from `engines:`"));
-                    }
                     if reference.as_deref() == Some(n.as_str()) {
                         return Err(Error::input(format!(
                             "engine `{n}` is this case's reference: it would be compared with itself"
@@ -251,11 +258,28 @@ impl Suite {
                 .registry
                 .all()
                 .iter()
-                .filter(|e| e.default_enabled() && e.supports(case.model.family))
+                .filter(|e| e.default_enabled() && e.supports(&case.model).is_ok())
                 .filter(|e| reference.as_deref() != Some(e.name()))
                 .cloned()
                 .collect()),
         }
+    }
+
+    /// Why no default engine runs `case`, engine by engine.
+    fn why_no_engine(&self, case: &Case) -> String {
+        let reasons: Vec<String> = self
+            .registry
+            .all()
+            .iter()
+            .filter(|e| e.default_enabled())
+            .filter_map(|e| e.supports(&case.model).err().map(|why| format!("{}: {why}", e.name())))
+            .collect();
+        format!(
+            "no engine here runs model `{}` ({}): {} (hint: list an engine that runs it under `engines:`, e.g. an external engine whose `families:` match)",
+            case.model.id,
+            case.model.class,
+            reasons.join("; ")
+        )
     }
 
     fn error_report(&self, trial: &str, engine: &str, case_id: &str, file: &Path, err: &Error) -> TrialReport {
@@ -280,6 +304,20 @@ impl Suite {
     /// Run one case on one engine and record the report.
     pub fn run_trial(&self, case: &Case, engine: &Arc<dyn Engine>) -> TrialReport {
         let trial = format!("{}::{}", engine.name(), case.id);
+        // A reduced-precision engine is judged by its own tolerance, on every tap.
+        let owned;
+        let case = match engine.tolerance() {
+            Some(t) => {
+                let mut c = case.clone();
+                c.tolerance = t.clone();
+                for tap in &mut c.taps {
+                    tap.tolerance = t.clone();
+                }
+                owned = c;
+                &owned
+            }
+            None => case,
+        };
         // An engine that panics fails its own trial with the panic message; the run goes on.
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let ready = match self.unavailable(case, engine) {
@@ -362,19 +400,18 @@ impl Suite {
                 Err(e) if e.kind == ErrorKind::ModelAbsent => {
                     // Ignored, never passed: `--ignored` / `--include-ignored` run them, and then
                     // they fail with this error.
-                    let (family, listed) = peek_absent(&file, &models).unzip();
+                    let (class, listed) = peek_absent(&file, &models).unzip();
                     let engines: Vec<String> = match listed.flatten() {
                         Some(list) => list,
                         None => {
-                            let fam = family.map(|f| f.class);
                             let named: Vec<String> = self
                                 .registry
                                 .all()
                                 .iter()
-                                .filter(|en| en.default_enabled() && family.is_none_or(|f| en.supports(f)))
+                                .filter(|en| en.default_enabled() && class.as_ref().is_none_or(|c| en.implements(c)))
                                 .map(|en| en.name().to_string())
                                 .collect();
-                            if named.is_empty() { vec![fam.unwrap_or("load").to_string()] } else { named }
+                            if named.is_empty() { vec!["load".to_string()] } else { named }
                         }
                     };
                     for engine in engines {
@@ -394,11 +431,22 @@ impl Suite {
                 Err(e) => trials.push(self.load_failure(&id, &file, e)),
                 Ok((case, engines)) => {
                     let case = Arc::new(case);
+                    if engines.is_empty() {
+                        // No engine here runs this class: said, never silently skipped.
+                        let why = self.why_no_engine(&case);
+                        trials.push(Trial::ignorable_test(format!("none::{}", case.id), move || {
+                            Ok(Completion::ignored_with(why))
+                        }));
+                    }
                     for engine in engines {
                         let suite = self.clone();
                         let case = case.clone();
                         let name = format!("{}::{}", engine.name(), case.id);
                         trials.push(Trial::ignorable_test(name, move || {
+                            // A capability the engine lacks: ignored with the reason, also in CI.
+                            if let Some(reason) = suite.cannot_run(&case, &engine) {
+                                return Ok(Completion::ignored_with(reason));
+                            }
                             // In CI a missing engine fails (run_trial reports it); never silently.
                             if !ci && let Some(reason) = suite.unavailable(&case, &engine) {
                                 return Ok(Completion::ignored_with(reason));
@@ -441,13 +489,16 @@ impl Suite {
                     let meta = Arc::new(meta);
                     for engine in engines {
                         let (suite, meta) = (self.clone(), meta.clone());
-                        trials.push(Trial::test(format!("{}::{}", engine.name(), meta.id), move || {
+                        trials.push(Trial::ignorable_test(format!("{}::{}", engine.name(), meta.id), move || {
+                            if let Some(reason) = suite.cannot_run(&meta.base, &engine) {
+                                return Ok(Completion::ignored_with(reason));
+                            }
                             let model = suite.model(&engine, &meta.base.model);
                             let model = model.as_ref().map(|m| m.as_ref()).map_err(Clone::clone);
                             let (report, message) = crate::metamorphic::run_trial(&meta, engine.as_ref(), model);
                             let pass = report.verdict == Verdict::Pass;
                             suite.reports.lock().unwrap().push(report);
-                            if pass { Ok(()) } else { Err(Failed::from(message)) }
+                            if pass { Ok(Completion::Completed) } else { Err(Failed::from(message)) }
                         }));
                     }
                 }

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::family::{Module, TapKind};
 use crate::tensor::Tensor;
 
 pub const SENTENCE_EMBEDDING: &str = "sentence_embedding";
@@ -116,11 +115,6 @@ fn read_pooling(file: &Path) -> Result<Vec<PoolMode>> {
                 .hint("supported: cls, max, mean, mean_sqrt_len_tokens, lasttoken")),
         })
         .collect()
-}
-
-/// The named taps a sentence pipeline adds, after every module of the family.
-pub fn modules() -> Vec<Module> {
-    [SENTENCE_EMBEDDING, SIMILARITY].iter().map(|n| Module::with_kind(*n, TapKind::Pooled)).collect()
 }
 
 /// Cosine similarity of every pair of rows of `[batch, dim]` embeddings: `[batch, batch]`, as

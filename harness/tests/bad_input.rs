@@ -139,7 +139,7 @@ fn constructed_bad_inputs() {
         }),
         ("stale-model-spec", |r| {
             let p = r.path("cases/models/llama-tiny-mha.yaml");
-            let t = std::fs::read_to_string(&p).unwrap() + "# edited\n";
+            let t = std::fs::read_to_string(&p).unwrap().replace("seed: 1}", "seed: 7}");
             std::fs::write(p, t).unwrap();
         }),
         ("golden-edited-behind-manifest", |r| {

@@ -14,7 +14,6 @@ use harness::engines::candle_tx::causal::Causal;
 use harness::engines::candle_tx::gguf::{GgufType, gguf_path};
 use harness::engines::candle_tx::{Checkpoint, Noted};
 use harness::engines::reference::{Mutation, ReferenceEngine};
-use harness::family::Family;
 use harness::report::{TrialReport, Verdict};
 use harness::runner::{Suite, discover};
 
@@ -125,8 +124,8 @@ impl Engine for OutputsOnly {
     fn name(&self) -> &str {
         "outputs-only"
     }
-    fn supports(&self, f: &Family) -> bool {
-        self.0.supports(f)
+    fn supports(&self, m: &ModelSpec) -> Result<(), String> {
+        self.0.supports(m)
     }
     fn default_enabled(&self) -> bool {
         false
@@ -248,8 +247,8 @@ impl Engine for NeoxGguf {
     fn name(&self) -> &str {
         "gguf-neox"
     }
-    fn supports(&self, f: &Family) -> bool {
-        f.class == "LlamaForCausalLM"
+    fn implements(&self, class: &str) -> bool {
+        class == "LlamaForCausalLM"
     }
     fn default_enabled(&self) -> bool {
         false

@@ -10,7 +10,6 @@ use harness::case::{Inputs, ModelSpec};
 use harness::diagnose::HintKind;
 use harness::engine::{Engine, LoadedModel, Outputs};
 use harness::engines::reference::{Mutation, ReferenceEngine};
-use harness::family::Family;
 use harness::report::{TrialReport, Verdict, terminal::render};
 
 fn mutant(m: Mutation) -> Arc<dyn Engine> {
@@ -141,8 +140,8 @@ impl Engine for NoDecode {
     fn name(&self) -> &str {
         "no-decode"
     }
-    fn supports(&self, family: &Family) -> bool {
-        self.0.supports(family)
+    fn supports(&self, m: &ModelSpec) -> Result<(), String> {
+        self.0.supports(m)
     }
     fn default_enabled(&self) -> bool {
         false
@@ -191,4 +190,50 @@ fn the_reference_decode_matches_its_own_full_forward_bit_for_bit_at_the_prompt()
     let full = model.run(&case.inputs, &["logits"]).unwrap();
     assert_eq!(steps[0]["logits"], full["logits"]);
     assert_eq!(steps.len(), 11);
+}
+
+/// The classes added with recorded structures (Mistral, Qwen2, Gemma 2 and 3, Phi-3, GPT-2,
+/// Llama 3 RoPE scaling): each bug a real port of the class makes is caught at the tap where it
+/// first acts, everything before it passing.
+#[test]
+fn port_bugs_of_each_decoder_class_fail_where_they_act() {
+    let table: &[(&str, Mutation, &str)] = &[
+        ("mistral/sequence", Mutation::WindowOffByOne, "model.layers.0.self_attn.o_proj"),
+        ("mistral/sequence", Mutation::NoSlidingWindow, "model.layers.0.self_attn.o_proj"),
+        ("mistral/decode", Mutation::WindowOffByOne, "model.layers.0.self_attn@0"),
+        ("qwen2/sequence", Mutation::NoQkvBias, "model.layers.0.self_attn.q_proj"),
+        ("gemma2/sequence", Mutation::NoSoftcap, "model.layers.0.self_attn.o_proj"),
+        ("gemma2/sequence", Mutation::NormWeightNotPlusOne, "model.layers.0.input_layernorm"),
+        ("gemma2/sequence", Mutation::NoEmbedScale, "model.embed_tokens"),
+        ("gemma2/sequence", Mutation::WindowOffByOne, "model.layers.0.self_attn.o_proj"),
+        ("gemma3/sequence", Mutation::NormWeightNotPlusOne, "model.layers.0.input_layernorm"),
+        ("phi3/sequence", Mutation::PartialRotaryFull, "model.rotary_emb"),
+        ("phi3/sequence", Mutation::GegluSwapped, "model.layers.0.mlp.activation_fn"),
+        ("gpt2/sequence", Mutation::GeluErf, "transformer.h.0.mlp.act"),
+        ("gpt2/padded-batch", Mutation::IgnoreAttentionMask, "transformer.h.0.attn"),
+        ("llama3-rope/sequence", Mutation::RopeScalingIgnored, "model.rotary_emb"),
+        // Layer 0 is full attention: the bug shows at the first sliding layer.
+        ("qwen3/sliding", Mutation::WindowOffByOne, "model.layers.1.self_attn.o_proj"),
+        ("qwen3/sliding-decode", Mutation::NoSlidingWindow, "model.layers.1.self_attn@0"),
+    ];
+    let mut wrong = Vec::new();
+    for (case, m, tap) in table {
+        let r = run_mutant(case, m.clone());
+        let first = r.first_divergence.map(|i| r.taps[i].name.clone());
+        let before_pass = r.first_divergence.is_some_and(|i| r.taps[..i].iter().all(|t| t.status.is_pass()));
+        if r.verdict != Verdict::Fail || first.as_deref() != Some(tap) || !before_pass {
+            wrong.push(format!("{case} with {m:?}: expected the first divergence at `{tap}`\n{}", render(&r)));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Sliding windows are exact up to the window: a window one key too wide changes nothing before
+/// position `window` (each of those queries has fewer keys than the window anyway).
+#[test]
+fn a_window_off_by_one_is_exact_before_the_window() {
+    let r = run_mutant("mistral/sequence", Mutation::WindowOffByOne);
+    let t = r.taps.iter().find(|t| t.name == "model.layers.0.self_attn.o_proj").unwrap();
+    let at = t.first_mismatch_index.as_ref().expect("a mismatch");
+    assert_eq!(at[1], 6, "the first wrong position is the window size (6): {}", render(&r));
 }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::skip::{Outcome, Skip};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,8 +108,7 @@ fn replay_repo(reverse_layout: bool, extra: &str) -> (TempRepo, PathBuf) {
     (repo, dir)
 }
 
-#[test]
-fn names_and_layouts_are_mapped_and_the_request_is_complete() {
+fn names_and_layouts_are_mapped_and_the_request_is_complete() -> Outcome {
     let (repo, _) = replay_repo(true, "");
     let r = run_on(&repo, "replay");
     assert_eq!(r.verdict, Verdict::Pass, "{}", terminal::render(&r));
@@ -130,10 +131,10 @@ fn names_and_layouts_are_mapped_and_the_request_is_complete() {
     assert_eq!(find("logits"), "logits");
     // The inputs are int64 .npy files next to request.json (gone with the request directory).
     assert!(Path::new(req["model"]["dir"].as_str().unwrap()).join("model.safetensors").is_file());
+    Ok(())
 }
 
-#[test]
-fn a_missing_layout_rule_names_the_tap_and_suggests_the_rule() {
+fn a_missing_layout_rule_names_the_tap_and_suggests_the_rule() -> Outcome {
     let (repo, _) = replay_repo(false, "");
     let r = run_on(&repo, "replay");
     assert_eq!(r.verdict, Verdict::Error);
@@ -146,10 +147,10 @@ fn a_missing_layout_rule_names_the_tap_and_suggests_the_rule() {
         "{e}"
     );
     assert!(e.ends_with("(hint: its dimensions look reversed (ggml order): add `{engine: 'blk\\.0\\.input_layernorm', reverse: true}` under `layouts:`)"), "{e}");
+    Ok(())
 }
 
-#[test]
-fn a_wrong_shape_past_the_leading_axes_is_a_shape_mismatch_with_a_hint() {
+fn a_wrong_shape_past_the_leading_axes_is_a_shape_mismatch_with_a_hint() -> Outcome {
     // Per-token rows flattened differently: [1, 12, 64] written as [1, 12, 4, 16].
     let (repo, _) = replay_repo(
         false,
@@ -161,10 +162,10 @@ fn a_wrong_shape_past_the_leading_axes_is_a_shape_mismatch_with_a_hint() {
     assert_eq!(t.name, "model.layers.1.self_attn");
     assert_eq!(t.status, TapStatus::ShapeMismatch { actual: vec![1, 12, 4, 16], expected: vec![1, 12, 64] });
     assert!(r.hints.iter().any(|h| h.message.contains("only the shape differs")), "{:?}", r.hints);
+    Ok(())
 }
 
-#[test]
-fn a_missing_tap_names_the_engine_file_and_the_tap() {
+fn a_missing_tap_names_the_engine_file_and_the_tap() -> Outcome {
     let (repo, dir) = replay_repo(true, "");
     std::fs::remove_file(dir.join("blk.1.mlp.up_proj.npy")).unwrap();
     let r = run_on(&repo, "replay");
@@ -178,10 +179,10 @@ fn a_missing_tap_names_the_engine_file_and_the_tap() {
         e.contains("looked for `blk.1.mlp.up_proj`") && e.contains("(hint: check the engine's `names:` rules"),
         "{e}"
     );
+    Ok(())
 }
 
-#[test]
-fn an_unreadable_output_names_the_tensor_and_the_tap() {
+fn an_unreadable_output_names_the_tensor_and_the_tap() -> Outcome {
     let (repo, dir) = replay_repo(true, "");
     std::fs::write(dir.join("blk.0.mlp.npy"), b"\x93NUMPY garbage").unwrap();
     let r = run_on(&repo, "replay");
@@ -189,17 +190,17 @@ fn an_unreadable_output_names_the_tensor_and_the_tap() {
     let e = r.error.unwrap();
     assert!(e.contains("cases/engines/replay.yaml: engine `replay`'s tensor `blk.0.mlp` `blk.0.mlp.npy` for tap `model.layers.0.mlp` is unreadable"), "{e}");
     assert!(e.contains("hint: write one little-endian C-order .npy"), "{e}");
+    Ok(())
 }
 
-#[test]
-fn outputs_of_another_dtype_than_declared_are_refused() {
+fn outputs_of_another_dtype_than_declared_are_refused() -> Outcome {
     let (repo, _) = replay_repo(true, "dtype: bfloat16\n");
     let e = run_on(&repo, "replay").error.unwrap();
     assert!(e.contains("is float32, but its engine file declares `dtype: bfloat16`"), "{e}");
+    Ok(())
 }
 
-#[test]
-fn a_layout_rule_that_does_not_fit_is_located() {
+fn a_layout_rule_that_does_not_fit_is_located() -> Outcome {
     let (repo, _) = replay_repo(false, "layouts:\n  - {engine: 'blk\\..*', reshape: [batch, seq, 7]}\n");
     let e = run_on(&repo, "replay").error.unwrap();
     let text = std::fs::read_to_string(repo.path("cases/engines/replay.yaml")).unwrap();
@@ -207,6 +208,7 @@ fn a_layout_rule_that_does_not_fit_is_located() {
     let at = format!("cases/engines/replay.yaml:{line}:5: layout rule `blk\\..*` (reshape [batch, seq, 7])");
     assert!(e.contains(&at), "{e}");
     assert!(e.contains("cannot reshape [64, 12, 1] (768 values) to [1, 12, 7]"), "{e}");
+    Ok(())
 }
 
 fn process_state(pid: u32) -> Option<char> {
@@ -214,8 +216,7 @@ fn process_state(pid: u32) -> Option<char> {
     stat.rsplit(')').next()?.trim().chars().next()
 }
 
-#[test]
-fn a_hanging_engine_is_killed_at_its_timeout_with_its_children() {
+fn a_hanging_engine_is_killed_at_its_timeout_with_its_children() -> Outcome {
     let repo = TempRepo::with_cases(&[CASE]);
     let pid_file = repo.path("child.pid");
     engine_file(&repo, "sleeper", "sleep.sh", &[("PID_FILE", pid_file.to_str().unwrap())], "timeout: 1\n");
@@ -237,10 +238,10 @@ fn a_hanging_engine_is_killed_at_its_timeout_with_its_children() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(process_state(pid).is_none_or(|s| s == 'Z'), "child {pid} survived: {:?}", process_state(pid));
+    Ok(())
 }
 
-#[test]
-fn a_crash_is_reported_with_its_status_and_stderr_tail() {
+fn a_crash_is_reported_with_its_status_and_stderr_tail() -> Outcome {
     let repo = TempRepo::with_cases(&[CASE]);
     engine_file(&repo, "crash", "crash.sh", &[], "");
     let r = run_on(&repo, "crash");
@@ -251,10 +252,10 @@ fn a_crash_is_reported_with_its_status_and_stderr_tail() {
     assert!(e.contains("the last 20 lines of its stderr:\n    | trace line 7\n"), "{e}");
     assert!(e.ends_with("    | error: unsupported tensor type q4_k in blk.0.attn_q"), "{e}");
     assert!(!e.contains("trace line 6\n"), "{e}");
+    Ok(())
 }
 
-#[test]
-fn bad_engine_files_become_load_trials_and_hide_nothing() {
+fn bad_engine_files_become_load_trials_and_hide_nothing() -> Outcome {
     let (repo, _) = replay_repo(true, "");
     repo.write("cases/engines/broken.yaml", "command: [x]\nfamilies: [LlamaForCausalLM]\ntimout: 3\n");
     let suite = repo.suite(vec![]);
@@ -278,10 +279,10 @@ fn bad_engine_files_become_load_trials_and_hide_nothing() {
         suite.engines_for(&plain.unwrap()).unwrap().iter().map(|e| e.name().to_string()).collect();
     // The built-in engines for the family, without `replay` (an external engine, not default).
     assert!(engines.contains(&"reference".to_string()) && !engines.contains(&"replay".to_string()), "{engines:?}");
+    Ok(())
 }
 
-#[test]
-fn an_engine_that_is_not_installed_is_ignored_outside_ci_with_the_reason() {
+fn an_engine_that_is_not_installed_is_ignored_outside_ci_with_the_reason() -> Outcome {
     let repo = TempRepo::with_cases(&[CASE]);
     repo.write(
         "cases/engines/absent.yaml",
@@ -297,6 +298,7 @@ fn an_engine_that_is_not_installed_is_ignored_outside_ci_with_the_reason() {
     let r = suite.run_trial(&case, &e);
     assert_eq!(r.verdict, Verdict::Error);
     assert!(r.error.unwrap().contains("does not exist"));
+    Ok(())
 }
 
 /// A case compared against another engine instead of goldens.
@@ -307,8 +309,7 @@ fn engine_vs_engine_repo() -> TempRepo {
     repo
 }
 
-#[test]
-fn engine_vs_engine_localizes_and_hints_a_mutant() {
+fn engine_vs_engine_localizes_and_hints_a_mutant() -> Outcome {
     let repo = engine_vs_engine_repo();
     let mutant: Arc<dyn Engine> = Arc::new(ReferenceEngine::mutant("rope-interleaved", Mutation::RopeInterleaved));
     let r = repo.run("llama/vs-reference", "rope-interleaved", vec![mutant]);
@@ -322,6 +323,7 @@ fn engine_vs_engine_localizes_and_hints_a_mutant() {
     // The reference itself passes against the reference: no goldens were needed.
     assert!(!repo.path("goldens/llama/vs-reference").exists());
     assert_eq!(repo.run("llama/vs-reference", "perturbed", vec![perturbed()]).verdict, Verdict::Fail);
+    Ok(())
 }
 
 fn perturbed() -> Arc<dyn Engine> {
@@ -331,8 +333,7 @@ fn perturbed() -> Arc<dyn Engine> {
     ))
 }
 
-#[test]
-fn engine_vs_engine_excludes_the_reference_and_checks_its_name() {
+fn engine_vs_engine_excludes_the_reference_and_checks_its_name() -> Outcome {
     let repo = engine_vs_engine_repo();
     let suite = repo.suite(vec![perturbed()]);
     let case = repo.load("llama/vs-reference").unwrap();
@@ -344,10 +345,10 @@ fn engine_vs_engine_excludes_the_reference_and_checks_its_name() {
     let case = repo.load("llama/vs-reference").unwrap();
     let e = suite.engines_for(&case).err().unwrap().to_string();
     assert!(e.ends_with("vs-reference.yaml:16:21: unknown engine `refrence` (hint: did you mean `reference`?)"), "{e}");
+    Ok(())
 }
 
-#[test]
-fn diff_applies_an_engines_rules() {
+fn diff_applies_an_engines_rules() -> Outcome {
     let (repo, dir) = replay_repo(true, "");
     let spec = harness::engine::external::spec::load(repo.root(), &repo.path("cases/engines/replay.yaml")).unwrap();
     let mapping = harness::engine::external::EngineMapping { rules: &spec.rules };
@@ -360,4 +361,59 @@ fn diff_applies_an_engines_rules() {
     let found: Vec<&str> =
         d.report.taps.iter().filter(|t| t.status != TapStatus::Missing).map(|t| t.name.as_str()).collect();
     assert_eq!(found, ["model.norm", "logits"]);
+    Ok(())
 }
+
+/// The generic engine of every class (HF in bfloat16, tools/adapters/hf_bf16.py) with a bug
+/// planted by $HARNESS_HF_PATCH, written there and not in the reference engine: a Gemma 2 port
+/// that skips the norm after each feed-forward block fails first at that norm, and a Phi-3 port
+/// that scales its attention output fails first at that projection.
+fn generic_engine_with_a_planted_bug_fails_at_that_tap() -> Outcome {
+    let python = common::repo_root().join("tools/.venv/bin/python");
+    if !python.exists() {
+        return Err(Skip(format!(
+            "{} does not exist (hint: python3 -m venv tools/.venv && tools/.venv/bin/pip install -r tools/requirements.txt)",
+            python.display()
+        )));
+    }
+    for (case, patch, first) in [
+        (
+            "gemma2/sequence",
+            "skip:model.layers.1.post_feedforward_layernorm",
+            "model.layers.1.post_feedforward_layernorm",
+        ),
+        ("phi3/sequence", "scale:model.layers.0.self_attn.o_proj:1.5", "model.layers.0.self_attn.o_proj"),
+    ] {
+        let repo = TempRepo::with_cases(&[case]);
+        std::os::unix::fs::symlink(common::repo_root().join("tools"), repo.path("tools")).unwrap();
+        let engine = std::fs::read_to_string(common::repo_root().join("cases/engines/hf-bf16.yaml")).unwrap();
+        repo.write("cases/engines/hf-bf16.yaml", &engine);
+        repo.write("cases/engines/hf-bf16-bug.yaml", &format!("{engine}env: {{HARNESS_HF_PATCH: '{patch}'}}\n"));
+        let clean = repo.run(case, "hf-bf16", vec![]);
+        assert_eq!(clean.verdict, Verdict::Pass, "{}", terminal::render(&clean));
+        let r = repo.run(case, "hf-bf16-bug", vec![]);
+        assert_eq!(r.verdict, Verdict::Fail, "{}", terminal::render(&r));
+        let i = r.first_divergence.unwrap();
+        assert_eq!(r.taps[i].name, first, "{}", terminal::render(&r));
+        assert!(r.taps[..i].iter().all(|t| t.status.is_pass()), "{}", terminal::render(&r));
+    }
+    Ok(())
+}
+
+tests!(
+    generic_engine_with_a_planted_bug_fails_at_that_tap,
+    names_and_layouts_are_mapped_and_the_request_is_complete,
+    a_missing_layout_rule_names_the_tap_and_suggests_the_rule,
+    a_wrong_shape_past_the_leading_axes_is_a_shape_mismatch_with_a_hint,
+    a_missing_tap_names_the_engine_file_and_the_tap,
+    an_unreadable_output_names_the_tensor_and_the_tap,
+    outputs_of_another_dtype_than_declared_are_refused,
+    a_layout_rule_that_does_not_fit_is_located,
+    a_hanging_engine_is_killed_at_its_timeout_with_its_children,
+    a_crash_is_reported_with_its_status_and_stderr_tail,
+    bad_engine_files_become_load_trials_and_hide_nothing,
+    an_engine_that_is_not_installed_is_ignored_outside_ci_with_the_reason,
+    engine_vs_engine_localizes_and_hints_a_mutant,
+    engine_vs_engine_excludes_the_reference_and_checks_its_name,
+    diff_applies_an_engines_rules,
+);

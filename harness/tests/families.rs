@@ -1,79 +1,69 @@
-//! The encoder families: their module lists agree with what HF ran, and each family's cases fail
-//! at the right tap when the reference engine carries a real port bug.
+//! The reference engine produces what HF recorded for every class it implements, and the encoder
+//! families' cases fail at the right tap when the reference engine carries a real port bug.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{TempRepo, repo_root};
-use harness::case::load_case;
 use harness::engine::Engine;
 use harness::engines::reference::{Mutation, ReferenceEngine};
 use harness::report::{TrialReport, Verdict, terminal};
 
-/// Families whose module lists are checked against the goldens' recorded `module_order`.
-const CHECKED: &[&str] =
-    &["LlamaForCausalLM", "Qwen3ForCausalLM", "BertModel", "DistilBertForSequenceClassification", "ModernBertModel"];
-
-/// What HF ran, as the family should list it: each module once, in completion order, without
-/// modules that ran more than once (their output is ambiguous) and without the base model
-/// wrapper (`model`, `distilbert`: the module that completes right before `last_hidden_state`
-/// after everything before it ran inside it), whose output is `last_hidden_state`.
-fn hf_taps(order: &[String]) -> Vec<String> {
-    let count = |n: &String| order.iter().filter(|m| *m == n).count();
-    let base = order.iter().position(|n| n == "last_hidden_state").and_then(|i| i.checked_sub(1)).and_then(|i| {
-        let b = &order[i];
-        order[..i].iter().all(|n| n.starts_with(&format!("{b}."))).then(|| b.clone())
-    });
-    let mut out: Vec<String> = Vec::new();
-    for n in order {
-        if count(n) == 1 && Some(n) != base.as_ref() {
-            out.push(n.clone());
-        }
-    }
-    out
-}
-
+/// The reference engine against HF's recorded structure: for every committed model whose class
+/// and config it implements, it produces every module the structure records (each module that
+/// ran once per forward, and the named outputs), with the recorded shape past the batch and
+/// sequence axes. The module lists are HF's; this checks the engine, not a copy of them.
 #[test]
-fn family_modules_match_hf_module_order() {
+fn reference_engine_produces_every_recorded_module() {
     let root = repo_root();
-    let mut checked: Vec<&str> = Vec::new();
-    let mut models = Default::default();
-    for file in harness::runner::discover(&root).unwrap() {
-        let case = match load_case(&root, &file, &mut models) {
-            Err(e) if e.kind == harness::ErrorKind::ModelAbsent => continue,
-            c => c.unwrap(),
-        };
-        let class = case.model.family.class;
-        // Cases compared against another engine have no goldens.
-        if !CHECKED.contains(&class) || case.reference.is_some() {
+    let reference = ReferenceEngine::new();
+    let mut checked = Vec::new();
+    for id in harness::case::list_model_ids(&root) {
+        let spec = harness::case::load_model_spec(&root, &id).unwrap_or_else(|e| panic!("model `{id}`: {e}"));
+        if spec.absent.is_some() || reference.supports(&spec).is_err() {
             continue;
         }
-        let manifest = root.join("goldens").join(&case.id).join("manifest.json");
-        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-        let mut order: Vec<String> =
-            m["module_order"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-        if order.iter().any(|n| n.ends_with("@0")) {
-            // A decode case: the prompt step (step 0) is one ordinary forward.
-            order = order.iter().filter_map(|n| n.strip_suffix("@0").map(String::from)).collect();
+        let model = reference.load(&spec).unwrap_or_else(|e| panic!("model `{id}`: {e}"));
+        let (b, s) = (2, 5);
+        let vocab = spec.vocab().unwrap() as i64;
+        let ids = harness::case::IdMatrix {
+            batch: b,
+            seq: s,
+            data: (0..(b * s) as i64).map(|i| (7 * i + 3) % vocab).collect(),
+        };
+        let inputs = harness::case::Inputs { input_ids: ids, attention_mask: None, token_type_ids: None };
+        let out = model.run(&inputs, &[]).unwrap_or_else(|e| panic!("model `{id}`: {e}"));
+        let mut missing = Vec::new();
+        // `similarity` is the harness's, computed from the engine's `sentence_embedding`.
+        for m in spec.structure.modules.iter().filter(|m| m.path != "similarity") {
+            let Some(t) = out.get(&m.path) else {
+                missing.push(m.path.clone());
+                continue;
+            };
+            let want: Vec<Option<usize>> = m
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match (m.batch_axis == Some(i), m.seq_axis == Some(i)) {
+                    (true, _) => Some(b),
+                    (_, true) => Some(s),
+                    _ => *d,
+                })
+                .collect();
+            let fits =
+                t.shape().len() == want.len() && t.shape().iter().zip(&want).all(|(a, w)| w.is_none_or(|w| w == *a));
+            assert!(fits, "model `{id}`: `{}` has shape {:?}, HF recorded {:?}", m.path, t.shape(), m.shape);
         }
-        let expected = hf_taps(&order);
-        let family: Vec<String> =
-            (case.model.family.modules)(&case.model.config).unwrap().into_iter().map(|m| m.path).collect();
-        if family != expected {
-            let missing: Vec<_> = expected.iter().filter(|n| !family.contains(n)).collect();
-            let extra: Vec<_> = family.iter().filter(|n| !expected.contains(n)).collect();
-            panic!(
-                "{class} ({}): the family's module list differs from HF's module_order\n  \
-                 HF ran but the family lacks: {missing:?}\n  the family lists but HF did not run: {extra:?}\n  \
-                 (if both are empty, the order differs)",
-                case.id
-            );
-        }
-        checked.push(class);
+        assert!(missing.is_empty(), "model `{id}` ({}): the reference engine does not produce {missing:?}", spec.class);
+        checked.push(spec.class.clone());
     }
-    for class in CHECKED {
-        assert!(checked.contains(class), "no case with goldens exercises {class}");
+    checked.sort();
+    checked.dedup();
+    for class in
+        ["LlamaForCausalLM", "Qwen3ForCausalLM", "BertModel", "DistilBertForSequenceClassification", "ModernBertModel"]
+    {
+        assert!(checked.iter().any(|c| c == class), "no committed model of {class} was checked: {checked:?}");
     }
 }
 
@@ -272,4 +262,61 @@ fn diagnosis_names_the_encoder_bugs() {
         });
         assert!(named, "{m:?} on {case}: no hint names it: {:#?}", r.hints);
     }
+}
+
+/// `harness run ARGS` on the repository at `root`: (exit ok, stdout + stderr).
+fn harness_run(root: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .arg("run")
+        .args(args)
+        .env("HARNESS_ROOT", root)
+        .env_remove("HARNESS_REPORT")
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// What an engine cannot run is a capability, not a load error: a case of a class an engine does
+/// not implement gets no trial on it by default, an ignored trial with the reason when the case
+/// lists it, and a case no engine runs at all says so as one ignored trial.
+#[test]
+fn engines_that_cannot_run_a_model_are_ignored_with_the_reason_never_a_load_error() {
+    let repo = TempRepo::with_cases(&["qwen3/sliding", "gpt-neox/sequence"]);
+    repo.write(
+        "cases/engines/hf-bf16.yaml",
+        &std::fs::read_to_string(repo_root().join("cases/engines/hf-bf16.yaml")).unwrap(),
+    );
+    let (ok, out) = harness_run(repo.root(), &[]);
+    assert!(ok, "{out}");
+    // By default: only the reference runs Qwen3 with sliding layers (candle-transformers cannot).
+    assert!(
+        out.contains("test reference::qwen3/sliding ") && !out.contains("candle-transformers::qwen3/sliding"),
+        "{out}"
+    );
+    // GPT-NeoX lists hf-bf16 only, which is not installed in this temp repo: ignored, not passed.
+    let neox =
+        out.lines().find(|l| l.starts_with("test hf-bf16::gpt-neox/sequence ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(neox.contains("ignored (engine `hf-bf16` is not installed here"), "{neox}");
+
+    let case = repo.path("cases/qwen3/sliding.yaml");
+    let text = std::fs::read_to_string(&case).unwrap();
+    std::fs::write(&case, format!("{text}engines: [reference, candle-transformers]\n")).unwrap();
+    let (ok, out) = harness_run(repo.root(), &["qwen3/sliding"]);
+    assert!(ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("test candle-transformers::qwen3/sliding "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("ignored (engine `candle-transformers` cannot run model `qwen3-tiny-swa` (Qwen3ForCausalLM): candle-transformers' Qwen3 has no sliding-window layers"), "{line}");
+    assert!(!out.contains("load::qwen3/sliding"), "{out}");
+
+    // No engine here runs GPT-NeoX by default: one ignored trial says why, engine by engine.
+    let neox = repo.path("cases/gpt-neox/sequence.yaml");
+    let text = std::fs::read_to_string(&neox).unwrap().replace("engines: [hf-bf16]\n", "");
+    std::fs::write(&neox, text).unwrap();
+    let (ok, out) = harness_run(repo.root(), &["gpt-neox"]);
+    assert!(ok, "{out}");
+    let line = out.lines().find(|l| l.starts_with("test none::gpt-neox/sequence ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("ignored (no engine here runs model `gpt-neox-tiny` (GPTNeoXForCausalLM): reference: the reference engine does not implement `GPTNeoXForCausalLM`"), "{line}");
 }

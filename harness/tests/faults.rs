@@ -8,7 +8,6 @@ use std::sync::Arc;
 use common::TempRepo;
 use harness::case::{Inputs, ModelSpec};
 use harness::engine::{Engine, LoadedModel, Outputs};
-use harness::family::Family;
 use harness::report::{TapStatus, Verdict};
 use harness::tensor::Tensor;
 
@@ -26,9 +25,6 @@ struct Faulty(Fault);
 impl Engine for Faulty {
     fn name(&self) -> &str {
         "faulty"
-    }
-    fn supports(&self, _: &Family) -> bool {
-        true
     }
     fn load(&self, spec: &ModelSpec) -> harness::Result<Box<dyn LoadedModel>> {
         if let Fault::PanicOnLoad = self.0 {

@@ -33,6 +33,31 @@ fn editing_case_inputs_without_regenerating_fails_as_stale_with_the_command() {
 }
 
 /// Every file of a directory with its sha256.
+/// Goldens depend on a case's model, inputs, taps, decode, bisect and compare_padding, and on
+/// its model spec's family, source, config, dtype and gguf: editing anything else (a description,
+/// `engines:`, a tolerance, comments) leaves them fresh, while one changed config value does not.
+#[test]
+fn only_edits_that_change_goldens_make_them_stale() {
+    let repo = TempRepo::with_cases(&["llama/mha"]);
+    let case = repo.path("cases/llama/mha.yaml");
+    let text = std::fs::read_to_string(&case).unwrap();
+    let text = text.replace("description: one sequence", "description: an edited description of one sequence");
+    std::fs::write(
+        &case,
+        format!("# a comment\nengines: [reference]\ntolerance: {{atol: 2.0e-4, rtol: 1.0e-3}}\n{text}"),
+    )
+    .unwrap();
+    let spec = repo.path("cases/models/llama-tiny-mha.yaml");
+    let spec_text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, format!("{spec_text}description: edited too\n")).unwrap();
+    let r = repo.run("llama/mha", "reference", vec![]);
+    assert_eq!(r.verdict, Verdict::Pass, "{}", harness::report::terminal::render(&r));
+
+    std::fs::write(&spec, spec_text.replace("rms_norm_eps: 1.0e-6", "rms_norm_eps: 1.0e-5")).unwrap();
+    let e = repo.load("llama/mha").unwrap_err().to_string();
+    assert!(e.contains("structure is stale") && e.contains("rms_norm_eps"), "{e}");
+}
+
 fn snapshot(dir: &std::path::Path) -> BTreeMap<String, String> {
     std::fs::read_dir(dir)
         .unwrap()

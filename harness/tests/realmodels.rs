@@ -34,9 +34,11 @@ fn need_minilm() -> Outcome {
 fn resign(repo: &TempRepo, case: &str, model: &str, revision: Option<&str>) {
     let mpath = repo.path(&format!("goldens/{case}/manifest.json"));
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    let sha = |rel: &str| harness::golden::sha256_file(&repo.path(rel)).unwrap();
-    m["case_sha256"] = sha(&format!("cases/{case}.yaml")).into();
-    m["model"]["spec_sha256"] = sha(&format!("cases/models/{model}.yaml")).into();
+    let digest = |rel: &str, keys: &[&str]| {
+        harness::digest::of_yaml(&std::fs::read_to_string(repo.path(rel)).unwrap(), keys).unwrap()
+    };
+    m["case_digest"] = digest(&format!("cases/{case}.yaml"), harness::digest::CASE_KEYS).into();
+    m["model"]["spec_digest"] = digest(&format!("cases/models/{model}.yaml"), harness::digest::SPEC_KEYS).into();
     if let Some(r) = revision {
         m["model"]["revision"] = r.into();
     }

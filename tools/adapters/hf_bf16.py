@@ -21,8 +21,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hflib import hf  # noqa: E402  (sets the deterministic torch environment first)
+import patches  # noqa: E402  (tools/adapters/patches.py: $HARNESS_HF_PATCH)
 from hflib.spec import ModelSpec, SpecError  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -82,10 +84,11 @@ def main() -> int:
         return 2
     m = req["model"]
     model_dir = Path(m["dir"])
-    spec = ModelSpec(id=m["id"], file=model_dir / "config.json", family=m["family"], source={}, config=m["config"], dtype=m["dtype"], sha256="")
+    spec = ModelSpec(id=m["id"], file=model_dir / "config.json", family=m["family"], source={}, config=m["config"], dtype=m["dtype"], digest="")
     try:
         model = hf.load(spec, model_dir, dtype=torch.bfloat16)
-    except SpecError as e:
+        patches.apply(model)
+    except (SpecError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     base = req_path.parent

@@ -184,7 +184,7 @@ def remove_stale_tmp(root: Path, age_s: float = 3600) -> None:
 def load_model(model_dir: Path, family: str):
     from hflib import hf
 
-    spec = ModelSpec(id=model_dir.name, file=model_dir / "config.json", family=family, source={}, config={}, dtype="float32", sha256="")
+    spec = ModelSpec(id=model_dir.name, file=model_dir / "config.json", family=family, source={}, config={}, dtype="float32", digest="")
     return hf.load(spec, model_dir)
 
 

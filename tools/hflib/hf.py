@@ -72,9 +72,28 @@ def build_random(spec: ModelSpec, out_dir: Path) -> None:
     try:
         config = cls.config_class(**spec.config)
     except Exception as e:  # noqa: BLE001 - strict dataclass validation raises its own error types
-        raise SpecError(spec.file, f"invalid config: {e}") from None
+        raise SpecError(spec.file, f"invalid config: {e}", at="config") from None
+    # Size first, on the meta device: absurd dims fail here with a message, not in the allocator.
+    try:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in cls._from_config(config, attn_implementation="eager").parameters())
+    except Exception as e:  # noqa: BLE001 - whatever the class raises for a config it cannot build
+        raise SpecError(
+            spec.file,
+            f"`{spec.family}` cannot be built from this config: {e} (hint: check the sizes under `config:`; random models are tiny)",
+            at="config",
+        ) from None
+    if params > MAX_RANDOM_PARAMS:
+        raise SpecError(
+            spec.file,
+            f"the config implies {params:,} weights, more than {MAX_RANDOM_PARAMS:,} (hint: random models are tiny; "
+            "check the sizes under `config:`)",
+            at="config",
+        )
     torch.manual_seed(seed)
     model = cls._from_config(config, attn_implementation="eager", dtype=torch.float32).eval()
+    if spec.source["random"].get("every_weight"):
+        randomize_constants(model, seed, float(getattr(config, "initializer_range", None) or 0.02))
     model = model.to(DTYPES[spec.dtype])
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_dict()
@@ -86,6 +105,22 @@ def build_random(spec: ModelSpec, out_dir: Path) -> None:
     for k in _tied_copies(model, state):
         del state[k]
     safetensors.torch.save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+# A random model's weights (tiny models are kept under 2 MB; this refuses configs that would not
+# fit in memory before anything is allocated).
+MAX_RANDOM_PARAMS = 2**30
+
+
+def randomize_constants(model, seed: int, std: float) -> None:
+    """`random: {every_weight: true}`: perturb the weights HF initializes to constants (1-d: norm
+    weights to 1 or 0, biases to 0) by N(0, std), seeded. With those constant, a port that drops a
+    bias or reads a norm weight as `w` instead of `1 + w` computes the same numbers as HF."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if p.ndim == 1:
+                p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * std)
 
 
 def _tied_copies(model, state: dict) -> list[str]:

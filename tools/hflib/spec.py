@@ -7,8 +7,10 @@ checks what the reference run needs, and fails with `file: message` on anything 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +21,36 @@ RESERVED_DIRS = ("models", "engines", "expected", "metamorphic")
 
 
 class SpecError(Exception):
-    """A problem in a case or model spec, with the file it is about."""
+    """A problem in a case or model spec, with the file it is about and, given the key path `at`
+    (`family`, `config.sliding_window`, `taps[2]`), the line and column of that value."""
 
-    def __init__(self, file: Path | str, msg: str):
-        super().__init__(f"{file}: {msg}")
+    def __init__(self, file: Path | str, msg: str, at: str | None = None):
+        where = locate(Path(file), at) if at else None
+        super().__init__(f"{file}:{where}: {msg}" if where else f"{file}: {msg}")
+
+
+def locate(file: Path, path: str) -> str | None:
+    """`line:col` (1-based) of the value at `path` in a YAML file, or of its nearest ancestor."""
+    try:
+        node = yaml.compose(file.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    best = None
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if node is None:
+            break
+        if part.startswith("[") and isinstance(node, yaml.SequenceNode):
+            i = int(part[1:-1])
+            node = node.value[i] if i < len(node.value) else None
+        elif isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        else:
+            node = None
+        if node is not None:
+            best = node
+    if best is None:
+        return None
+    return f"{best.start_mark.line + 1}:{best.start_mark.column + 1}"
 
 
 def sha256_bytes(b: bytes) -> str:
@@ -37,6 +65,43 @@ def sha256_file(p: Path) -> str:
     return h.hexdigest()
 
 
+# What goldens depend on (harness/src/digest.rs computes the same): a case's or model spec's keys
+# that change the tensors tools/ write. Editing anything else (a description, `engines:`,
+# tolerances, `shrink:`) leaves the goldens fresh.
+CASE_KEYS = ("model", "inputs", "taps", "decode", "bisect", "compare_padding")
+SPEC_KEYS = ("family", "source", "config", "dtype", "gguf")
+
+
+def _canonical(v):
+    """Floats as the hex of their IEEE-754 bits: Python and Rust print floats differently."""
+    if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
+        return v
+    if isinstance(v, float):
+        return "f:" + struct.pack(">d", v).hex()
+    if isinstance(v, list):
+        return [_canonical(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _canonical(x) for k, x in v.items()}
+    return v
+
+
+def golden_digest(doc: dict, keys: tuple[str, ...]) -> str:
+    """sha256 of `keys` of a YAML document, canonicalized (taps by name: tolerances do not count;
+    `source.fetch` is a command, not content)."""
+    out = {}
+    for k in keys:
+        v = doc.get(k)
+        if v is None:
+            continue
+        if k == "taps":
+            v = [t.get("tap") if isinstance(t, dict) else t for t in v] if isinstance(v, list) else []
+        elif k == "source" and isinstance(v, dict):
+            v = {kk: vv for kk, vv in v.items() if kk != "fetch"}
+        out[k] = _canonical(v)
+    text = json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass
 class ModelSpec:
     id: str
@@ -45,7 +110,8 @@ class ModelSpec:
     source: dict
     config: dict
     dtype: str
-    sha256: str
+    # golden_digest of the file: what the goldens depend on.
+    digest: str
     # `gguf: [f32, q8_0]`: also write the model as GGUF in these types (hflib/gguf_export.py).
     gguf: list[str] = field(default_factory=list)
 
@@ -112,7 +178,8 @@ class Case:
     model: ModelSpec
     inputs: dict
     taps: list[str]
-    sha256: str
+    # golden_digest of the file: what the goldens depend on.
+    digest: str
     raw: dict = field(default_factory=dict)
     # `decode.tokens`: one row per batch row, fed one token per step after the prompt.
     decode: list[list[int]] | None = None
@@ -156,7 +223,7 @@ def load_model(root: Path, model_id: str) -> ModelSpec:
         source=source,
         config=dict(doc.get("config") or {}),
         dtype=doc.get("dtype", "float32"),
-        sha256=sha256_bytes(data),
+        digest=golden_digest(doc, SPEC_KEYS),
         gguf=list(doc.get("gguf") or []),
     )
 
@@ -229,7 +296,7 @@ def load_case(root: Path, file: Path, models: dict[str, ModelSpec]) -> Case:
         model=models[mid],
         inputs=inputs,
         taps=taps,
-        sha256=sha256_bytes(data),
+        digest=golden_digest(doc, CASE_KEYS),
         raw=doc,
         decode=decode,
         text=text,

@@ -106,7 +106,7 @@ def model_class(spec: ModelSpec):
     if cls is None or not inspect.isclass(cls) or not hasattr(cls, "config_class") or not hasattr(cls, "forward"):
         guess = did_you_mean(str(name)) if name else None
         hint = f"did you mean `{guess}`?" if guess else "`family:` must name a model class of transformers, e.g. LlamaForCausalLM"
-        raise SpecError(spec.file, f"`family: {name}` is not a model class of transformers {transformers.__version__} (hint: {hint})")
+        raise SpecError(spec.file, f"`family: {name}` is not a model class of transformers {transformers.__version__} (hint: {hint})", at="family")
     return cls
 
 
@@ -266,7 +266,7 @@ def check_class(spec: ModelSpec, model_dir: Path | None = None):
             if right
             else f"transformers knows no model for `model_type: {given}`; {spec.family}'s is `{expected}`"
         )
-        raise SpecError(spec.file, f"{where} `model_type: {given}`, which does not fit `family: {spec.family}`, whose config is {cc.__name__} (`model_type: {expected}`) (hint: {hint})")
+        raise SpecError(spec.file, f"{where} `model_type: {given}`, which does not fit `family: {spec.family}`, whose config is {cc.__name__} (`model_type: {expected}`) (hint: {hint})", at="config.model_type" if spec.is_random else "family")
     archs = config.get("architectures") if spec.is_random else None
     if archs is not None:
         names = archs if isinstance(archs, list) else [archs]
@@ -274,6 +274,7 @@ def check_class(spec: ModelSpec, model_dir: Path | None = None):
             raise SpecError(
                 spec.file,
                 f"config `architectures: {names}` does not name `family: {spec.family}` (hint: declare `family: {names[0]}`, or drop `architectures:`)",
+                at="config.architectures",
             )
     if not spec.is_random:
         try:
@@ -295,12 +296,12 @@ def check_class(spec: ModelSpec, model_dir: Path | None = None):
             else f"remove {them}: no class of this task in transformers reads {them}" + ("" if one else " all")
         )
         what = f"config key {keys} is" if one else f"config keys {keys} are"
-        raise SpecError(spec.file, f"{what} not read by {cc.__name__} (`family: {spec.family}`): HF would store and ignore {them} (hint: {hint})")
+        raise SpecError(spec.file, f"{what} not read by {cc.__name__} (`family: {spec.family}`): HF would store and ignore {them} (hint: {hint})", at=f"config.{unread[0]}")
     # (b) the config class must accept the config.
     try:
         cc(**config)
     except Exception as e:  # noqa: BLE001 - strict dataclass validation raises its own types
-        raise SpecError(spec.file, f"config rejected by {cc.__name__}: {_one_line(e)} (hint: fix the value; see transformers' {cc.__name__})") from None
+        raise SpecError(spec.file, f"config rejected by {cc.__name__}: {_one_line(e)} (hint: fix the value; see transformers' {cc.__name__})", at="config") from None
     return cls
 
 
@@ -406,6 +407,7 @@ def _probe(spec: ModelSpec, inputs_meta: list[dict], vocab: int):
             spec.file,
             f"`{spec.family}`'s forward needs {', '.join(f'`{m}`' for m in missing)}, which the harness cannot give yet "
             f"(hint: only token-id models are supported so far; the structure probe needs a maker for {missing[0]})",
+            at="family",
         )
     runs = []
     for batch, seq in PROBES:
@@ -419,7 +421,13 @@ def _run(model, spec: ModelSpec, inputs: dict):
     except SpecError:
         raise
     except Exception as e:  # noqa: BLE001 - report what HF refused, with the class
-        raise SpecError(spec.file, f"the structure probe's forward of `{spec.family}` failed: {type(e).__name__}: {_one_line(e)} (hint: the class may need inputs the harness cannot give yet)") from None
+        raise SpecError(
+            spec.file,
+            f"HF's own forward of `{spec.family}` fails with this config: {type(e).__name__}: {_one_line(e)} "
+            "(hint: check the config's sizes against each other, e.g. attention heads and key/value heads; "
+            "or the class needs inputs the harness cannot give yet)",
+            at="config",
+        ) from None
 
 
 def record(spec: ModelSpec, model_dir: Path) -> dict:
@@ -489,7 +497,7 @@ def record(spec: ModelSpec, model_dir: Path) -> dict:
         "model": spec.id,
         "class": spec.family,
         "model_type": cls.config_class.model_type,
-        "spec_sha256": spec.sha256,
+        "spec_digest": spec.digest,
         "config_sha256": sha256_bytes((model_dir / "config.json").read_bytes()),
         "generator": {"tool": TOOL, **hf.versions()},
         "causal": causal,
@@ -532,6 +540,6 @@ def is_stale(spec: ModelSpec, model_dir: Path, structure_file: Path) -> bool:
     return (
         not isinstance(d, dict)
         or d.get("format") != FORMAT
-        or d.get("spec_sha256") != spec.sha256
+        or d.get("spec_digest") != spec.digest
         or d.get("config_sha256") != sha256_bytes(cfg.read_bytes())
     )

@@ -45,13 +45,13 @@ def snapshot(d: Path) -> dict[str, bytes]:
 
 
 def consistent(d: Path) -> str:
-    """The case_sha256 of a directory whose every file matches its manifest (else fail)."""
+    """The case_digest of a directory whose every file matches its manifest (else fail)."""
     m = json.loads((d / "manifest.json").read_text())
     names = {e["file"] for e in m["taps"]} | {"manifest.json"}
     assert {p.name for p in d.iterdir()} == names, f"{d}: files do not match the manifest"
     for e in m["taps"]:
         assert hashlib.sha256((d / e["file"]).read_bytes()).hexdigest() == e["sha256"], f"{e['file']} is not its manifest's"
-    return m["case_sha256"]
+    return m["case_digest"]
 
 
 class Killed(unittest.TestCase):

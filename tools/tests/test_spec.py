@@ -43,3 +43,23 @@ class HfCache(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class GoldenDigestTest(unittest.TestCase):
+    def test_matches_the_rust_digest(self):
+        # harness/src/digest.rs asserts the same value for the same document.
+        import yaml
+
+        from hflib.spec import SPEC_KEYS, golden_digest
+
+        doc = yaml.safe_load('family: LlamaForCausalLM\nsource: {random: {seed: 3}, fetch: x}\nconfig: {rope_theta: 500000.0, rms_norm_eps: 1.0e-5, hidden_size: 64, name: "é"}\n')
+        self.assertEqual(golden_digest(doc, SPEC_KEYS), "5d7902fea380783292a7eebf7204a65b0d47870ab880bbf38e04b33045359d64")
+
+    def test_only_golden_keys_count(self):
+        import yaml
+
+        from hflib.spec import CASE_KEYS, golden_digest
+
+        a = yaml.safe_load("model: m\ninputs: {input_ids: [[1, 2]]}\ntaps: [logits]\n")
+        b = yaml.safe_load("description: x\nmodel: m\ninputs: {input_ids: [[1, 2]]}\nengines: [reference]\ntaps:\n  - {tap: logits, tolerance: {atol: 1.0e-3}}\n")
+        self.assertEqual(golden_digest(a, CASE_KEYS), golden_digest(b, CASE_KEYS))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -271,7 +272,8 @@ class ClassFitsConfig(unittest.TestCase):
         with self.assertRaises(SpecError) as e:
             structure.check_class(spec)
         msg = str(e.exception)
-        self.assertTrue(msg.startswith(str(spec.file) + ": "), msg)
+        # Located at the offending key: `file:line:col: message`.
+        self.assertRegex(msg, "^" + re.escape(str(spec.file)) + r":\d+:\d+: ", msg)
         self.assertIn("(hint: ", msg)
         return msg
 
@@ -346,7 +348,7 @@ class ClassFitsConfig(unittest.TestCase):
         self.repo.case("x/a", "bad")
         rc, err = self.repo.regen()
         self.assertEqual(rc, 1)
-        self.assertIn("bad.yaml: config key `sliding_window` is not read", err)
+        self.assertRegex(err, r"bad.yaml:\d+:\d+: config key `sliding_window` is not read")
         goldens = self.repo.root / "goldens"
         self.assertEqual([p for p in goldens.rglob("*") if p.is_file()] if goldens.exists() else [], [])
 

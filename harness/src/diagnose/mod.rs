@@ -13,8 +13,8 @@ use crate::case::Case;
 use crate::engine::Outputs;
 use crate::error::Result;
 use crate::expected::Expected;
-use crate::family::TapKind;
 use crate::report::{TapReport, TapStatus};
+use crate::structure::TapKind;
 use crate::tensor::Tensor;
 
 pub mod logits;
@@ -229,12 +229,12 @@ fn nonfinite(ctx: &Ctx<'_>, out: &mut Vec<Hint>) {
 /// global ones): what differs between the kinds is where to look.
 fn layer_type(ctx: &Ctx<'_>, out: &mut Vec<Hint>) {
     let name = &ctx.taps[ctx.first].name;
-    let Some(layer) = crate::family::layer_of(name) else { return };
-    let Some(kinds) = crate::family::layer_kinds(&ctx.case.model) else { return };
+    let Some(layer) = crate::structure::layer_of(name) else { return };
+    let Some(kinds) = ctx.case.model.structure.layer_types() else { return };
     let Some(kind) = kinds.get(layer) else { return };
     // Earlier layers (of other kinds) were compared and passed.
     let earlier_layers =
-        ctx.taps[..ctx.first].iter().any(|t| crate::family::layer_of(&t.name).is_some_and(|l| l < layer));
+        ctx.taps[..ctx.first].iter().any(|t| crate::structure::layer_of(&t.name).is_some_and(|l| l < layer));
     if !earlier_layers || kinds[..layer].contains(kind) {
         return;
     }

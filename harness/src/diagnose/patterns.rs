@@ -3,8 +3,8 @@
 
 use super::view::{Rows, row_ratio, row_tolerance};
 use super::{Ctx, Hint, HintKind};
-use crate::family::TapKind;
 use crate::metrics::AllClose;
+use crate::structure::TapKind;
 
 fn hint(kind: HintKind, tap: &str, score: f64, message: String) -> Hint {
     Hint { kind, tap: tap.to_string(), score, message }
@@ -59,7 +59,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     let (Some(a), Some(e)) = (Rows::new(actual.data(), &shape, kind), Rows::new(golden.data(), &shape, kind)) else {
         return;
     };
-    if kind == TapKind::Pooled {
+    if kind == TapKind::Rows {
         if let Some(h) = pooled_misalignment(ctx, &name, &a) {
             out.push(h);
         }

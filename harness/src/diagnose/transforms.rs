@@ -3,8 +3,8 @@
 
 use super::view::{Rows, judge};
 use super::{Ctx, Hint, HintKind};
-use crate::family::TapKind;
 use crate::metrics::unravel;
+use crate::structure::TapKind;
 
 struct Candidate {
     kind: HintKind,

@@ -2,9 +2,9 @@
 //! `[batch, ...]` as batch rows of one position), plus which rows hold real tokens.
 
 use crate::case::Case;
-use crate::family::TapKind;
 use crate::metrics::{AllClose, Metrics, Selection, compare};
 use crate::report::TapReport;
+use crate::structure::TapKind;
 use crate::tolerance::{Observed, Tolerance};
 pub use crate::trial::selection_rows;
 
@@ -19,7 +19,7 @@ impl<'a> Rows<'a> {
     pub fn new(data: &'a [f32], shape: &[usize], kind: TapKind) -> Option<Rows<'a>> {
         let (batch, seq) = match (kind, shape.len()) {
             (TapKind::Tokens, n) if n >= 2 => (shape[0], shape[1]),
-            (TapKind::Pooled, n) if n >= 1 => (shape[0], 1),
+            (TapKind::Rows, n) if n >= 1 => (shape[0], 1),
             _ => return None,
         };
         let rows = batch.checked_mul(seq)?;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use crate::case::{IdMatrix, Inputs, ModelSpec};
 use crate::error::{Error, Result};
-use crate::family::Family;
 use crate::tensor::Tensor;
 
 pub mod external;
@@ -21,12 +20,31 @@ pub type Outputs = BTreeMap<String, Tensor>;
 pub trait Engine: Send + Sync {
     /// The name used in trial names (`{engine}::{case}`) and in a case's `engines:` list.
     fn name(&self) -> &str;
-    fn supports(&self, family: &Family) -> bool;
+    /// Whether the engine implements this HF class at all (before looking at the config): used
+    /// to name the trials of a model that is absent.
+    fn implements(&self, class: &str) -> bool {
+        let _ = class;
+        true
+    }
+    /// Whether the engine can run this model (class and config features); `Err` says why not. A
+    /// case whose model an engine cannot run gets no trial on it by default, and an *ignored*
+    /// trial with this reason when the case lists the engine: a capability, never a load error.
+    fn supports(&self, model: &ModelSpec) -> std::result::Result<(), String> {
+        if self.implements(&model.class) {
+            Ok(())
+        } else {
+            Err(format!("`{}` does not run {}", self.name(), model.class))
+        }
+    }
     /// Whether the engine runs on cases that do not list engines (test-only engines do not).
     fn default_enabled(&self) -> bool {
         true
     }
     fn load(&self, model: &ModelSpec) -> Result<Box<dyn LoadedModel>>;
+    /// The engine's own tolerance, replacing the case's in its trials (a reduced-precision engine).
+    fn tolerance(&self) -> Option<crate::tolerance::Tolerance> {
+        None
+    }
     /// Why the engine cannot run on this machine (e.g. its program is not installed), if so.
     /// Outside CI such trials are reported as ignored with this reason; in CI they fail.
     fn unavailable(&self) -> Option<String> {
@@ -37,7 +55,7 @@ pub trait Engine: Send + Sync {
 pub trait LoadedModel: Send + Sync {
     /// Run one batch and return (at least) the requested taps.
     fn run(&self, inputs: &Inputs, taps: &[&str]) -> Result<Outputs>;
-    /// Taps this engine can produce for this model; `None` means every module of the family.
+    /// Taps this engine can produce for this model; `None` means every module it records.
     fn taps(&self) -> Option<Vec<String>> {
         None
     }

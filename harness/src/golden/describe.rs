@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::pending::{MODEL_MARKER, SUFFIX};
-use super::{MANIFEST, Manifest, Store, sha256_bytes, sha256_file};
+use super::{MANIFEST, Manifest, Store, sha256_file};
 use crate::case::Case;
 use crate::error::{Error, Result, display_path};
 
@@ -33,18 +33,21 @@ pub fn show(store: &Store, case_id: &str, case: Option<&Case>) -> Result<String>
         g.tool, g.python, g.torch, g.transformers, g.numpy
     );
     let _ = writeln!(s, "  computed in {} with {} attention", g.dtype, g.attn_implementation);
-    let _ = write!(s, "  case file sha256 {}", short(&m.case_sha256));
+    let _ = write!(s, "  case digest {}", short(&m.case_digest));
     if let Some(c) = case
-        && let Ok(b) = std::fs::read(&c.file)
+        && let Ok(b) = std::fs::read_to_string(&c.file)
     {
-        let _ = write!(s, " ({} {})", matches(sha256_bytes(&b) == m.case_sha256), display_path(&c.file));
+        let now = crate::digest::of_yaml(&b, crate::digest::CASE_KEYS);
+        let _ = write!(s, " ({} {})", matches(now.as_deref() == Some(&m.case_digest)), display_path(&c.file));
     }
     let _ = writeln!(s);
-    let _ = write!(s, "  model `{}` ({}), spec sha256 {}", m.model.id, m.model.class, short(&m.model.spec_sha256));
+    let _ = write!(s, "  model `{}` ({}), spec digest {}", m.model.id, m.model.class, short(&m.model.spec_digest));
     if let Some(c) = case
-        && let Ok(b) = std::fs::read(&c.model.file)
+        && let Ok(b) = std::fs::read_to_string(&c.model.file)
     {
-        let _ = write!(s, " ({} {})", matches(sha256_bytes(&b) == m.model.spec_sha256), display_path(&c.model.file));
+        let now = crate::digest::of_yaml(&b, crate::digest::SPEC_KEYS);
+        let _ =
+            write!(s, " ({} {})", matches(now.as_deref() == Some(&m.model.spec_digest)), display_path(&c.model.file));
     }
     let _ = writeln!(s);
     let _ = write!(s, "  weights sha256 {}", short(&m.model.weights_sha256));

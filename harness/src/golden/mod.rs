@@ -29,7 +29,8 @@ pub const MANIFEST: &str = "manifest.json";
 pub struct Manifest {
     pub format: u32,
     pub case: String,
-    pub case_sha256: String,
+    /// What the goldens depend on in the case file ([`crate::digest::golden_digest`]).
+    pub case_digest: String,
     pub model: ModelProvenance,
     pub generator: Generator,
     /// Every module that ran, in the order its forward completed.
@@ -42,7 +43,8 @@ pub struct Manifest {
 pub struct ModelProvenance {
     pub id: String,
     pub class: String,
-    pub spec_sha256: String,
+    /// What the goldens depend on in the model spec.
+    pub spec_digest: String,
     pub weights_sha256: String,
     /// `hf` sources: the commit hash of the cache snapshot the goldens were made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,13 +187,22 @@ impl Store {
                 .file(&mpath)
                 .hint(regen_hint("review the change, then regenerate"))
         };
-        let case_bytes = std::fs::read(&case.file).map_err(|e| Error::io(&case.file, &e))?;
-        if sha256_bytes(&case_bytes) != manifest.case_sha256 {
-            return Err(stale(&format!("the case file {}", crate::error::display_path(&case.file))));
+        // Only what the goldens depend on counts: editing a description, `engines:` or a
+        // tolerance leaves them fresh.
+        let case_text = std::fs::read_to_string(&case.file).map_err(|e| Error::io(&case.file, &e))?;
+        if crate::digest::of_yaml(&case_text, crate::digest::CASE_KEYS).as_deref() != Some(&manifest.case_digest) {
+            return Err(stale(&format!(
+                "the case file {} (its model, inputs, taps, decode, bisect or compare_padding)",
+                crate::error::display_path(&case.file)
+            )));
         }
-        let spec_bytes = std::fs::read(&case.model.file).map_err(|e| Error::io(&case.model.file, &e))?;
-        if sha256_bytes(&spec_bytes) != manifest.model.spec_sha256 {
-            return Err(stale(&format!("the model spec {}", crate::error::display_path(&case.model.file))));
+        let spec_text = std::fs::read_to_string(&case.model.file).map_err(|e| Error::io(&case.model.file, &e))?;
+        if crate::digest::of_yaml(&spec_text, crate::digest::SPEC_KEYS).as_deref() != Some(&manifest.model.spec_digest)
+        {
+            return Err(stale(&format!(
+                "the model spec {} (its family, source, config, dtype or gguf)",
+                crate::error::display_path(&case.model.file)
+            )));
         }
         if manifest.model.revision != case.model.revision {
             let show = |r: &Option<String>| r.clone().unwrap_or_else(|| "none".into());
@@ -235,11 +246,11 @@ impl Goldens {
         let manifest = Manifest {
             format: 1,
             case: case.id.clone(),
-            case_sha256: String::new(),
+            case_digest: String::new(),
             model: ModelProvenance {
                 id: case.model.id.clone(),
-                class: case.model.family.class.to_string(),
-                spec_sha256: String::new(),
+                class: case.model.class.clone(),
+                spec_digest: String::new(),
                 weights_sha256: String::new(),
                 revision: case.model.revision.clone(),
             },

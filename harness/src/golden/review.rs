@@ -77,10 +77,10 @@ fn provenance_notes(old: Option<&Manifest>, new: &Manifest) -> Vec<String> {
             notes.push(format!("{k} {a} -> {b}"));
         }
     }
-    if old.case_sha256 != new.case_sha256 {
+    if old.case_digest != new.case_digest {
         notes.push("the case file changed".into());
     }
-    if old.model.spec_sha256 != new.model.spec_sha256 {
+    if old.model.spec_digest != new.model.spec_digest {
         notes.push(format!("the model spec `{}` changed", new.model.id));
     }
     if old.model.weights_sha256 != new.model.weights_sha256 {
@@ -162,7 +162,7 @@ fn review_model(p: &Pending) -> Result<Review> {
         if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) { s[..12].to_string() } else { s }
     };
     for (k, what) in [
-        ("spec_sha256", "model spec sha256"),
+        ("spec_digest", "model spec digest"),
         ("weights_sha256", "weights sha256"),
         ("dtype", "dtype"),
         ("seed", "seed"),

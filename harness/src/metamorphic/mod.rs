@@ -130,7 +130,7 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
             e
         }
     })?;
-    let causal = model.family.causal;
+    let causal = model.structure.causal;
     if mf.metamorphic.is_empty() {
         return Err(doc
             .err("metamorphic", "no properties to check")
@@ -148,7 +148,7 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
         })?;
         if p.needs_causal() && !causal {
             return Err(doc
-                .err(&at, format!("`{name}` needs a causal model; `{}` is not one", model.family.class))
+                .err(&at, format!("`{name}` needs a causal model; `{}` is not one", model.class))
                 .hint("remove it: later tokens change earlier ones in an encoder by design"));
         }
         if properties.contains(&p) {
@@ -183,7 +183,7 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
             .hint("raise the upper bound of `rows` to 2 or more"));
     }
     if let Some(max) = model.config.opt_usize("max_position_embeddings")? {
-        let longest = generate.tokens[1] + generate.padding[1].max(generate.steps[1]) + model.family.position_offset;
+        let longest = generate.tokens[1] + generate.padding[1].max(generate.steps[1]) + model.structure.position_offset;
         if longest > max {
             return Err(doc
                 .err("generate", format!("inputs of up to {longest} positions exceed max_position_embeddings {max}"))
@@ -205,14 +205,13 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
     if mf.taps.is_empty() {
         return Err(doc.err("taps", "no taps to compare").hint("list at least one, e.g. `taps: [logits]`"));
     }
-    let modules = (model.family.modules)(&model.config)?;
-    let taps = expand_taps(&doc, &mf.taps, &modules, &tolerance)?;
+    let taps = expand_taps(&doc, &mf.taps, &model.structure.modules, &tolerance)?;
     if let Some(e) = &mf.engines
         && e.is_empty()
     {
         return Err(doc
             .err("engines", "empty engine list")
-            .hint("remove `engines:` to run every engine for the family"));
+            .hint("remove `engines:` to run every engine that runs the model"));
     }
     let one = IdMatrix { batch: 1, seq: 1, data: vec![0] };
     let base = Case {
@@ -242,7 +241,7 @@ impl MetaCase {
     pub fn space(&self, property: Property) -> InputSpace {
         let g = &self.generate;
         let config = &self.base.model.config;
-        let causal = self.base.model.family.causal;
+        let causal = self.base.model.structure.causal;
         let (head, tail, all) = specials(config, causal);
         let vocab = config.usize("vocab_size").unwrap_or(1) as i64;
         let ids: Vec<i64> = (0..vocab).filter(|i| !all.contains(i)).collect();

@@ -5,10 +5,10 @@
 use crate::case::{Case, Tap};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::{Error, Result};
-use crate::family::TapKind;
 use crate::report::TapReport;
 use crate::shrink::candidate_case;
 use crate::shrink::input::{Candidate, Layout};
+use crate::structure::TapKind;
 use crate::tensor::Tensor;
 use crate::tolerance::Tolerance;
 use crate::trial::{compare_tensors, run_case};
@@ -72,13 +72,14 @@ fn slice(t: &Tensor, kind: TapKind, b: usize, pos: std::ops::Range<usize>) -> Re
     let shape = t.shape();
     let bad = || Error::engine(format!("tap of shape {shape:?} has no row {b} / positions {pos:?}"));
     match kind {
-        TapKind::Pooled => {
+        TapKind::Rows => {
             let feat: usize = shape.get(1..).map_or(1, |s| s.iter().product());
             let data = t.data().get(b * feat..(b + 1) * feat).ok_or_else(bad)?.to_vec();
             let mut s = vec![1];
             s.extend_from_slice(&shape[1..]);
             Tensor::new(s, data)
         }
+        TapKind::Whole => Err(Error::engine(format!("tap of shape {shape:?} has no row or position axes to slice"))),
         TapKind::Tokens | TapKind::Positions => {
             if shape.len() < 2 || pos.end > shape[1] {
                 return Err(bad());
@@ -213,7 +214,7 @@ pub fn check(
             let prefix = Candidate { prompt: None, rows: cut(cand, m), extra_pad: 0 };
             let prefix = run(model, &candidate_case(base, &prefix, layout))?;
             let mut checks = Checks::new();
-            for t in taps.iter().filter(|t| t.module.kind != TapKind::Pooled) {
+            for t in taps.iter().filter(|t| t.module.kind != TapKind::Rows) {
                 for b in 0..cand.rows.len() {
                     let x = slice(get(&whole, &t.name)?, t.module.kind, b, 0..m)?;
                     let e = slice(get(&prefix, &t.name)?, t.module.kind, b, 0..m)?;
@@ -238,7 +239,7 @@ pub fn check(
                     model,
                     &candidate_case(base, &Candidate { prompt: None, rows: cut(cand, m + k), extra_pad: 0 }, layout),
                 )?;
-                for t in taps.iter().filter(|t| t.module.kind != TapKind::Pooled) {
+                for t in taps.iter().filter(|t| t.module.kind != TapKind::Rows) {
                     // Step 0 is the prompt; step k the last position of the first m + k tokens.
                     let pos = if k == 0 { 0..m } else { m + k - 1..m + k };
                     for b in 0..cand.rows.len() {

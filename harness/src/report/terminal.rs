@@ -149,7 +149,7 @@ pub fn render(r: &TrialReport) -> String {
     let mut adding: Vec<&str> = Vec::new();
     let mut last_layer = None;
     for t in r.taps.iter().filter(|t| t.added.is_some_and(|a| !a.within_tolerance)) {
-        let layer = crate::family::layer_of(&t.name);
+        let layer = crate::structure::layer_of(&t.name);
         if adding.is_empty() || layer != last_layer {
             adding.push(&t.name);
             last_layer = layer;

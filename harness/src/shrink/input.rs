@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::case::{Case, IdMatrix, Inputs};
-use crate::family::Config;
+use crate::config::Config;
 
 /// Config keys that name special token ids; the simple id shrinking moves toward is none of them.
 const SPECIAL_KEYS: &[&str] =
@@ -84,7 +84,7 @@ pub fn specials(config: &Config, causal: bool) -> (Vec<i64>, Vec<i64>, Vec<i64>)
 impl Layout {
     pub fn for_case(case: &Case, prefix_only: bool) -> Layout {
         let config = &case.model.config;
-        let (_, _, all) = specials(config, case.model.family.causal);
+        let (_, _, all) = specials(config, case.model.structure.causal);
         let mask = case.inputs.attention_mask.as_ref();
         let padded = mask.is_some_and(|m| m.data.contains(&0));
         Layout {
@@ -105,7 +105,7 @@ impl Candidate {
     /// The case's own input.
     pub fn from_case(case: &Case) -> Candidate {
         let ids = &case.inputs.input_ids;
-        let (head, tail, _) = specials(&case.model.config, case.model.family.causal);
+        let (head, tail, _) = specials(&case.model.config, case.model.structure.causal);
         let mut rows = Vec::with_capacity(ids.batch);
         let mut longest = 0;
         for b in 0..ids.batch {

@@ -106,7 +106,7 @@ impl ProbeCache {
             .entry(key)
             .or_insert_with(|| {
                 let e = ReferenceEngine::mutant("probe", m.clone());
-                if !e.supports(self.spec.family) {
+                if e.supports(&self.spec).is_err() {
                     return None;
                 }
                 e.load(&self.spec).ok().map(Arc::from)
@@ -315,9 +315,9 @@ pub fn default_oracle(case: &Case, engine: &str) -> OracleChoice {
         return o;
     }
     let reference = ReferenceEngine::new();
-    if engine != reference.name() && reference.supports(case.model.family) {
+    if engine != reference.name() && reference.supports(&case.model).is_ok() {
         OracleChoice::Engine(reference.name().to_string())
-    } else if case.model.family.causal {
+    } else if case.model.structure.causal {
         OracleChoice::Prefix
     } else {
         OracleChoice::Hf
@@ -348,12 +348,9 @@ pub fn shrink_case(
                 Error::input(format!("unknown oracle engine `{name}`"))
                     .hint(format!("engines: {}", suite.registry.names().join(", ")))
             })?;
-            if !e.supports(case.model.family) {
-                return Err(Error::input(format!(
-                    "oracle engine `{name}` does not support {}",
-                    case.model.family.class
-                ))
-                .hint("choose another oracle"));
+            if let Err(why) = e.supports(&case.model) {
+                return Err(Error::input(format!("oracle engine `{name}` cannot run {}: {why}", case.model.class))
+                    .hint("choose another oracle"));
             }
             Box::new(oracle::EngineOracle { engine: name.clone(), model: suite.model(e, &case.model)? })
         }

@@ -16,8 +16,8 @@ use super::input::Candidate;
 use crate::case::Case;
 use crate::engine::LoadedModel;
 use crate::error::{Error, Result};
-use crate::family::TapKind;
 use crate::golden::Goldens;
+use crate::structure::TapKind;
 use crate::tensor::Tensor;
 use crate::trial::run_case;
 
@@ -66,10 +66,10 @@ pub struct PrefixOracle {
 
 impl PrefixOracle {
     pub fn new(case: &Case, goldens: Goldens) -> Result<PrefixOracle> {
-        if !case.model.family.causal {
+        if !case.model.structure.causal {
             return Err(Error::input(format!(
                 "the prefix oracle needs a causal model; `{}` attends to later tokens, so a prefix changes every position",
-                case.model.family.class
+                case.model.class
             ))
             .file(&case.file)
             .hint("use `--oracle engine:reference` or `--oracle hf`"));
@@ -132,8 +132,8 @@ impl Oracle for PrefixOracle {
             let rows: Vec<usize> = match tap.module.kind {
                 TapKind::Tokens => (0..cand.rows.len()).collect(),
                 TapKind::Positions => vec![0],
-                // One row per sequence: a prefix changes it.
-                TapKind::Pooled => return Ok(None),
+                // One row per sequence, or no known axes: a prefix changes it.
+                TapKind::Rows | TapKind::Whole => return Ok(None),
             };
             let (mut data, mut feat_shape, mut floor) = (Vec::new(), None, None::<f64>);
             for &r in &rows {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::case::{Inputs, ModelSpec, glob_match};
 use crate::engine::{Engine, LoadedModel, Outputs};
 use crate::error::{Error, Result};
-use crate::family::{Family, TapKind};
+use crate::structure::TapKind;
 
 pub mod process;
 pub mod protocol;
@@ -71,16 +71,19 @@ impl Engine for ExternalEngine {
     fn name(&self) -> &str {
         &self.spec.name
     }
-    fn supports(&self, family: &Family) -> bool {
-        self.spec.families.iter().any(|f| f.class == family.class)
+    fn implements(&self, class: &str) -> bool {
+        self.spec.families.iter().any(|f| glob_match(f, class))
     }
     fn default_enabled(&self) -> bool {
         self.spec.default
     }
+    fn tolerance(&self) -> Option<crate::tolerance::Tolerance> {
+        self.spec.tolerance.clone()
+    }
     fn load(&self, model: &ModelSpec) -> Result<Box<dyn LoadedModel>> {
-        let all = (model.family.modules)(&model.config)?;
+        let all = &model.structure.modules;
         let kinds = all.iter().map(|m| (m.path.clone(), m.kind)).collect();
-        let modules: Vec<String> = all.into_iter().map(|m| m.path).collect();
+        let modules: Vec<String> = all.iter().map(|m| m.path.clone()).collect();
         let taps = self
             .spec
             .taps
@@ -114,7 +117,7 @@ impl Engine for ExternalEngine {
 pub struct ExternalModel {
     spec: Arc<EngineSpec>,
     model: ModelSpec,
-    /// Every module of the family, for a run that asks for everything.
+    /// Every module the model's structure records, for a run that asks for everything.
     modules: Vec<String>,
     /// How each module's leading axes line up with the inputs.
     kinds: std::collections::HashMap<String, TapKind>,
@@ -217,7 +220,9 @@ impl ExternalModel {
         let (want, what): (Vec<usize>, String) = match kind {
             TapKind::Tokens => (vec![b, s], format!("[batch={b}, seq={s}, ...]")),
             TapKind::Positions => (vec![1, s], format!("[1, seq={s}, ...]")),
-            TapKind::Pooled => (vec![b], format!("[batch={b}, ...]")),
+            TapKind::Rows => (vec![b], format!("[batch={b}, ...]")),
+            // No fixed leading axes: the shape comparison at the tap says what differs.
+            TapKind::Whole => return Ok(()),
         };
         if shape.len() >= want.len() && shape[..want.len()] == want[..] {
             return Ok(());

@@ -99,7 +99,7 @@ pub fn write_request(
         engine: &spec.name,
         model: RequestModel {
             id: &model.id,
-            family: model.family.class,
+            family: &model.class,
             dir: absolute(&model.dir),
             dtype: model.dtype.as_str(),
             config: model.config.raw(),

@@ -9,8 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::rules::{Dim, LayoutRule, NameRule, RuleError, Rules};
-use crate::error::{Error, Result, did_you_mean};
-use crate::family::{self, Family};
+use crate::error::{Error, Result};
 use crate::yaml::Doc;
 
 /// Where engine files live, under the repository root.
@@ -44,7 +43,7 @@ struct EngineFile {
     names: Vec<NameRuleFile>,
     #[serde(default)]
     layouts: Vec<LayoutRuleFile>,
-    /// HF tap globs the engine can produce; default: every module of the family.
+    /// HF tap globs the engine can produce; default: every module.
     #[serde(default)]
     taps: Option<Vec<String>>,
     /// Run on every case of its families (not only cases that list it under `engines:`).
@@ -53,6 +52,10 @@ struct EngineFile {
     /// The command that installs what `command` needs, shown when it is missing.
     #[serde(default)]
     setup: Option<String>,
+    /// The engine's precision: replaces the case's tolerances in its trials (a bfloat16 engine
+    /// cannot meet a float32 tolerance, whatever the case).
+    #[serde(default)]
+    tolerance: Option<crate::tolerance::Tolerance>,
 }
 
 fn default_timeout() -> f64 {
@@ -112,13 +115,15 @@ pub struct EngineSpec {
     pub description: Option<String>,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
-    pub families: Vec<&'static Family>,
+    /// HF class names the engine runs, `*` globs allowed (`*ForCausalLM`, `*`).
+    pub families: Vec<String>,
     pub timeout: Duration,
     pub dtype: OutputDtype,
     pub rules: Rules,
     pub taps: Option<Vec<String>>,
     pub default: bool,
     pub setup: Option<String>,
+    pub tolerance: Option<crate::tolerance::Tolerance>,
 }
 
 /// Every engine file under `root/cases/engines/`, sorted (no sub-directories).
@@ -187,15 +192,13 @@ pub fn parse(root: &Path, mut doc: Doc) -> Result<EngineSpec> {
     }
     let mut families = Vec::new();
     for (i, class) in f.families.iter().enumerate() {
-        let fam = family::lookup(class).ok_or_else(|| {
-            let names = family::all().iter().map(|f| f.class);
-            let hint = match did_you_mean(class, names.clone()) {
-                Some(n) => format!("did you mean `{n}`?"),
-                None => format!("known families: {}", names.collect::<Vec<_>>().join(", ")),
-            };
-            doc.err(&format!("families[{i}]"), format!("unknown model family `{class}`")).hint(hint)
-        })?;
-        families.push(fam);
+        let class = class.trim();
+        if class.is_empty() || !class.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '*') {
+            return Err(doc
+                .err(&format!("families[{i}]"), format!("`{class}` is not an HF class name or glob"))
+                .hint("e.g. `LlamaForCausalLM`, `*ForCausalLM` or `*` (any class)"));
+        }
+        families.push(class.to_string());
     }
     if !(f.timeout.is_finite() && f.timeout > 0.0 && f.timeout <= MAX_TIMEOUT_S) {
         return Err(doc
@@ -220,6 +223,14 @@ pub fn parse(root: &Path, mut doc: Doc) -> Result<EngineSpec> {
         let rule = LayoutRule::new(&r.engine, r.reverse, r.transpose.as_deref(), r.reshape.clone(), doc.pos(&path));
         rules.layouts.push(rule.map_err(|e| locate(path, e))?);
     }
+    if let Some(t) = &f.tolerance {
+        t.validate().map_err(|m| doc.err("tolerance", m))?;
+        if t.noise.is_some() {
+            return Err(doc
+                .err("tolerance.noise", "an engine's tolerance cannot be in units of the goldens' noise floor")
+                .hint("use atol/rtol, cosine or sqnr_db"));
+        }
+    }
     if let Some(taps) = &f.taps {
         if taps.is_empty() {
             return Err(doc.err("taps", "empty tap list").hint("remove `taps:` if the engine produces every module"));
@@ -242,5 +253,6 @@ pub fn parse(root: &Path, mut doc: Doc) -> Result<EngineSpec> {
         taps: f.taps,
         default: f.default,
         setup: f.setup,
+        tolerance: f.tolerance,
     })
 }

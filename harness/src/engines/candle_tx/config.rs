@@ -26,7 +26,7 @@ pub fn load(spec: &ModelSpec) -> Result<Translated> {
     if let Some(k) = crate::bisect::layer_count(&spec.config)? {
         crate::bisect::truncate_config(&mut json, k);
     }
-    translate(spec.family.class, json, &file)
+    translate(&spec.class, json, &file)
 }
 
 fn translate(class: &str, mut json: Map<String, Value>, file: &std::path::Path) -> Result<Translated> {
@@ -34,6 +34,19 @@ fn translate(class: &str, mut json: Map<String, Value>, file: &std::path::Path) 
     let err = |msg: String| {
         Error::input(msg).file(file).hint("candle-transformers 0.11 cannot express this config; leave the engine out")
     };
+    match class {
+        "Qwen3ForCausalLM"
+            if json.get("use_sliding_window").and_then(Value::as_bool) == Some(true)
+                || json
+                    .get("layer_types")
+                    .and_then(Value::as_array)
+                    .is_some_and(|t| t.iter().any(|t| t.as_str() == Some("sliding_attention"))) =>
+        {
+            // Its qwen3.rs refuses them ("sliding window is not supported").
+            return Err(err("candle-transformers' Qwen3 has no sliding-window layers".into()));
+        }
+        _ => {}
+    }
     match class {
         "LlamaForCausalLM" | "Qwen3ForCausalLM" => {
             if let Some(p) = json.get("rope_parameters").and_then(Value::as_object).cloned() {

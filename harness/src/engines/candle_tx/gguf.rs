@@ -13,7 +13,6 @@ use super::causal::Causal;
 use crate::case::ModelSpec;
 use crate::engine::{Engine, LoadedModel};
 use crate::error::{Error, Result};
-use crate::family::Family;
 
 /// Metadata key holding the sha256 of the safetensors file the GGUF was converted from.
 pub const SOURCE_SHA256: &str = "harness.source.sha256";
@@ -58,8 +57,8 @@ impl Engine for GgufEngine {
     fn name(&self) -> &str {
         &self.name
     }
-    fn supports(&self, family: &Family) -> bool {
-        family.class == "LlamaForCausalLM"
+    fn implements(&self, class: &str) -> bool {
+        class == "LlamaForCausalLM"
     }
     /// Only cases that name it: a quantized model needs tolerances of its own.
     fn default_enabled(&self) -> bool {

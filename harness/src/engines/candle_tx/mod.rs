@@ -18,7 +18,6 @@ use candle_nn::VarBuilder;
 use crate::case::{IdMatrix, Inputs, ModelSpec};
 use crate::engine::{Engine, LoadedModel};
 use crate::error::{Error, Result};
-use crate::family::Family;
 use crate::tensor::Tensor;
 
 pub mod causal;
@@ -38,8 +37,14 @@ impl Engine for CandleTxEngine {
     fn name(&self) -> &str {
         NAME
     }
-    fn supports(&self, family: &Family) -> bool {
-        CLASSES.contains(&family.class)
+    fn implements(&self, class: &str) -> bool {
+        CLASSES.contains(&class)
+    }
+    fn supports(&self, model: &ModelSpec) -> std::result::Result<(), String> {
+        if !self.implements(&model.class) {
+            return Err(format!("candle-transformers (as driven here) has no model for {}", model.class));
+        }
+        config::load(model).map(|_| ()).map_err(|e| e.msg)
     }
     fn load(&self, spec: &ModelSpec) -> Result<Box<dyn LoadedModel>> {
         let cfg = config::load(spec)?;
@@ -47,7 +52,7 @@ impl Engine for CandleTxEngine {
         let mut notes: Vec<String> =
             cfg.notes.iter().map(|n| format!("config translated for candle-transformers: {n}")).collect();
         let file = spec.dir.join("config.json");
-        let model: Box<dyn ModelNotes> = match spec.family.class {
+        let model: Box<dyn ModelNotes> = match spec.class.as_str() {
             "LlamaForCausalLM" => Box::new(causal::Causal::llama(&cfg.json, ckpt.var_builder(), &file)?),
             "Qwen3ForCausalLM" => Box::new(causal::Causal::qwen3(&cfg.json, ckpt.var_builder(), &file)?),
             "BertModel" => Box::new(encoders::Encoder::bert(&cfg.json, ckpt.var_builder(), &file)?),

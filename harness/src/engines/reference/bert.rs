@@ -2,12 +2,12 @@
 
 use candle_core::Tensor as CTensor;
 
+use super::dims::bert::BertDims;
 use super::encoder::{Bugs, Lin, Norm, attend, embed, encoder_bias, pool_rows, pooled_taps, select_rows, split_heads};
 use super::{Mutation, Recorder, Weights};
 use crate::case::{Inputs, ModelSpec};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::Result;
-use crate::family::bert::BertDims;
 
 pub const CLASS: &str = "BertModel";
 

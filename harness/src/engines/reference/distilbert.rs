@@ -3,12 +3,12 @@
 
 use candle_core::Tensor as CTensor;
 
+use super::dims::distilbert::{DistilBertDims, LN_EPS};
 use super::encoder::{Bugs, Lin, Norm, attend, embed, encoder_bias, pool_rows, select_rows, split_heads};
 use super::{Mutation, Recorder, Weights};
 use crate::case::{Inputs, ModelSpec};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::Result;
-use crate::family::distilbert::{DistilBertDims, LN_EPS};
 
 pub const CLASS: &str = "DistilBertForSequenceClassification";
 
@@ -117,6 +117,7 @@ impl LoadedModel for DistilBert {
             rec.tap(&p, &x);
         }
         rec.tap("distilbert.transformer", &x);
+        rec.tap("distilbert", &x);
         rec.tap("last_hidden_state", &x);
 
         // Head: classifier(dropout(relu(pre_classifier(hidden_state[:, 0])))).

@@ -7,8 +7,12 @@ use super::ops::{attention_bias, layer_norm, linear, softmax_last};
 use super::{Mutation, Recorder, Weights};
 use crate::case::Inputs;
 use crate::error::Result;
-use crate::family::POOLED_TAPS;
 use crate::sentence::{Pipeline, PoolMode, SENTENCE_EMBEDDING};
+
+/// Sentence-embedding taps of encoder models, computed from `last_hidden_state` as
+/// sentence-transformers does: CLS (first real token) and mean over real tokens, each optionally
+/// L2-normalized. Shape `[batch, hidden]`.
+pub const POOLED_TAPS: [&str; 4] = ["pooled.cls", "pooled.mean", "pooled.cls.normalized", "pooled.mean.normalized"];
 
 /// The bug a run injects (if any), asked about by the encoder forwards. Every use is one small
 /// branch marked `// Mutation:`.

@@ -13,16 +13,42 @@ use candle_core::{DType, Device, Tensor as CTensor};
 use crate::case::{Inputs, ModelSpec};
 use crate::engine::{Engine, LoadedModel, Outputs};
 use crate::error::{Error, Result};
-use crate::family::Family;
 use crate::tensor::Tensor;
 
 pub mod bert;
+pub mod decoder;
+pub mod dims;
 pub mod distilbert;
 pub mod encoder;
+pub mod gpt2;
 pub mod kv_cache;
-pub mod llama;
 pub mod modernbert;
 pub mod ops;
+
+/// The HF classes the reference engine implements.
+pub fn classes() -> Vec<&'static str> {
+    let mut v = dims::decoder::CLASSES.to_vec();
+    v.extend([bert::CLASS, distilbert::CLASS, modernbert::CLASS, dims::gpt2::CLASS]);
+    v
+}
+
+/// Whether the reference engine implements `class` with this config; Err says why not.
+pub fn check(class: &str, config: &crate::config::Config) -> std::result::Result<(), String> {
+    let r = match class {
+        c if dims::decoder::CLASSES.contains(&c) => dims::decoder::check(c, config),
+        bert::CLASS => dims::bert::check(config),
+        distilbert::CLASS => dims::distilbert::check(config),
+        modernbert::CLASS => dims::modernbert::check(config),
+        dims::gpt2::CLASS => dims::gpt2::check(config),
+        other => {
+            return Err(format!(
+                "the reference engine does not implement `{other}` (it implements {})",
+                classes().join(", ")
+            ));
+        }
+    };
+    r.map_err(|e| e.msg)
+}
 
 /// A bug injected into the reference engine: the mutant zoo. Each variant is a bug a real port
 /// made (see ../shared/seeds/); families implement the ones that apply to them and ignore the
@@ -66,6 +92,22 @@ pub enum Mutation {
     NoResidual(&'static str),
     /// Decoder attention without the causal mask: tokens attend to later tokens.
     NoCausalMask,
+    /// Sliding-window layers let one more key in (`j >= i - window` instead of `j > i - window`).
+    WindowOffByOne,
+    /// Gemma's norms multiply by `w` instead of `1 + w` (weights read as Llama's).
+    NormWeightNotPlusOne,
+    /// Gemma's embeddings are not scaled by sqrt(hidden).
+    NoEmbedScale,
+    /// RoPE scaling (`linear`, `llama3`) is not applied: the base frequencies are used.
+    RopeScalingIgnored,
+    /// Partial rotary (Phi-3) applied to the whole head.
+    PartialRotaryFull,
+    /// The q/k/v projections' biases are dropped (Qwen2 has them).
+    NoQkvBias,
+    /// Attention and final-logit soft-capping (Gemma 2) are skipped.
+    NoSoftcap,
+    /// GELU with erf where the model uses the tanh approximation (`gelu_new`).
+    GeluErf,
 }
 
 impl Mutation {
@@ -91,6 +133,14 @@ impl Mutation {
             Mutation::NoAttentionScale => "attention scores are not scaled by 1/sqrt(head_dim)".into(),
             Mutation::NoResidual(which) => format!("the residual connection around each {which} block is missing"),
             Mutation::NoCausalMask => "the causal mask is missing: tokens attend to later tokens".into(),
+            Mutation::WindowOffByOne => "the sliding window lets one key too many in (off by one)".into(),
+            Mutation::NormWeightNotPlusOne => "RMSNorm multiplies by w instead of Gemma's (1 + w)".into(),
+            Mutation::NoEmbedScale => "the embeddings are not scaled by sqrt(hidden_size)".into(),
+            Mutation::RopeScalingIgnored => "the RoPE scaling of the config is not applied".into(),
+            Mutation::PartialRotaryFull => "RoPE rotates the whole head instead of the partial rotary dims".into(),
+            Mutation::NoQkvBias => "the q/k/v projection biases are dropped".into(),
+            Mutation::NoSoftcap => "attention / final logit soft-capping is skipped".into(),
+            Mutation::GeluErf => "GELU uses erf instead of the tanh approximation".into(),
         }
     }
 
@@ -113,6 +163,14 @@ impl Mutation {
             Mutation::NoResidual("attention"),
             Mutation::NoResidual("mlp"),
             Mutation::NoCausalMask,
+            Mutation::WindowOffByOne,
+            Mutation::NormWeightNotPlusOne,
+            Mutation::NoEmbedScale,
+            Mutation::RopeScalingIgnored,
+            Mutation::PartialRotaryFull,
+            Mutation::NoQkvBias,
+            Mutation::NoSoftcap,
+            Mutation::GeluErf,
         ];
         let module = tap.split('@').next().unwrap_or(tap);
         v.push(Mutation::TransposedWeight(format!("{module}.weight")));
@@ -145,8 +203,11 @@ impl Engine for ReferenceEngine {
     fn name(&self) -> &str {
         &self.name
     }
-    fn supports(&self, family: &Family) -> bool {
-        [llama::CLASS, llama::QWEN3_CLASS, bert::CLASS, distilbert::CLASS, modernbert::CLASS].contains(&family.class)
+    fn implements(&self, class: &str) -> bool {
+        classes().contains(&class)
+    }
+    fn supports(&self, model: &ModelSpec) -> std::result::Result<(), String> {
+        check(&model.class, &model.config)
     }
     fn default_enabled(&self) -> bool {
         self.mutation.is_none()
@@ -159,11 +220,13 @@ impl Engine for ReferenceEngine {
         if let Some(Mutation::TransposedWeight(name)) = &self.mutation {
             w.transpose(name)?;
         }
-        match spec.family.class {
-            llama::CLASS | llama::QWEN3_CLASS => Ok(Box::new(llama::Llama::new(spec, w, self.mutation.clone())?)),
-            bert::CLASS => Ok(Box::new(bert::Bert::new(spec, w, self.mutation.clone())?)),
-            distilbert::CLASS => Ok(Box::new(distilbert::DistilBert::new(spec, w, self.mutation.clone())?)),
-            modernbert::CLASS => Ok(Box::new(modernbert::ModernBert::new(spec, w, self.mutation.clone())?)),
+        let m = self.mutation.clone();
+        match spec.class.as_str() {
+            c if dims::decoder::CLASSES.contains(&c) => Ok(Box::new(decoder::Decoder::new(spec, w, m)?)),
+            bert::CLASS => Ok(Box::new(bert::Bert::new(spec, w, m)?)),
+            distilbert::CLASS => Ok(Box::new(distilbert::DistilBert::new(spec, w, m)?)),
+            modernbert::CLASS => Ok(Box::new(modernbert::ModernBert::new(spec, w, m)?)),
+            dims::gpt2::CLASS => Ok(Box::new(gpt2::Gpt2::new(spec, w, m)?)),
             other => Err(Error::engine(format!("the reference engine does not implement `{other}`"))),
         }
     }
@@ -177,7 +240,7 @@ pub struct ReferenceProbe<'a> {
 impl crate::diagnose::probes::Variants for ReferenceProbe<'_> {
     fn run(&self, mutation: &Mutation, taps: &[&str]) -> Option<Result<Outputs>> {
         let engine = ReferenceEngine::mutant("probe", mutation.clone());
-        if !engine.supports(self.case.model.family) {
+        if engine.supports(&self.case.model).is_err() {
             return None;
         }
         Some(engine.load(&self.case.model).and_then(|m| crate::trial::run_case(self.case, m.as_ref(), taps)))

@@ -2,13 +2,13 @@
 
 use candle_core::{D, Device, Tensor as CTensor};
 
+use super::dims::modernbert::ModernBertDims;
 use super::encoder::{Bugs, Lin, Norm, attend, embed, encoder_bias, pooled_taps, split_heads};
 use super::ops::{apply_rope, rope_tables};
 use super::{Mutation, Recorder, Weights};
 use crate::case::{Inputs, ModelSpec};
 use crate::engine::{LoadedModel, Outputs};
 use crate::error::Result;
-use crate::family::modernbert::ModernBertDims;
 
 pub const CLASS: &str = "ModernBertModel";
 

@@ -3,6 +3,7 @@
 
 use candle_core::{D, DType, Device, Tensor};
 
+use super::dims::decoder::{Rope, RopeScaling};
 use crate::error::Result;
 
 /// `x @ w^T + b` over the last dimension (torch.nn.Linear).
@@ -44,9 +45,46 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// RoPE tables for positions `pos` (HF default rope): `cos, sin` of shape `[n_pos, head_dim]`,
 /// with the frequencies repeated over both halves (`cat(freqs, freqs)`), in float32 like HF.
 pub fn rope_tables(pos: &[usize], head_dim: usize, theta: f64, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let half = head_dim / 2;
-    // HF: 1 / base ** (arange(0, dim, 2).float() / dim), computed in float32.
-    let inv: Vec<f32> = (0..half).map(|j| 1.0f32 / (theta as f32).powf((2 * j) as f32 / head_dim as f32)).collect();
+    rope_tables_from(pos, &default_inv_freq(head_dim, theta), dev)
+}
+
+/// HF's default inverse frequencies: `1 / base ** (arange(0, dim, 2).float() / dim)`, float32.
+pub fn default_inv_freq(dim: usize, theta: f64) -> Vec<f32> {
+    (0..dim / 2).map(|j| 1.0f32 / (theta as f32).powf((2 * j) as f32 / dim as f32)).collect()
+}
+
+/// The inverse frequencies of a (possibly scaled, possibly partial) RoPE, in float32 as
+/// transformers' `ROPE_INIT_FUNCTIONS` compute them.
+pub fn inv_freq(rope: &Rope) -> Vec<f32> {
+    let inv = default_inv_freq(rope.rotary_dim, rope.theta);
+    match rope.scaling {
+        RopeScaling::Default => inv,
+        RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max } => {
+            let (factor, low, high, old) =
+                (factor as f32, low_freq_factor as f32, high_freq_factor as f32, original_max as f32);
+            let (low_wavelen, high_wavelen) = (old / low, old / high);
+            inv.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    // HF: ~(wavelen < high) * ~(wavelen > low); wavelengths are finite, so >= and <= say it.
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                    if medium {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// `cos, sin` `[n_pos, 2 * inv.len()]` for positions `pos`: `cat(freqs, freqs)` as HF builds them.
+pub fn rope_tables_from(pos: &[usize], inv: &[f32], dev: &Device) -> Result<(Tensor, Tensor)> {
+    let head_dim = 2 * inv.len();
     let mut freqs = Vec::with_capacity(pos.len() * head_dim);
     for &p in pos {
         let row: Vec<f32> = inv.iter().map(|f| f * p as f32).collect();
@@ -65,6 +103,32 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
     let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}
+
+/// RoPE on the first `cos.dim(-1)` dims of each head, the rest passed through (Phi-3's partial
+/// rotary); the whole head when the tables are as wide as it.
+pub fn apply_rope_partial(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    rope: fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (d, r) = (x.dim(D::Minus1)?, cos.dim(D::Minus1)?);
+    if r == d {
+        return rope(x, cos, sin);
+    }
+    let rotated = rope(&x.narrow(D::Minus1, 0, r)?.contiguous()?, cos, sin)?;
+    Ok(Tensor::cat(&[&rotated, &x.narrow(D::Minus1, r, d - r)?], D::Minus1)?)
+}
+
+/// Gemma's RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + w)`.
+pub fn rms_norm_plus_one(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    rms_norm(x, &(w + 1.0)?, eps)
+}
+
+/// Soft-capping: `tanh(x / cap) * cap`.
+pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
+    Ok(((x / cap)?.tanh()? * cap)?)
 }
 
 /// RoPE over adjacent pairs `(2i, 2i+1)` with pair i's frequency (GPT-J / ggml "normal" style):

@@ -4,11 +4,8 @@
 use serde_json::Value;
 
 use super::bert::{check_gelu, head_dim};
-use super::{Config, Family, Module, pooled_modules};
+use crate::config::Config;
 use crate::error::Result;
-
-pub static MODERNBERT: Family =
-    Family { class: "ModernBertModel", causal: false, position_offset: 0, validate, modules };
 
 #[derive(Debug, Clone)]
 pub struct ModernBertDims {
@@ -95,7 +92,7 @@ impl ModernBertDims {
         check_gelu(c, "hidden_activation")?;
         let (vocab, layers, intermediate) =
             (c.usize("vocab_size")?, c.usize("num_hidden_layers")?, c.usize("intermediate_size")?);
-        super::check_param_count(
+        crate::config::check_param_count(
             c,
             &[&[vocab, hidden], &[layers, hidden, intermediate, 3], &[layers, hidden, hidden, 4]],
         )?;
@@ -118,38 +115,9 @@ impl ModernBertDims {
     }
 }
 
-fn validate(c: &Config) -> Result<()> {
+/// Whether the reference engine implements this config (errors name the key).
+pub fn check(c: &Config) -> Result<()> {
     ModernBertDims::from_config(c).map(|_| ())
-}
-
-/// `rotary_emb` is not listed: it runs once per attention type, so its output is ambiguous.
-fn modules(c: &Config) -> Result<Vec<Module>> {
-    let d = ModernBertDims::from_config(c)?;
-    let t = |p: &str| Module::tokens(p);
-    let mut m = vec![t("embeddings.tok_embeddings"), t("embeddings.norm"), t("embeddings.drop"), t("embeddings")];
-    for i in 0..d.layers {
-        let p = format!("layers.{i}");
-        for s in [
-            "attn_norm",
-            "attn.Wqkv",
-            "attn.Wo",
-            "attn.out_drop",
-            "attn",
-            "mlp_norm",
-            "mlp.Wi",
-            "mlp.act",
-            "mlp.drop",
-            "mlp.Wo",
-            "mlp",
-        ] {
-            m.push(t(&format!("{p}.{s}")));
-        }
-        m.push(t(&p));
-    }
-    m.push(t("final_norm"));
-    m.push(t("last_hidden_state"));
-    m.extend(pooled_modules());
-    Ok(m)
 }
 
 #[cfg(test)]

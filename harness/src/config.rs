@@ -1,105 +1,13 @@
-//! Model families: what the harness knows about an HF class without running it.
-//!
-//! A family lists its modules (HF module paths, in the order their forward *completes*, which is
-//! the order of forward hooks in tools/regen_goldens.py) so that tap globs can be expanded and
-//! checked when a case is loaded, before any engine runs.
+//! An HF config (config.json keys overlaid by a model spec's `config:`), with typed getters
+//! whose errors name the model spec. Engines that read config keys themselves (the reference
+//! engine, candle-transformers) use it; the harness's own view of an architecture is the
+//! recorded [`crate::structure::Structure`], never the config.
 
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-
-pub mod bert;
-pub mod distilbert;
-pub mod llama;
-pub mod modernbert;
-pub mod qwen3;
-
-/// How a tap's axes line up with the input tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TapKind {
-    /// `[batch, seq, ...]`: one row per input token.
-    Tokens,
-    /// `[1, seq, ...]`: per position, shared by the batch (e.g. RoPE cos tables).
-    Positions,
-    /// `[batch, ...]`: one row per sequence (pooled outputs).
-    Pooled,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Module {
-    pub path: String,
-    pub kind: TapKind,
-}
-
-impl Module {
-    pub fn tokens(path: impl Into<String>) -> Self {
-        Module { path: path.into(), kind: TapKind::Tokens }
-    }
-    pub fn with_kind(path: impl Into<String>, kind: TapKind) -> Self {
-        Module { path: path.into(), kind }
-    }
-    /// The layer index if the path is under a numbered layer list (`model.layers.3.mlp` -> 3).
-    pub fn layer(&self) -> Option<usize> {
-        layer_of(&self.path)
-    }
-}
-
-pub fn layer_of(path: &str) -> Option<usize> {
-    path.split('.').find_map(|s| s.parse::<usize>().ok())
-}
-
-pub struct Family {
-    /// The HF class name as written in model specs, e.g. `LlamaForCausalLM`.
-    pub class: &'static str,
-    pub causal: bool,
-    /// Positions consumed before the first token (RoBERTa-style offsets); 0 for most families.
-    pub position_offset: usize,
-    /// Check the config keys the reference engine needs; errors name the key.
-    pub validate: fn(&Config) -> Result<()>,
-    /// Every tappable module and named output, in forward completion order.
-    pub modules: fn(&Config) -> Result<Vec<Module>>,
-}
-
-impl std::fmt::Debug for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.class)
-    }
-}
-
-static FAMILIES: &[&Family] =
-    &[&llama::LLAMA, &qwen3::QWEN3, &bert::BERT, &distilbert::DISTILBERT, &modernbert::MODERNBERT];
-
-/// Sentence-embedding taps of encoder families, computed from `last_hidden_state` as
-/// sentence-transformers does: CLS (first real token) and mean over real tokens, each optionally
-/// L2-normalized. Shape `[batch, hidden]`.
-pub const POOLED_TAPS: [&str; 4] = ["pooled.cls", "pooled.mean", "pooled.cls.normalized", "pooled.mean.normalized"];
-
-pub fn pooled_modules() -> Vec<Module> {
-    POOLED_TAPS.iter().map(|n| Module::with_kind(*n, TapKind::Pooled)).collect()
-}
-
-pub fn all() -> &'static [&'static Family] {
-    FAMILIES
-}
-
-pub fn lookup(class: &str) -> Option<&'static Family> {
-    FAMILIES.iter().copied().find(|f| f.class == class)
-}
-
-/// The attention kind of each layer, for families whose layers differ (ModernBERT:
-/// `full_attention` / `sliding_attention`); None when all layers are alike.
-pub fn layer_kinds(model: &crate::case::ModelSpec) -> Option<Vec<String>> {
-    if model.family.class == modernbert::MODERNBERT.class {
-        let d = modernbert::ModernBertDims::from_config(&model.config).ok()?;
-        return Some(
-            d.global.iter().map(|g| if *g { "full_attention" } else { "sliding_attention" }.to_string()).collect(),
-        );
-    }
-    None
-}
 
 /// Refuse configs whose weight matrices cannot exist: each product of dims (e.g.
 /// `[vocab, hidden]`) must fit in memory (2^40 elements, 4 TiB of float32, is the limit).

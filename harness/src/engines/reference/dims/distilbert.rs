@@ -2,11 +2,8 @@
 //! fixed at 1e-12 by the model code, and a pre_classifier + ReLU + classifier head on token 0.
 
 use super::bert::{check_gelu, head_dim};
-use super::{Config, Family, Module, TapKind};
+use crate::config::Config;
 use crate::error::Result;
-
-pub static DISTILBERT: Family =
-    Family { class: "DistilBertForSequenceClassification", causal: false, position_offset: 0, validate, modules };
 
 /// DistilBERT's LayerNorms use this epsilon whatever the config says (modeling_distilbert.py).
 pub const LN_EPS: f64 = 1e-12;
@@ -57,7 +54,7 @@ impl DistilBertDims {
         let (vocab, hidden_dim) = (c.usize("vocab_size")?, c.usize("hidden_dim")?);
         let (layers, max_positions) =
             (aliased(c, "n_layers", "num_hidden_layers")?, c.usize("max_position_embeddings")?);
-        super::check_param_count(
+        crate::config::check_param_count(
             c,
             &[
                 &[vocab, dim],
@@ -71,44 +68,7 @@ impl DistilBertDims {
     }
 }
 
-fn validate(c: &Config) -> Result<()> {
+/// Whether the reference engine implements this config (errors name the key).
+pub fn check(c: &Config) -> Result<()> {
     DistilBertDims::from_config(c).map(|_| ())
-}
-
-fn modules(c: &Config) -> Result<Vec<Module>> {
-    let d = DistilBertDims::from_config(c)?;
-    let t = |p: &str| Module::tokens(p);
-    let mut m = vec![
-        t("distilbert.embeddings.word_embeddings"),
-        Module::with_kind("distilbert.embeddings.position_embeddings", TapKind::Positions),
-        t("distilbert.embeddings.LayerNorm"),
-        t("distilbert.embeddings.dropout"),
-        t("distilbert.embeddings"),
-    ];
-    for i in 0..d.layers {
-        let p = format!("distilbert.transformer.layer.{i}");
-        for s in [
-            "attention.q_lin",
-            "attention.k_lin",
-            "attention.v_lin",
-            "attention.out_lin",
-            "attention",
-            "sa_layer_norm",
-            "ffn.lin1",
-            "ffn.activation",
-            "ffn.lin2",
-            "ffn.dropout",
-            "ffn",
-            "output_layer_norm",
-        ] {
-            m.push(t(&format!("{p}.{s}")));
-        }
-        m.push(t(&p));
-    }
-    m.push(t("distilbert.transformer"));
-    m.push(t("last_hidden_state"));
-    for s in ["pre_classifier", "dropout", "classifier", "logits"] {
-        m.push(Module::with_kind(s, TapKind::Pooled));
-    }
-    Ok(m)
 }

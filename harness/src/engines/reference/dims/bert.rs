@@ -1,9 +1,7 @@
 //! `BertModel`: word + position + token-type embeddings, post-LayerNorm blocks, tanh pooler.
 
-use super::{Config, Family, Module, TapKind, pooled_modules};
+use crate::config::Config;
 use crate::error::Result;
-
-pub static BERT: Family = Family { class: "BertModel", causal: false, position_offset: 0, validate, modules };
 
 /// The shapes the reference engine needs, read once from the config.
 #[derive(Debug, Clone)]
@@ -39,7 +37,7 @@ impl BertDims {
         let (vocab, layers, intermediate) =
             (c.usize("vocab_size")?, c.usize("num_hidden_layers")?, c.usize("intermediate_size")?);
         let (max_positions, type_vocab) = (c.usize("max_position_embeddings")?, c.usize("type_vocab_size")?);
-        super::check_param_count(
+        crate::config::check_param_count(
             c,
             &[
                 &[vocab, hidden],
@@ -84,50 +82,7 @@ pub(super) fn check_gelu(c: &Config, key: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate(c: &Config) -> Result<()> {
+/// Whether the reference engine implements this config (errors name the key).
+pub fn check(c: &Config) -> Result<()> {
     BertDims::from_config(c).map(|_| ())
-}
-
-fn modules(c: &Config) -> Result<Vec<Module>> {
-    let d = BertDims::from_config(c)?;
-    let t = |p: &str| Module::tokens(p);
-    let mut m = vec![
-        t("embeddings.word_embeddings"),
-        t("embeddings.token_type_embeddings"),
-        Module::with_kind("embeddings.position_embeddings", TapKind::Positions),
-        t("embeddings.LayerNorm"),
-        t("embeddings.dropout"),
-        t("embeddings"),
-    ];
-    for i in 0..d.layers {
-        let p = format!("encoder.layer.{i}");
-        for s in [
-            "attention.self.query",
-            "attention.self.key",
-            "attention.self.value",
-            "attention.self",
-            "attention.output.dense",
-            "attention.output.dropout",
-            "attention.output.LayerNorm",
-            "attention.output",
-            "attention",
-            "intermediate.dense",
-            "intermediate.intermediate_act_fn",
-            "intermediate",
-            "output.dense",
-            "output.dropout",
-            "output.LayerNorm",
-            "output",
-        ] {
-            m.push(t(&format!("{p}.{s}")));
-        }
-        m.push(t(&p));
-    }
-    m.push(t("encoder"));
-    for s in ["pooler.dense", "pooler.activation", "pooler"] {
-        m.push(Module::with_kind(s, TapKind::Pooled));
-    }
-    m.push(t("last_hidden_state"));
-    m.extend(pooled_modules());
-    Ok(m)
 }
