@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the performance benchmarks and print the README's "Performance" table.
+"""Run the performance benchmarks and print the "Benchmarks" table of docs/performance.md.
 
     tools/.venv/bin/python tools/bench_report.py            # everything, ~5 min
     tools/.venv/bin/python tools/bench_report.py --quick    # fewer samples

@@ -1,6 +1,6 @@
 //! Metrics throughput against a plain read of the same memory, and golden loading against
 //! reading the file once. `cargo bench -p harness --bench compare`; `tools/bench_report.py` runs
-//! it with numpy's equivalent and prints the README's table.
+//! it with numpy's equivalent and prints docs/performance.md's table.
 
 use std::io::Read;
 

@@ -8,11 +8,7 @@
 //! smallest k whose output diverges: layer k-1 is the first divergent layer (assuming, as for
 //! any bug in a layer's code or weights, that once a depth diverges every deeper one does).
 
-use serde::Serialize;
-use serde_json::{Map, Value, json};
-
-use crate::case::{Case, ModelSpec};
-use crate::config::Config;
+use crate::case::Case;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::golden::Goldens;
@@ -25,90 +21,8 @@ pub fn depth_tap(k: usize, tap: &str) -> String {
     format!("depth.{k}.{tap}")
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Bisection {
-    /// The output compared at each depth.
-    pub tap: String,
-    /// Layers of the full model.
-    pub layers: usize,
-    /// Each depth run, in the order tried.
-    pub probes: Vec<DepthProbe>,
-    /// The smallest depth whose output diverges; None when every depth tried is within tolerance.
-    pub first_divergent_depth: Option<usize>,
-    /// The module of layer `first_divergent_depth - 1` (e.g. `model.layers.1`).
-    pub first_divergent_layer: Option<String>,
-    /// Why bisection stopped early, if it did.
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DepthProbe {
-    pub depth: usize,
-    pub pass: bool,
-    pub max_abs: Option<f64>,
-    pub cosine: Option<f64>,
-}
-
-impl Bisection {
-    /// One sentence for the report.
-    pub fn describe(&self) -> String {
-        let runs = self
-            .probes
-            .iter()
-            .map(|p| format!("{} {}", p.depth, if p.pass { "ok" } else { "diverges" }))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if let Some(e) = &self.error {
-            return format!("depth bisection of `{}` stopped: {e} (depths run: {runs})", self.tap);
-        }
-        match (self.first_divergent_depth, &self.first_divergent_layer) {
-            (Some(1), Some(layer)) => format!(
-                "depth bisection of `{}`: the model truncated to 1 layer already diverges: first divergent layer \
-                 `{layer}`, or what every depth shares (embeddings, final norm, head) (depths run: {runs})",
-                self.tap
-            ),
-            (Some(k), Some(layer)) => format!(
-                "depth bisection of `{}`: {} layers match HF, {k} diverge: first divergent layer `{layer}` \
-                 (depths run: {runs})",
-                self.tap,
-                k - 1
-            ),
-            _ => format!(
-                "depth bisection of `{}`: every depth tried matches HF (depths run: {runs}); the divergence is in \
-                 another output",
-                self.tap
-            ),
-        }
-    }
-}
-
-/// Keep the first `k` layers of an HF config: the layer count (`num_hidden_layers`, DistilBERT's
-/// `n_layers`) and the per-layer `layer_types`.
-pub fn truncate_config(json: &mut Map<String, Value>, k: usize) {
-    for key in ["num_hidden_layers", "n_layers"] {
-        if json.contains_key(key) {
-            json.insert(key.into(), json!(k));
-        }
-    }
-    if let Some(Value::Array(a)) = json.get_mut("layer_types") {
-        a.truncate(k);
-    }
-}
-
-/// The layer count of a config.
-pub fn layer_count(c: &Config) -> Result<Option<usize>> {
-    match c.opt_usize("num_hidden_layers")? {
-        Some(n) => Ok(Some(n)),
-        None => c.opt_usize("n_layers"),
-    }
-}
-
-/// `spec` truncated to its first `k` layers (same checkpoint directory).
-pub fn truncated(spec: &ModelSpec, k: usize) -> ModelSpec {
-    let mut map = spec.config.raw().clone();
-    truncate_config(&mut map, k);
-    ModelSpec { config: Config::new(map, spec.file.clone()), ..spec.clone() }
-}
+pub use harness_api::model::{layer_count, truncate_config, truncated};
+pub use harness_api::report::{Bisection, DepthProbe};
 
 /// The module of layer `i` (`model.layers.1`, `encoder.layer.1`, ...), from the recorded
 /// structure.
@@ -155,7 +69,7 @@ pub fn bisect(case: &Case, engine: &dyn Engine, goldens: &Goldens, report: &Tria
         let entry = goldens.entry(&golden_name).ok_or_else(|| {
             Error::golden(format!("no golden `{golden_name}`"))
                 .file(goldens.dir.join(crate::golden::MANIFEST))
-                .hint(crate::golden::regen_command(&case.id))
+                .hint(crate::golden::regen_command(&goldens.root, &case.id))
         })?;
         let floor = entry.noise.as_ref().map(|n| n.floor);
         let file = goldens.dir.join(&entry.file);

@@ -3,7 +3,7 @@
 //! A *model spec* (`cases/models/<id>.yaml`) names an HF class, where its weights come from and
 //! its config. A *case* (`cases/**/<name>.yaml`) names a model, its inputs, the taps to compare and
 //! their tolerances. Both are plain data: adding either never needs Rust code. The schema is
-//! documented in README.md; unknown keys are errors with a did-you-mean.
+//! documented in docs/cases-and-inputs.md; unknown keys are errors with a did-you-mean.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -17,6 +17,9 @@ use crate::structure::{Module, Structure};
 use crate::text::{Text, TextCase, TextTokenizer, TokenizerOptions};
 use crate::tolerance::Tolerance;
 use crate::yaml::Doc;
+
+pub use harness_api::inputs::{IdMatrix, Inputs};
+pub use harness_api::model::{ModelSpec, PICKLES, Source, WeightDtype};
 
 /// `cases/models/<id>.yaml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,17 +41,6 @@ pub struct ModelSpecFile {
     /// engines (LlamaForCausalLM only; tools/hflib/gguf_export.py).
     #[serde(default)]
     pub gguf: Vec<String>,
-}
-
-/// Where a model's weights come from: `random: {seed: N}`, `path: DIR` or `hf: org/name`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Source {
-    /// A tiny model initialised by HF transformers from `config` and this seed (by tools/).
-    Random { seed: u64 },
-    /// A checkpoint directory (config.json + model.safetensors), relative to the repository root.
-    Path { path: PathBuf, allow_outside_root: bool },
-    /// A model in the local Hugging Face cache at `revision` (a ref or a commit; default `main`).
-    Hf { repo: String, revision: Option<String> },
 }
 
 /// `source:` as written: exactly one of `random`, `path` and `hf` (checked with a located error).
@@ -125,64 +117,6 @@ impl SourceFile {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum WeightDtype {
-    #[default]
-    Float32,
-    Float16,
-    Bfloat16,
-}
-
-impl WeightDtype {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WeightDtype::Float32 => "float32",
-            WeightDtype::Float16 => "float16",
-            WeightDtype::Bfloat16 => "bfloat16",
-        }
-    }
-}
-
-/// A loaded, validated model spec.
-#[derive(Debug, Clone)]
-pub struct ModelSpec {
-    pub id: String,
-    pub file: PathBuf,
-    /// The HF class (`family:` in the spec), e.g. `MistralForCausalLM`: any transformers class.
-    pub class: String,
-    /// What HF recorded about the architecture (goldens/models/<id>/structure.json).
-    pub structure: std::sync::Arc<Structure>,
-    pub source: Source,
-    pub dtype: WeightDtype,
-    /// The checkpoint directory: `goldens/models/<id>` for random models, else the `path`.
-    pub dir: PathBuf,
-    /// Effective config: the checkpoint's config.json (when present) overlaid by the spec's keys.
-    pub config: Config,
-    /// `hf` sources: the commit hash the cache resolved (recorded in and checked against the
-    /// goldens' manifest).
-    pub revision: Option<String>,
-    /// Why the checkpoint is not on disk (`path`/`hf` sources), with the command that provides
-    /// it: the model's cases are ignored, not run. The config is then not validated.
-    pub absent: Option<Error>,
-    /// The sentence-transformers pooling/normalization, when the checkpoint has a modules.json.
-    pub sentence: Option<sentence::Pipeline>,
-}
-
-impl ModelSpec {
-    /// The vocabulary size the structure recorded (or the config's `vocab_size`).
-    pub fn vocab(&self) -> Result<usize> {
-        match self.structure.vocab_size {
-            Some(v) => Ok(v),
-            None => self.config.usize("vocab_size"),
-        }
-    }
-    /// Token types the model takes (0: it takes no `token_type_ids`).
-    pub fn type_vocab(&self) -> usize {
-        if self.structure.takes("token_type_ids") { self.structure.type_vocab_size.unwrap_or(0) } else { 0 }
-    }
-}
-
 /// `cases/**/<name>.yaml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,10 +163,43 @@ pub struct ShrinkFile {
     pub budget: Option<u32>,
 }
 
+/// Where expected outputs come from: `engine:NAME`, `hf` or `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OracleChoice {
+    Engine(String),
+    Hf,
+    Prefix,
+}
+
+impl std::str::FromStr for OracleChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<OracleChoice> {
+        match s {
+            "hf" => Ok(OracleChoice::Hf),
+            "prefix" => Ok(OracleChoice::Prefix),
+            _ => match s.strip_prefix("engine:") {
+                Some(name) if !name.is_empty() => Ok(OracleChoice::Engine(name.to_string())),
+                _ => Err(Error::input(format!("unknown oracle `{s}`"))
+                    .hint("use `engine:NAME` (e.g. engine:reference), `hf` or `prefix`")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for OracleChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OracleChoice::Engine(n) => write!(f, "engine:{n}"),
+            OracleChoice::Hf => f.write_str("hf"),
+            OracleChoice::Prefix => f.write_str("prefix"),
+        }
+    }
+}
+
 /// A validated `shrink:`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShrinkSettings {
-    pub oracle: Option<crate::shrink::OracleChoice>,
+    pub oracle: Option<OracleChoice>,
     pub budget: Option<u32>,
 }
 
@@ -380,37 +347,6 @@ impl<'de> Deserialize<'de> for TapSpec {
     }
 }
 
-/// Integer matrix (batch x seq), row-major.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdMatrix {
-    pub batch: usize,
-    pub seq: usize,
-    pub data: Vec<i64>,
-}
-
-impl IdMatrix {
-    pub fn row(&self, b: usize) -> &[i64] {
-        &self.data[b * self.seq..(b + 1) * self.seq]
-    }
-    pub fn shape(&self) -> [usize; 2] {
-        [self.batch, self.seq]
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Inputs {
-    pub input_ids: IdMatrix,
-    pub attention_mask: Option<IdMatrix>,
-    pub token_type_ids: Option<IdMatrix>,
-}
-
-impl Inputs {
-    /// True where the position holds a real token (mask 1, or no mask at all).
-    pub fn is_real(&self, b: usize, s: usize) -> bool {
-        self.attention_mask.as_ref().is_none_or(|m| m.data[b * m.seq + s] != 0)
-    }
-}
-
 /// A validated `decode:`: step 0 is the prompt, step k (1..=steps) feeds `tokens[:, k-1]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decode {
@@ -477,7 +413,7 @@ pub struct Case {
 
 /// Read and validate a model spec; `root` is the repository root.
 pub fn load_model_spec(root: &Path, id: &str) -> Result<ModelSpec> {
-    let file = root.join("cases").join("models").join(format!("{id}.yaml"));
+    let file = crate::project::cases_dir(root).join("models").join(format!("{id}.yaml"));
     parse_model_spec(root, id, Doc::read(&file)?)
 }
 
@@ -498,8 +434,8 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
                 .err("gguf", format!("`gguf:` is only supported for LlamaForCausalLM, not {class}"))
                 .hint("remove `gguf:`"));
         }
-        if crate::engines::candle_tx::gguf::GgufType::parse(q).is_none() {
-            let known = crate::engines::candle_tx::gguf::GgufType::ALL.map(|t| t.as_str());
+        if !GGUF_TYPES.contains(&q.as_str()) {
+            let known = GGUF_TYPES;
             let hint = match did_you_mean(q, known) {
                 Some(k) => format!("did you mean `{k}`?"),
                 None => format!("known types: {}", known.join(", ")),
@@ -516,7 +452,7 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
                     .err("source", "a random model needs a `config:` (HF config keys)")
                     .hint("add e.g. `config: {hidden_size: 64, num_hidden_layers: 2, ...}`"));
             }
-            root.join("goldens").join("models").join(id)
+            crate::project::goldens_dir(root).join("models").join(id)
         }
         Source::Path { path, allow_outside_root } => {
             let dir = if path.is_absolute() { path.clone() } else { root.join(path) };
@@ -565,6 +501,15 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
             }
         }
     };
+    // A clone without `git lfs` has pointer files where the weights should be.
+    for name in ["model.safetensors", "config.json", "tokenizer.json"] {
+        if let Some(e) = absent.is_none().then(|| harness_api::error::git_lfs_pointer_file(&dir.join(name))).flatten() {
+            return Err(e.hint(format!(
+                "fetch the files Git LFS tracks: `git lfs install && git lfs pull` (model `{id}`, {})",
+                crate::error::display_path(&file)
+            )));
+        }
+    }
     if let Some(why) = absent {
         let fetch = spec.source.fetch.clone().unwrap_or_else(|| match &source {
             Source::Hf { repo, revision: Some(r) } => format!("huggingface-cli download {repo} --revision {r}"),
@@ -631,9 +576,12 @@ pub fn parse_model_spec(root: &Path, id: &str, mut doc: Doc) -> Result<ModelSpec
     })
 }
 
+/// The GGUF types `tools/` write (`gguf: [f32, q8_0]`); the GGUF engines read these files.
+pub const GGUF_TYPES: [&str; 2] = ["f32", "q8_0"];
+
 /// The command that records a model's structure (and builds a random model), as printed.
-pub fn regen_model_command() -> String {
-    "tools/.venv/bin/python tools/regen_goldens.py".to_string()
+pub fn regen_model_command(root: &Path) -> String {
+    crate::project::or_default(root).regen_all_command()
 }
 
 /// `goldens/models/<id>/structure.json`, checked against what it was recorded from: the class,
@@ -648,8 +596,8 @@ fn load_structure(
     spec_config: &serde_json::Map<String, serde_json::Value>,
     dir: Option<&Path>,
 ) -> Result<std::sync::Arc<Structure>> {
-    let file = root.join("goldens").join("models").join(id).join(crate::structure::FILE);
-    let regen = regen_model_command();
+    let file = crate::project::goldens_dir(root).join("models").join(id).join(crate::structure::FILE);
+    let regen = regen_model_command(root);
     let s = Structure::read(&file, &regen).map_err(|e| {
         if e.kind == ErrorKind::Golden && e.msg.starts_with("no structure recorded") {
             Error::golden(format!(
@@ -657,7 +605,7 @@ fn load_structure(
                 crate::error::display_path(&file)
             ))
             .file(spec_file)
-            .hint(format!("tools/ record it from HF when they build the model: {regen}"))
+            .hint(format!("the goldens tool records it from HF when it builds the model: {regen}"))
         } else {
             e
         }
@@ -673,7 +621,7 @@ fn load_structure(
         && let Ok(bytes) = std::fs::read(dir.join("config.json"))
     {
         let config_file = dir.join("config.json");
-        if crate::golden::sha256_bytes(&bytes) != s.config_sha256 {
+        if crate::hash::sha256_bytes(&bytes) != s.config_sha256 {
             return Err(Structure::stale(&file, &crate::error::display_path(&config_file), &regen));
         }
         let on_disk: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -700,9 +648,6 @@ fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
         _ => a == b,
     }
 }
-
-/// Checkpoint files that are Python pickles: never loaded.
-pub const PICKLES: &[&str] = &["pytorch_model.bin", "model.bin", "model.pt", "model.pth", "model.ckpt"];
 
 /// Refuse paths that leave `root`, lexically (`..`) or through a symlink.
 fn check_inside(root: &Path, dir: &Path) -> std::result::Result<(), String> {
@@ -753,7 +698,7 @@ pub fn load_case(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<
 pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Result<ModelSpec>>) -> Result<Case> {
     let file = doc.file.clone();
     let file = file.as_path();
-    let cases_dir = root.join("cases");
+    let cases_dir = crate::project::cases_dir(root);
     let id = case_id(&cases_dir, file);
     let cf: CaseFile = doc.parse()?;
 
@@ -853,7 +798,6 @@ pub fn peek_absent(file: &Path, models: &BTreeMap<String, Result<ModelSpec>>) ->
 }
 
 fn validate_shrink(doc: &Doc, f: &ShrinkFile, model: &ModelSpec) -> Result<ShrinkSettings> {
-    use crate::shrink::OracleChoice;
     let oracle = match &f.oracle {
         None => None,
         Some(o) => {
@@ -901,7 +845,7 @@ fn validate_reference(doc: &Doc, cf: &CaseFile, r: &ReferenceFile) -> Result<Eng
 }
 
 pub fn list_model_ids(root: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(root.join("cases").join("models"))
+    let mut ids: Vec<String> = std::fs::read_dir(crate::project::cases_dir(root).join("models"))
         .into_iter()
         .flatten()
         .flatten()

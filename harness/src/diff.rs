@@ -11,27 +11,10 @@ use crate::dump::{DUMP_MANIFEST, DumpManifest};
 use crate::error::{Error, Result, display_path};
 use crate::golden::{MANIFEST, Manifest};
 use crate::report::{TrialReport, Verdict};
-use crate::tensor::{Tensor, read_npy};
+use crate::tensor::read_npy;
 use crate::tolerance::Tolerance;
 
-/// How B's tensors map onto A's names and layouts.
-pub trait Mapping {
-    /// The A (HF) name of B's tensor `name`; None to ignore it.
-    fn name(&self, name: &str) -> Option<String>;
-    /// B's tensor `name` (mapped to `hf_name`) in A's layout (e.g. reversed dims), given A's shape.
-    fn layout(&self, _name: &str, _hf_name: &str, t: Tensor, _expected: &[usize]) -> Result<Tensor> {
-        Ok(t)
-    }
-}
-
-/// Same names, same layouts.
-pub struct Identity;
-
-impl Mapping for Identity {
-    fn name(&self, name: &str) -> Option<String> {
-        Some(name.to_string())
-    }
-}
+pub use crate::engine::{Identity, Mapping};
 
 /// One side of a diff: named `.npy` files, in forward order when the directory says so.
 #[derive(Debug, Clone)]

@@ -3,31 +3,33 @@
 
 pub mod bisect;
 pub mod case;
-pub mod config;
+pub mod catalogue;
 pub mod decode;
 pub mod diagnose;
 pub mod diff;
 pub mod digest;
 pub mod dump;
 pub mod engine;
-pub mod engines;
-pub mod error;
-pub mod expect;
 pub mod expected;
+pub mod findings;
 pub mod golden;
 pub mod hub;
 pub mod metamorphic;
-pub mod metrics;
+pub mod project;
 pub mod report;
 pub mod runner;
-pub mod sentence;
 pub mod shrink;
-pub mod structure;
-pub mod tensor;
 pub mod text;
-pub mod timings;
-pub mod tolerance;
+pub mod tokenization;
 pub mod trial;
 pub mod yaml;
 
-pub use error::{Error, ErrorKind, Result};
+// The engine API (a crate of its own, no candle) under the paths the harness has always used.
+pub use harness_api::{Error, ErrorKind, Result};
+pub use harness_api::{
+    config, error, hash, inputs, logits, metrics, model, sentence, structure, tensor, timings, tolerance,
+};
+/// The built-in candle engines (cargo features `reference`, `candle-transformers`, `gguf`).
+#[cfg(any(feature = "reference", feature = "candle-transformers"))]
+pub use harness_engines as engines;
+pub use runner::Harness;

@@ -17,22 +17,23 @@ use libtest_mimic::{Arguments, Completion, Conclusion, Failed, Trial};
 use crate::case::{Case, ModelSpec, case_id, load_case, peek_absent};
 use crate::engine::external;
 use crate::engine::{Engine, LoadedModel, Registry};
-use crate::engines::reference::ReferenceProbe;
 use crate::error::{Error, ErrorKind, Pos, Result, did_you_mean, display_path};
-use crate::expect::Expectations;
 use crate::expected::{EngineOutputs, Expected};
+use crate::findings::Expectations;
 use crate::golden::Store;
 use crate::report::{TrialReport, Verdict, terminal};
 use crate::timings::{self, Phase};
 
 /// Sub-directories of `cases/` that hold specs or other kinds of cases, not golden cases.
-pub const RESERVED_DIRS: &[&str] = &["models", "engines", crate::expect::DIR, crate::metamorphic::DIR];
+pub const RESERVED_DIRS: &[&str] = &["models", "engines", crate::findings::DIR, crate::metamorphic::DIR];
 
 type ModelSlot = Arc<OnceLock<std::result::Result<Arc<dyn LoadedModel>, Error>>>;
 type ReferenceSlot = Arc<OnceLock<std::result::Result<Arc<EngineOutputs>, Error>>>;
 
 pub struct Suite {
     pub root: PathBuf,
+    /// The project's settings (harness.toml): directories, commands, default engines.
+    pub project: Arc<crate::project::Project>,
     pub registry: Registry,
     pub store: Store,
     /// Engine files under `cases/engines/` that did not load: (name, file, error).
@@ -48,34 +49,18 @@ pub struct Suite {
     pub ignored: Mutex<Vec<(String, Error)>>,
 }
 
-/// The repository root: `$HARNESS_ROOT`, else the nearest ancestor of the current directory
-/// that has a `cases/` directory.
-pub fn find_root() -> Result<PathBuf> {
-    if let Ok(r) = std::env::var("HARNESS_ROOT") {
-        let p = PathBuf::from(r);
-        if !p.join("cases").is_dir() {
-            return Err(Error::input("HARNESS_ROOT has no cases/ directory").file(&p));
-        }
-        return Ok(p);
-    }
-    let cwd = std::env::current_dir().map_err(|e| Error::io(Path::new("."), &e))?;
-    cwd.ancestors().find(|p| p.join("cases").is_dir() && p.join("goldens").is_dir()).map(Path::to_path_buf).ok_or_else(
-        || {
-            Error::input("no cases/ and goldens/ directories here or above")
-                .file(&cwd)
-                .hint("run from the repository, or set HARNESS_ROOT")
-        },
-    )
-}
+pub use crate::project::find_root;
 
 /// Every case file under `root/cases`, sorted.
 pub fn discover(root: &Path) -> Result<Vec<PathBuf>> {
-    let cases = root.join("cases");
+    let cases = crate::project::cases_dir(root);
     let mut out = Vec::new();
     walk(&cases, &cases, &mut out)?;
     out.sort();
     if out.is_empty() {
-        return Err(Error::input("no cases found").file(&cases).hint("add a case as cases/<name>.yaml; see README.md"));
+        return Err(Error::input("no cases found")
+            .file(&cases)
+            .hint("add a case as cases/<name>.yaml; see docs/cases-and-inputs.md"));
     }
     Ok(out)
 }
@@ -98,9 +83,11 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// `cargo test` command that reruns one trial.
-pub fn rerun_command(trial: &str) -> String {
-    format!("cargo test -p harness --test cases -- --exact '{trial}'")
+impl Suite {
+    /// The command that reruns one trial (the project's `commands.rerun`, or the front-end's).
+    pub fn rerun_command(&self, trial: &str) -> String {
+        self.project.rerun_command(trial)
+    }
 }
 
 /// Register the external engines of `root/cases/engines/` in `registry`; returns the files that
@@ -108,7 +95,7 @@ pub fn rerun_command(trial: &str) -> String {
 pub fn add_external_engines(root: &Path, registry: &mut Registry) -> Vec<(String, PathBuf, Error)> {
     let found = match external::discover(root) {
         Ok(f) => f,
-        Err(e) => return vec![("engines".into(), root.join(external::spec::ENGINES_DIR), e)],
+        Err(e) => return vec![("engines".into(), external::spec::engines_dir(root), e)],
     };
     let mut errors = Vec::new();
     for (name, file, engine) in found {
@@ -128,10 +115,19 @@ pub fn add_external_engines(root: &Path, registry: &mut Registry) -> Vec<(String
 
 impl Suite {
     /// A suite over `root` with `registry` plus the external engines of `root/cases/engines/`.
-    pub fn new(root: PathBuf, mut registry: Registry) -> Arc<Suite> {
+    pub fn new(root: PathBuf, registry: Registry) -> Arc<Suite> {
+        let project = crate::project::or_default(&root);
+        Suite::with_project(project, registry)
+    }
+
+    /// A suite of `project` (its root, directories and commands) with `registry` plus its
+    /// external engines.
+    pub fn with_project(project: Arc<crate::project::Project>, mut registry: Registry) -> Arc<Suite> {
+        let root = project.root.clone();
         let engine_errors = add_external_engines(&root, &mut registry);
         Arc::new(Suite {
             store: Store::new(&root),
+            project,
             root,
             registry,
             engine_errors,
@@ -258,10 +254,19 @@ impl Suite {
                 .registry
                 .all()
                 .iter()
-                .filter(|e| e.default_enabled() && e.supports(&case.model).is_ok())
+                .filter(|e| self.default_engine(e.as_ref()) && e.supports(&case.model).is_ok())
                 .filter(|e| reference.as_deref() != Some(e.name()))
                 .cloned()
                 .collect()),
+        }
+    }
+
+    /// Whether `e` runs on cases that list no engines: the project's `engines.default` when it
+    /// sets one, else the engine's own default.
+    fn default_engine(&self, e: &dyn Engine) -> bool {
+        match &self.project.default_engines {
+            Some(names) => names.iter().any(|n| n == e.name()),
+            None => e.default_enabled(),
         }
     }
 
@@ -271,7 +276,7 @@ impl Suite {
             .registry
             .all()
             .iter()
-            .filter(|e| e.default_enabled())
+            .filter(|e| self.default_engine(e.as_ref()))
             .filter_map(|e| e.supports(&case.model).err().map(|why| format!("{}: {why}", e.name())))
             .collect();
         format!(
@@ -283,7 +288,7 @@ impl Suite {
     }
 
     fn error_report(&self, trial: &str, engine: &str, case_id: &str, file: &Path, err: &Error) -> TrialReport {
-        let mut r = TrialReport::new(trial.to_string(), engine, case_id, file.to_path_buf(), rerun_command(trial));
+        let mut r = TrialReport::new(trial.to_string(), engine, case_id, file.to_path_buf(), self.rerun_command(trial));
         r.verdict = Verdict::Error;
         r.error = Some(err.to_string());
         r
@@ -294,7 +299,7 @@ impl Suite {
         self.expectations
             .get_or_init(|| {
                 let ids: Vec<String> =
-                    discover(&self.root)?.iter().map(|f| case_id(&self.root.join("cases"), f)).collect();
+                    discover(&self.root)?.iter().map(|f| case_id(&crate::project::cases_dir(&self.root), f)).collect();
                 Expectations::load(&self.root, &self.registry.names(), &ids)
             })
             .as_ref()
@@ -328,10 +333,11 @@ impl Suite {
             };
             match ready {
                 Ok((expected, model)) => {
-                    let probe = ReferenceProbe { case };
-                    let rerun = rerun_command(&trial);
+                    let rerun = self.rerun_command(&trial);
+                    let cache = crate::catalogue::ProbeCache::new(&case.model);
+                    let probes = crate::catalogue::ReferenceProbes { cache: &cache, case };
                     let mut r =
-                        crate::trial::run(case, engine.name(), model.as_ref(), expected.as_ref(), rerun, Some(&probe));
+                        crate::trial::run(case, engine.name(), model.as_ref(), expected.as_ref(), rerun, Some(&probes));
                     // Depth bisection needs the depth goldens: not for cases whose reference is an engine.
                     if model.taps().is_some()
                         && let Some(goldens) = expected.goldens()
@@ -358,7 +364,7 @@ impl Suite {
         if let Ok(exp) = self.expectations()
             && let Some((e, file)) = exp.get(engine.name(), &case.id)
         {
-            report.expected = Some(crate::expect::judge(e, file, &report));
+            report.expected = Some(crate::findings::check(e, file, &report));
         }
         self.reports.lock().unwrap().push(report.clone());
         report
@@ -370,9 +376,9 @@ impl Suite {
         let mut models: BTreeMap<String, Result<ModelSpec>> = BTreeMap::new();
         let mut trials = Vec::new();
         if let Err(e) = self.expectations() {
-            let name = format!("load::{}", crate::expect::DIR);
+            let name = format!("load::{}", crate::findings::DIR);
             let report =
-                self.error_report(&name, "load", crate::expect::DIR, e.file.as_deref().unwrap_or(&self.root), &e);
+                self.error_report(&name, "load", crate::findings::DIR, e.file.as_deref().unwrap_or(&self.root), &e);
             let suite = self.clone();
             trials.push(Trial::test(name, move || {
                 suite.reports.lock().unwrap().push(report);
@@ -391,7 +397,7 @@ impl Suite {
         }
         let ci = crate::golden::pending::ci_is_set();
         for file in files {
-            let id = case_id(&self.root.join("cases"), &file);
+            let id = case_id(&crate::project::cases_dir(&self.root), &file);
             let loaded = load_case(&self.root, &file, &mut models).and_then(|c| {
                 let engines = self.engines_for(&c)?;
                 Ok((c, engines))
@@ -478,7 +484,7 @@ impl Suite {
         let mut models = BTreeMap::new();
         let mut trials = Vec::new();
         for file in crate::metamorphic::discover(&self.root) {
-            let id = case_id(&self.root.join("cases"), &file);
+            let id = case_id(&crate::project::cases_dir(&self.root), &file);
             let loaded = crate::metamorphic::load(&self.root, &file, &mut models).and_then(|m| {
                 let engines = self.engines_for(&m.base)?;
                 Ok((m, engines))
@@ -495,7 +501,8 @@ impl Suite {
                             }
                             let model = suite.model(&engine, &meta.base.model);
                             let model = model.as_ref().map(|m| m.as_ref()).map_err(Clone::clone);
-                            let (report, message) = crate::metamorphic::run_trial(&meta, engine.as_ref(), model);
+                            let rerun = suite.rerun_command(&format!("{}::{}", engine.name(), meta.id));
+                            let (report, message) = crate::metamorphic::run_trial(&meta, engine.as_ref(), model, rerun);
                             let pass = report.verdict == Verdict::Pass;
                             suite.reports.lock().unwrap().push(report);
                             if pass { Ok(Completion::Completed) } else { Err(Failed::from(message)) }
@@ -508,35 +515,121 @@ impl Suite {
     }
 }
 
-/// Entry point shared by `tests/cases.rs` and `harness run`.
-pub fn main_with(args: &Arguments, registry: Registry) -> Conclusion {
-    run_suite(args, registry).1
+/// The case runner as a test binary's `main` (a `[[test]]` with `harness = false`):
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     harness::Harness::new().run()
+/// }
+/// ```
+///
+/// Add your own engines with [`Harness::engine`]; the project is found from the current
+/// directory (cargo runs tests in the package's directory) unless [`Harness::root`] names it.
+pub struct Harness {
+    registry: Registry,
+    root: Option<PathBuf>,
+    report_dir: Option<PathBuf>,
+    rerun: Option<String>,
 }
 
-/// Run the trials selected by `args`; returns the suite (with its reports) and the conclusion.
-/// Report files go to `$HARNESS_REPORT` when it is set.
-pub fn run_suite(args: &Arguments, registry: Registry) -> (Arc<Suite>, Conclusion) {
+impl Default for Harness {
+    fn default() -> Self {
+        Harness::new()
+    }
+}
+
+impl Harness {
+    /// The built-in engines of this build (by cargo feature) and the project's external engines.
+    pub fn new() -> Harness {
+        Harness { registry: crate::engine::builtin(), root: None, report_dir: None, rerun: None }
+    }
+    /// No built-in engine: only yours and the project's external engines.
+    pub fn without_builtin_engines(mut self) -> Harness {
+        self.registry = Registry::default();
+        self
+    }
+    /// Register an engine (replacing a built-in one of the same name).
+    pub fn engine(mut self, engine: impl Engine + 'static) -> Harness {
+        self.registry.add(Arc::new(engine));
+        self
+    }
+    /// The project root (default: found from the current directory, or `$HARNESS_ROOT`).
+    pub fn root(mut self, root: impl Into<PathBuf>) -> Harness {
+        self.root = Some(root.into());
+        self
+    }
+    /// Write report.json, junit.xml and index.html there at the end (default: `$HARNESS_REPORT`).
+    pub fn report_dir(mut self, dir: impl Into<PathBuf>) -> Harness {
+        self.report_dir = Some(dir.into());
+        self
+    }
+    /// The command printed to rerun one trial, with `{trial}` (default: the project's
+    /// `commands.rerun`).
+    pub fn rerun(mut self, template: impl Into<String>) -> Harness {
+        self.rerun = Some(template.into());
+        self
+    }
+    /// Run the trials `args` select; errors before any trial ran (no project, no case) are
+    /// returned.
+    pub fn run_with(self, args: &Arguments) -> Result<(Arc<Suite>, Conclusion)> {
+        let root = match self.root {
+            Some(r) => r,
+            None => find_root()?,
+        };
+        let mut project = (*crate::project::for_root(&root)?).clone();
+        if let Some(t) = &self.rerun {
+            project = project.with_rerun(t);
+        }
+        run_project(args, Arc::new(project), self.registry, self.report_dir)
+    }
+    /// Parse libtest's arguments from the command line, run, and say how it went.
+    pub fn run(self) -> std::process::ExitCode {
+        let args = Arguments::from_args();
+        match self.run_with(&args) {
+            Ok((_, conclusion)) => conclusion.exit_code(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::from(2)
+            }
+        }
+    }
+}
+
+/// Entry point shared by `tests/cases.rs` and older callers: [`Harness`] with `registry`.
+pub fn main_with(args: &Arguments, registry: Registry) -> std::process::ExitCode {
+    match (Harness { registry, root: None, report_dir: None, rerun: None }).run_with(args) {
+        Ok((_, c)) => c.exit_code(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Run the trials selected by `args` in the project found from the current directory; returns
+/// the suite (with its reports) and the conclusion. Report files go to `$HARNESS_REPORT` when set.
+pub fn run_suite(args: &Arguments, registry: Registry) -> Result<(Arc<Suite>, Conclusion)> {
     run_suite_with(args, registry, None)
 }
 
 /// [`run_suite`], writing report files into `report_dir` (else `$HARNESS_REPORT`) at the end.
-pub fn run_suite_with(args: &Arguments, registry: Registry, report_dir: Option<PathBuf>) -> (Arc<Suite>, Conclusion) {
-    let root = match find_root() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+pub fn run_suite_with(
+    args: &Arguments,
+    registry: Registry,
+    report_dir: Option<PathBuf>,
+) -> Result<(Arc<Suite>, Conclusion)> {
+    Harness { registry, root: None, report_dir, rerun: None }.run_with(args)
+}
+
+fn run_project(
+    args: &Arguments,
+    project: Arc<crate::project::Project>,
+    registry: Registry,
+    report_dir: Option<PathBuf>,
+) -> Result<(Arc<Suite>, Conclusion)> {
     let start = std::time::Instant::now();
-    let suite = Suite::new(root, registry);
-    let trials = match timings::time(Phase::Cases, || suite.trials()) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let suite = Suite::with_project(project, registry);
+    let trials = timings::time(Phase::Cases, || suite.trials())?;
     if !args.list && !args.ignored && !args.include_ignored {
         let note = ignored_note(&suite, &trials, args);
         if !note.is_empty() {
@@ -548,13 +641,10 @@ pub fn run_suite_with(args: &Arguments, registry: Registry, report_dir: Option<P
         let threads = args.test_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         println!("\n{}", timings::render(start.elapsed(), threads));
     }
-    if !args.list
-        && let Err(e) = crate::report::after_run(&suite.root, &suite.reports.lock().unwrap(), report_dir)
-    {
-        eprintln!("error: {e}");
-        std::process::exit(2);
+    if !args.list {
+        crate::report::after_run(&suite.root, &suite.reports.lock().unwrap(), report_dir)?;
     }
-    (suite, conclusion)
+    Ok((suite, conclusion))
 }
 
 /// Why the selected ignored trials are ignored (their model is absent), one paragraph per

@@ -184,7 +184,7 @@ pub fn run(
     rerun: String,
     variants: Option<&dyn Variants>,
 ) -> TrialReport {
-    let (mut report, outputs) = judge(case, engine, model, expected, rerun, variants);
+    let (mut report, outputs) = assess(case, engine, model, expected, rerun, variants);
     if report.verdict != Verdict::Pass && report.error.is_none() {
         add_block_errors(case, model, expected, &mut report.taps);
         for tap in &case.taps {
@@ -200,7 +200,7 @@ pub fn run(
 /// The verdict, first divergence and hints of [`run`], without the extras only report files
 /// use (per-block error, per-token detail); also returns the engine's outputs. Shrinking judges
 /// its candidates with it.
-pub fn judge(
+pub fn assess(
     case: &Case,
     engine: &str,
     model: &dyn LoadedModel,
@@ -241,9 +241,26 @@ pub fn judge(
             return (report, Outputs::new());
         }
     };
+    // What the engine said it could not produce is not compared: a note, never an error.
+    let skipped = model.not_produced();
+    let (taps, unproduced): (Vec<_>, Vec<_>) =
+        taps.into_iter().partition(|t| outputs.contains_key(&t.name) || !skipped.iter().any(|(n, _)| *n == t.name));
+    if !unproduced.is_empty() {
+        let why: Vec<String> = unproduced
+            .iter()
+            .filter_map(|t| skipped.iter().find(|(n, _)| *n == t.name))
+            .map(|(n, w)| format!("`{n}` ({w})"))
+            .collect();
+        report.notes.push(format!("not compared: engine `{engine}` did not produce {}", why.join(", ")));
+        if taps.is_empty() {
+            report.verdict = Verdict::Error;
+            report.error = Some(format!("engine `{engine}` produced none of the case's taps"));
+            return (report, Outputs::new());
+        }
+    }
     // The tokenizer's goldens (engine-vs-engine cases have none: both engines get the same ids).
     if let (Some(text), Some(goldens)) = (&case.text, expected.goldens()) {
-        report.taps.extend(crate::text::compare(text, goldens));
+        report.taps.extend(crate::tokenization::compare(text, goldens));
     }
     for tap in taps {
         let file = expected.file(&tap.name);
@@ -257,7 +274,9 @@ pub fn judge(
     report.first_divergence = crate::diagnose::first_divergence(&report.taps);
     if report.taps.iter().any(|t| matches!(t.status, TapStatus::Error { .. })) {
         report.verdict = Verdict::Error;
-    } else if let Some(hint) = report.first_divergence.and_then(|i| crate::text::divergence_hint(&report.taps[i])) {
+    } else if let Some(hint) =
+        report.first_divergence.and_then(|i| crate::tokenization::divergence_hint(&report.taps[i]))
+    {
         // Activations computed from other token ids say nothing more about the model.
         report.verdict = Verdict::Fail;
         report.hints = vec![hint];

@@ -1,6 +1,6 @@
 //! YAML documents with positions.
 //!
-//! serde_norway (a maintained fork of serde_yaml, see the README) deserializes into typed
+//! serde_norway (a maintained fork of serde_yaml, see docs/architecture.md) deserializes into typed
 //! structs and reports syntax, type and unknown-key errors with a line and column. It cannot say
 //! where a *value* is once deserialized, which semantic checks need ("token id 9000 >= vocab_size
 //! 512" must point at that id), so the same text is also read by saphyr's marked loader into an
@@ -65,7 +65,7 @@ impl Doc {
         if self.text.trim().is_empty() {
             return Err(Error::input("the file is empty")
                 .file(&self.file)
-                .hint("see README.md, \"Adding a case\", for the keys a case or model spec needs"));
+                .hint("see docs/cases-and-inputs.md, \"Adding a case\", for the keys a case or model spec needs"));
         }
         let value: T = serde_norway::from_str(&self.text).map_err(|e| self.serde_error(e))?;
         // serde_norway already bounded alias expansion and nesting, so this second read is safe.
@@ -164,7 +164,10 @@ fn humanize(msg: &str) -> (String, Option<String>) {
     if let Some(rest) = msg_after(msg, "missing field `") {
         let (prefix, _) = msg.split_at(msg.find("missing field `").unwrap_or(0));
         let key = rest.split('`').next().unwrap_or("");
-        return (format!("{prefix}missing key `{key}`"), Some(format!("add `{key}:`; see README.md for the schema")));
+        return (
+            format!("{prefix}missing key `{key}`"),
+            Some(format!("add `{key}:`; see docs/cases-and-inputs.md for the schema")),
+        );
     }
     if msg.contains("repetition limit exceeded") || msg.contains("recursion limit exceeded") {
         return (
@@ -183,10 +186,13 @@ fn humanize(msg: &str) -> (String, Option<String>) {
         );
     }
     if let Some(i) = msg.find("expected struct ") {
-        return (format!("{}expected a mapping of keys", &msg[..i]), Some("see README.md for the schema".into()));
+        return (
+            format!("{}expected a mapping of keys", &msg[..i]),
+            Some("see docs/cases-and-inputs.md for the schema".into()),
+        );
     }
     if msg.starts_with("invalid type") || msg.contains(": invalid type") {
-        return (msg.to_string(), Some("check the value's type against README.md's schema".into()));
+        return (msg.to_string(), Some("check the value's type against the schema in docs/cases-and-inputs.md".into()));
     }
     if msg.contains("while parsing") || msg.contains("while scanning") || msg.contains("did not find expected") {
         return (

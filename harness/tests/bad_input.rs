@@ -228,3 +228,32 @@ fn constructed_bad_inputs() {
     }
     insta::assert_snapshot!("constructed", out);
 }
+
+/// A user's broken case among good ones: the whole run (the `harness run` front-end, the same
+/// runner as `cargo test --test cases`) gives one failing `load::` trial with the file, line and
+/// a did-you-mean, runs the other cases, and nothing panics.
+#[test]
+fn a_typo_case_among_good_ones_fails_alone_without_a_panic() {
+    let repo = TempRepo::with_cases(&["llama/mha"]);
+    std::fs::create_dir_all(repo.path("cases/zz")).unwrap();
+    std::fs::copy(corpus_file("cases", "top-level-typo.yaml"), repo.path("cases/zz/bad.yaml")).unwrap();
+    let o = std::process::Command::new(common::harness_bin())
+        .args(["run", "--test-threads", "1"])
+        .current_dir(repo.root())
+        .env_remove("CI")
+        .env("HARNESS_ROOT", repo.root())
+        .output()
+        .unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(101), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    let line = |name: &str| out.lines().find(|l| l.starts_with(&format!("test {name} "))).unwrap_or("").to_string();
+    assert!(line("load::zz/bad").ends_with("... FAILED"), "{out}");
+    assert!(out.contains("cases/zz/bad.yaml:5:1: unknown key `tolerence`"), "{out}");
+    assert!(out.contains("did you mean `tolerance`?"), "{out}");
+    assert!(line("reference::llama/mha").ends_with("... ok"), "{out}");
+}
+
+fn corpus_file(sub: &str, name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad_input").join(sub).join(name)
+}

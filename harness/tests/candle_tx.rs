@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::{TempRepo, repo_root};
 use harness::case::{Inputs, ModelSpec};
-use harness::engine::{Engine, LoadedModel, Outputs, Registry};
+use harness::engine::{Engine, LoadedModel, Outputs};
 use harness::engines::candle_tx::causal::Causal;
 use harness::engines::candle_tx::gguf::{GgufType, gguf_path};
 use harness::engines::candle_tx::{Checkpoint, Noted};
@@ -19,14 +19,14 @@ use harness::runner::{Suite, discover};
 
 const ENGINES: [&str; 3] = ["candle-transformers", "candle-gguf-f32", "candle-gguf-q8_0"];
 
-/// Every committed case on candle-transformers and the GGUF engines, as the README's findings
+/// Every committed case on candle-transformers and the GGUF engines, as docs/findings.md's findings
 /// table (`cargo test --test candle_tx -- findings --nocapture` prints it). Every trial must be
 /// green: passing, or failing exactly as `cases/expected/<engine>.yaml` documents. Cases whose
 /// model is generated (committed) always run; cases of checkpoints on disk (`path:`/`hf:`, e.g.
 /// MiniLM) are a second test, ignored when the checkpoint is absent.
 fn findings(real_models: bool) -> Outcome {
     let root = repo_root();
-    let suite = Suite::new(root.clone(), Registry::builtin());
+    let suite = Suite::new(root.clone(), harness::engine::builtin());
     let mut rows = Vec::new();
     let mut load_errors = Vec::new();
     let mut absent = Vec::new();

@@ -400,7 +400,109 @@ fn generic_engine_with_a_planted_bug_fails_at_that_tap() -> Outcome {
     Ok(())
 }
 
+/// A protocol-2 engine (tests/engines/replay2.py) on the replay tensors, with `env` knobs.
+fn replay2_repo(env: &[(&str, &str)], extra: &str) -> TempRepo {
+    let repo = TempRepo::with_cases(&[CASE]);
+    let dir = replay_dir(&repo, true);
+    let mut vars = vec![
+        format!("  REPLAY_DIR: '{}'", dir.display()),
+        format!("  REPLAY2_LOG: '{}'", repo.path("requests.jsonl").display()),
+        format!("  REPLAY2_STARTS: '{}'", repo.path("starts.txt").display()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| format!("  {k}: '{v}'")));
+    repo.write(
+        "cases/engines/replay2.yaml",
+        &format!(
+            "command: [python3, '{}']\nprotocol: 2\noptions: {{kv_cache: f32}}\nfamilies: [LlamaForCausalLM]\n\
+             env:\n{}\n{RULES}layouts:\n  - {{engine: 'blk\\..*', reverse: true}}\n{extra}",
+            script("replay2.py"),
+            vars.join("\n")
+        ),
+    );
+    repo
+}
+
+fn starts(repo: &TempRepo) -> usize {
+    std::fs::read_to_string(repo.path("starts.txt")).map_or(0, |s| s.lines().count())
+}
+
+fn protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1() -> Outcome {
+    let repo = replay2_repo(&[], "");
+    let case = repo.load(CASE).unwrap();
+    let suite = repo.suite(vec![]);
+    let e = suite.registry.get("replay2").unwrap_or_else(|| panic!("{:?}", suite.engine_errors)).clone();
+    let direct = repo.run(CASE, "reference", vec![]);
+    for _ in 0..3 {
+        let r = suite.run_trial(&case, &e);
+        assert_eq!(r.verdict, Verdict::Pass, "{}", terminal::render(&r));
+        let max = |r: &TrialReport| r.taps.iter().map(|t| t.metrics.as_ref().unwrap().max_abs).collect::<Vec<_>>();
+        assert_eq!(max(&r), max(&direct));
+        assert!(r.notes.iter().any(|n| n.contains("replay2 test engine")), "{:?}", r.notes);
+    }
+    assert_eq!(starts(&repo), 1, "one process for three forwards");
+    let log = std::fs::read_to_string(repo.path("requests.jsonl")).unwrap();
+    let reqs: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(reqs[0]["op"], "load");
+    assert_eq!(reqs[0]["protocol"], 2);
+    assert_eq!(reqs[0]["model"]["class"], "LlamaForCausalLM");
+    let fwd = &reqs[1];
+    assert_eq!(fwd["op"], "forward");
+    assert_eq!(fwd["options"]["kv_cache"], "f32");
+    assert_eq!(fwd["inputs"]["position_ids"]["shape"], serde_json::json!([1, 12]));
+    assert!(Path::new(fwd["inputs"]["input_ids"]["file"].as_str().unwrap()).is_absolute());
+    drop(suite);
+    // The suite's end sends `shutdown`: the last line the engine read.
+    let log = std::fs::read_to_string(repo.path("requests.jsonl")).unwrap();
+    assert!(log.lines().last().unwrap().contains("shutdown"), "{log}");
+    Ok(())
+}
+
+fn protocol_2_taps_an_engine_does_not_produce_are_noted_not_failed() -> Outcome {
+    let repo = replay2_repo(&[("REPLAY2_NOT_PRODUCED", "model.layers.0.self_attn.o_proj")], "");
+    let r = run_on(&repo, "replay2");
+    assert_eq!(r.verdict, Verdict::Pass, "{}", terminal::render(&r));
+    assert!(!r.taps.iter().any(|t| t.name == "model.layers.0.self_attn.o_proj"));
+    let note = r.notes.iter().find(|n| n.starts_with("not compared")).expect("a note");
+    assert_eq!(note, "not compared: engine `replay2` did not produce `model.layers.0.self_attn.o_proj` (fused away)");
+    Ok(())
+}
+
+fn protocol_2_a_crash_fails_that_request_and_the_next_one_restarts_the_engine() -> Outcome {
+    let repo = replay2_repo(&[("REPLAY2_CRASH_ON", "2")], "");
+    let case = repo.load(CASE).unwrap();
+    let suite = repo.suite(vec![]);
+    let e = suite.registry.get("replay2").unwrap().clone();
+    assert_eq!(suite.run_trial(&case, &e).verdict, Verdict::Pass);
+    let r = suite.run_trial(&case, &e);
+    assert_eq!(r.verdict, Verdict::Error);
+    let msg = r.error.unwrap();
+    assert!(msg.contains("exited with status 3 during its `forward` request"), "{msg}");
+    assert!(msg.contains("replay2: crashing as asked"), "the stderr tail: {msg}");
+    assert_eq!(suite.run_trial(&case, &e).verdict, Verdict::Pass, "restarted");
+    assert_eq!(starts(&repo), 2);
+    Ok(())
+}
+
+fn protocol_2_a_silent_engine_is_killed_at_its_timeout() -> Outcome {
+    let repo = replay2_repo(&[("REPLAY2_HANG", "1")], "timeout: 1\n");
+    let t = Instant::now();
+    let r = run_on(&repo, "replay2");
+    assert_eq!(r.verdict, Verdict::Error);
+    let msg = r.error.unwrap();
+    assert!(msg.contains("did not answer its `forward` request within its timeout of 1 s"), "{msg}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    // Stray stdout is a protocol error that names the line.
+    let repo = replay2_repo(&[("REPLAY2_NOISE", "1")], "");
+    let msg = run_on(&repo, "replay2").error.unwrap();
+    assert!(msg.contains("wrote a line on stdout that is not JSON: \"loading weights... done\""), "{msg}");
+    Ok(())
+}
+
 tests!(
+    protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1,
+    protocol_2_taps_an_engine_does_not_produce_are_noted_not_failed,
+    protocol_2_a_crash_fails_that_request_and_the_next_one_restarts_the_engine,
+    protocol_2_a_silent_engine_is_killed_at_its_timeout,
     generic_engine_with_a_planted_bug_fails_at_that_tap,
     names_and_layouts_are_mapped_and_the_request_is_complete,
     a_missing_layout_rule_names_the_tap_and_suggests_the_rule,

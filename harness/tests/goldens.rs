@@ -28,7 +28,7 @@ fn editing_case_inputs_without_regenerating_fails_as_stale_with_the_command() {
     assert_eq!(r.verdict, Verdict::Error);
     let e = r.error.unwrap();
     assert!(e.contains("goldens are stale: the case file"), "{e}");
-    assert!(e.contains(&regen_command(CASE)), "{e}");
+    assert!(e.contains(&regen_command(repo.root(), CASE)), "{e}");
     assert!(r.taps.is_empty(), "a stale golden is never compared");
 }
 
@@ -179,7 +179,7 @@ fn interactive_review_accepts_or_rejects_per_answer() {
 }
 
 fn harness_cmd(repo: &TempRepo) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
+    let mut c = Command::new(common::harness_bin());
     c.env("HARNESS_ROOT", repo.root()).env_remove("CI").current_dir(repo.root());
     c
 }
@@ -252,4 +252,27 @@ fn dump_then_diff_finds_the_first_divergence() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("first divergence: model.layers.0.self_attn.v_proj"), "{text}");
+}
+
+/// A clone without `git lfs` holds pointer files: a golden or a model's weights that is a
+/// pointer is an error naming the file and `git lfs pull`, not a parse error.
+#[test]
+fn git_lfs_pointers_are_named_with_git_lfs_pull() {
+    let pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 1048576\n";
+    let repo = TempRepo::with_cases(&[CASE]);
+    let manifest = std::fs::read_to_string(repo.path("goldens/llama/mha/manifest.json")).unwrap();
+    let golden =
+        ["logits.npy", "model.norm.npy"].into_iter().find(|f| manifest.contains(f)).expect("a golden of llama/mha");
+    std::fs::write(repo.path(&format!("goldens/llama/mha/{golden}")), pointer).unwrap();
+    let r = repo.run(CASE, "reference", vec![]);
+    assert_ne!(r.verdict, Verdict::Pass);
+    let text = format!("{} {:?}", r.error.clone().unwrap_or_default(), r.taps);
+    assert!(text.contains("Git LFS pointer") && text.contains("git lfs pull"), "{text}");
+    assert!(text.contains(golden), "the error names the file: {text}");
+    assert!(text.contains("1048576 bytes"), "{text}");
+
+    let repo = TempRepo::with_cases(&[CASE]);
+    std::fs::write(repo.path("goldens/models/llama-tiny-mha/model.safetensors"), pointer).unwrap();
+    let e = repo.load(CASE).unwrap_err();
+    assert!(e.to_string().contains("model.safetensors") && e.to_string().contains("git lfs pull"), "{e}");
 }

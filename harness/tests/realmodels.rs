@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::skip::{Outcome, Skip};
 use common::{TempRepo, repo_root};
-use harness::engine::{Engine, Registry};
+use harness::engine::Engine;
 use harness::engines::reference::{Mutation, ReferenceEngine};
 use harness::report::{TapStatus, Verdict, terminal};
 use harness::runner::Suite;
@@ -73,7 +73,7 @@ fn outcome<'a>(out: &'a str, trial: &str) -> &'a str {
 /// `harness run ARGS` on the repository at `root` (the reference engine's trials are enough
 /// here; filtering keeps the test fast).
 fn harness_run(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    let mut cmd = Command::new(common::harness_bin());
     cmd.arg("run").args(args).env("HARNESS_ROOT", root).env_remove("HARNESS_REPORT");
     for (k, v) in env {
         cmd.env(k, v);
@@ -86,7 +86,7 @@ fn harness_run(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> (bool, Stri
 fn minilm_same_sentence_twice_embeds_identically() -> Outcome {
     need_minilm()?;
     let root = repo_root();
-    let suite = Suite::new(root.clone(), Registry::builtin());
+    let suite = Suite::new(root.clone(), harness::engine::builtin());
     let case = harness::case::load_case(&root, &root.join("cases/minilm/twice.yaml"), &mut Default::default()).unwrap();
     let engine = suite.registry.get("reference").unwrap().clone();
     let report = suite.run_trial(&case, &engine);
@@ -259,7 +259,42 @@ fn hf_source_resolves_offline_and_pins_the_revision() -> Outcome {
     Ok(())
 }
 
+/// A hand edit of a checkpoint's tokenizer or config file makes its goldens stale, naming the
+/// file (the manifest records their sha256), instead of surfacing as an engine bug.
+fn edited_checkpoint_files_make_the_goldens_stale_naming_the_file() -> Outcome {
+    need_minilm()?;
+    let case = "minilm/twice";
+    let repo = TempRepo::with_cases(&[case]);
+    let copy = repo.path("ckpt");
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(minilm_dir()).unwrap() {
+        let p = e.unwrap().path();
+        let dst = copy.join(p.file_name().unwrap());
+        if p.is_dir() {
+            std::fs::create_dir_all(&dst).unwrap();
+            for f in std::fs::read_dir(&p).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+            }
+        } else if p.file_name().unwrap() == "model.safetensors" {
+            std::os::unix::fs::symlink(&p, &dst).unwrap();
+        } else {
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
+    repo.write("cases/models/all-minilm-l6-v2.yaml", "family: BertModel\nsource:\n  path: ckpt\n");
+    resign(&repo, case, "all-minilm-l6-v2", None);
+    assert_eq!(repo.run(case, "reference", vec![]).verdict, Verdict::Pass, "fresh before the edit");
+    edit(&repo, "ckpt/tokenizer_config.json", "\"do_lower_case\": true", "\"do_lower_case\": false");
+    let r = repo.run(case, "reference", vec![]);
+    assert_eq!(r.verdict, Verdict::Error);
+    let e = r.error.unwrap();
+    assert!(e.contains("goldens are stale: the model file") && e.contains("ckpt/tokenizer_config.json"), "{e}");
+    Ok(())
+}
+
 tests!(
+    edited_checkpoint_files_make_the_goldens_stale_naming_the_file,
     minilm_same_sentence_twice_embeds_identically,
     minilm_ignoring_the_mask_fails_at_the_first_attention,
     tokenizer_truncation_mismatch_is_reported_as_such,

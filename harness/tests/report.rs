@@ -85,7 +85,7 @@ fn report_files_hold_every_trial_tap_and_metric() -> Outcome {
 fn case_runner_writes_reports_when_asked_by_env() -> Outcome {
     let repo = TempRepo::with_cases(&["llama/mha"]);
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_harness"))
+    let status = Command::new(common::harness_bin())
         .args(["run", "--exact", "reference::llama/mha"])
         .env("HARNESS_ROOT", repo.root())
         .env("HARNESS_REPORT", out.path())

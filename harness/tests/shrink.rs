@@ -109,7 +109,8 @@ fn a_shrunk_input_becomes_a_regression_case_the_runner_picks_up() -> Outcome {
     let report = repo.run(&id, "reference", vec![]);
     assert_eq!(report.verdict, Verdict::Error);
     let err = report.error.unwrap();
-    assert!(err.contains(&format!("tools/regen_goldens.py --case {id}")), "{err}");
+    assert!(err.contains(&harness::golden::regen_command(repo.root(), &id)), "{err}");
+    assert!(err.contains(&format!("harness-goldens --case {id}")), "{err}");
     Ok(())
 }
 
@@ -157,7 +158,7 @@ fn shrink_against_hf_then_generate_goldens_and_run_the_regression_case() -> Outc
 fn cli_shrink_writes_the_regression_case_and_respects_proptest_max_shrink_iters() -> Outcome {
     let repo = TempRepo::with_cases(&["modernbert/long"]);
     let run = |env: &[(&str, &str)]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_harness"));
+        let mut cmd = std::process::Command::new(common::harness_bin());
         cmd.args(["shrink", "modernbert/long", "--inject", "NoSlidingWindow"]).env("HARNESS_ROOT", repo.root());
         for (k, v) in env {
             cmd.env(k, v);
@@ -175,7 +176,7 @@ fn cli_shrink_writes_the_regression_case_and_respects_proptest_max_shrink_iters(
     assert!(out.contains("  input_ids: [[1, 3, 3, 3, 3, 2]]"), "{out}");
     let file = repo.path("cases/regressions/modernbert-long-layers.attn-known_bug.yaml");
     assert!(out.contains("wrote ") && file.exists(), "{out}");
-    assert!(out.contains("next: tools/.venv/bin/python tools/regen_goldens.py --case regressions/modernbert-long"));
+    assert!(out.contains("next: harness-goldens --case regressions/modernbert-long"), "{out}");
     Ok(())
 }
 
@@ -190,7 +191,10 @@ fn a_cases_shrink_settings_are_validated_where_they_are_written() -> Outcome {
     assert!(e.contains("unknown oracle `reference`") && e.contains("engine:NAME"), "{e}");
     repo.write("cases/bert/tiny-2l.yaml", &format!("{text}shrink: {{oracle: 'engine:reference', budget: 50}}\n"));
     let case = repo.load("bert/tiny-2l").unwrap();
-    assert_eq!(harness::shrink::default_oracle(&case, "my-port"), OracleChoice::Engine("reference".into()));
+    assert_eq!(
+        harness::shrink::default_oracle(&case, "my-port", &harness::engine::builtin()),
+        OracleChoice::Engine("reference".into())
+    );
     assert_eq!(case.shrink.unwrap().budget, Some(50));
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The mutant zoo: the reference engine with one real port bug injected per entry (see
 //! `Mutation`). Each entry must fail, first diverge at the tap where the bug acts, and have the
-//! right hint among its top 3. The README's scorecard is generated from this run.
+//! right hint among its top 3. The scorecard in docs/diagnosis.md is generated from this run.
 
 mod common;
 
@@ -192,7 +192,7 @@ fn every_bug_is_caught_localized_and_hinted() {
     );
     println!("{table}");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    common::check_readme_section("zoo-scorecard", &table);
+    common::check_generated_section("docs/diagnosis.md", "zoo-scorecard", &table);
 }
 
 /// What a person reads first in a failing report: verdict, first divergence, what is wrong there

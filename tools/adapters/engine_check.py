@@ -33,10 +33,22 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
+# A script, not a module of the package: run from a checkout, it imports the checkout's
+# harness_goldens (../harness_goldens), installed or not; copied elsewhere, the installed one.
+_TOOLS = Path(__file__).resolve().parent.parent
+if (_TOOLS / "harness_goldens").is_dir():
+    sys.path.insert(0, str(_TOOLS))
 
-from hflib.spec import discover, load_case  # noqa: E402
+from harness_goldens import project  # noqa: E402
+from harness_goldens.spec import discover, load_case  # noqa: E402
+
+# The cases and goldens compared: the current directory's project (its harness.toml, found as the
+# harness finds it), else the project of the checkout this script is in.
+try:
+    PROJECT = project.find()
+except project.ProjectError:
+    PROJECT = project.find(Path(__file__).resolve().parent)
+ROOT = PROJECT.root
 
 # ---------------------------------------------------------------------------------------------
 # Engine-file rules
@@ -204,21 +216,21 @@ def write_npy(d: Path, name: str, a) -> dict:
 
 
 def find_case(case_id: str):
-    for f in discover(ROOT):
-        c = load_case(ROOT, f, {})
+    for f in discover(PROJECT):
+        c = load_case(PROJECT, f, {})
         if c.id == case_id:
             return c
     raise SystemExit(f"error: no case `{case_id}`")
 
 
 def model_request(case) -> dict:
-    d = case.model.dir(ROOT)
+    d = case.model.dir(PROJECT)
     return {"id": case.model.id, "class": case.model.family, "dir": str(d), "dtype": case.model.dtype, "config": json.loads((d / "config.json").read_text())}
 
 
 def run_case(client: V2Engine, engine: dict, case, work: Path, options: dict) -> tuple[dict[str, np.ndarray], dict, dict]:
     """One forward (or decode) of the case: ({hf tap (with @step): array}, not_produced, response)."""
-    manifest = json.loads((ROOT / "goldens" / case.id / "manifest.json").read_text())
+    manifest = json.loads((PROJECT.goldens / case.id / "manifest.json").read_text())
     taps = list(dict.fromkeys(t["name"].split("@")[0] for t in manifest["taps"] if not t["name"].startswith("depth.")))
     ids = np.asarray(case.inputs["input_ids"], dtype=np.int64)
     batch, seq = ids.shape
@@ -252,14 +264,14 @@ def run_case(client: V2Engine, engine: dict, case, work: Path, options: dict) ->
 
 def compare(case, got: dict[str, np.ndarray]) -> list[dict]:
     """Per golden tap: metrics over the compared positions."""
-    manifest = json.loads((ROOT / "goldens" / case.id / "manifest.json").read_text())
+    manifest = json.loads((PROJECT.goldens / case.id / "manifest.json").read_text())
     mask = case.inputs.get("attention_mask")
     rows = []
     for t in manifest["taps"]:
         name = t["name"]
         if name.startswith("depth.") or name.startswith("tokenizer."):
             continue
-        e = np.load(ROOT / "goldens" / case.id / t["file"]).astype(np.float64)
+        e = np.load(PROJECT.goldens / case.id / t["file"]).astype(np.float64)
         if name not in got:
             rows.append({"tap": name, "missing": True})
             continue

@@ -20,12 +20,15 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# A script, not a module of the package: run from a checkout, it imports the checkout's
+# harness_goldens (../harness_goldens), installed or not; copied elsewhere, the installed one.
+_TOOLS = Path(__file__).resolve().parent.parent
+if (_TOOLS / "harness_goldens").is_dir():
+    sys.path.insert(0, str(_TOOLS))
 
-from hflib import hf  # noqa: E402  (sets the deterministic torch environment first)
-import patches  # noqa: E402  (tools/adapters/patches.py: $HARNESS_HF_PATCH)
-from hflib.spec import ModelSpec, SpecError  # noqa: E402
+from harness_goldens import hf  # noqa: E402  (sets the deterministic torch environment first)
+import patches  # noqa: E402  (tools/adapters/patches.py, beside this script: $HARNESS_HF_PATCH)
+from harness_goldens.spec import ModelSpec, SpecError  # noqa: E402
 
 import numpy as np  # noqa: E402
 import safetensors.torch  # noqa: E402

@@ -8,7 +8,7 @@ Install: tools/.venv/bin/pip install -r tools/adapters/requirements-llama-cpp.tx
 tools/adapters/engines/llama-cpp.yaml (exact settings) and llama-cpp-defaults.yaml (llama.cpp's own
 defaults). Notes, name mapping and measurements: tools/adapters/LLAMA_CPP_NOTES.md.
 
-It loads `<model dir>/model.<gguf>.gguf` (written by tools/hflib/gguf_export.py), runs each batch
+It loads `<model dir>/model.<gguf>.gguf` (written by tools/harness_goldens/gguf_export.py), runs each batch
 row as its own sequence through `llama_decode` (padding left out), and captures intermediate
 tensors with ggml's scheduler eval callback (`cb_eval`): every graph node whose name llama.cpp
 gave it (`attn_norm-0`, `Qcur-0`, `attn_out-0`, `l_out-0`, `result_output`, ...). Tensors are

@@ -52,13 +52,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# A script, not a module of the package: run from a checkout, it imports the checkout's
+# harness_goldens (../harness_goldens), installed or not; copied elsewhere, the installed one.
+_TOOLS = Path(__file__).resolve().parent.parent
+if (_TOOLS / "harness_goldens").is_dir():
+    sys.path.insert(0, str(_TOOLS))
 
 import numpy as np  # noqa: E402
 
-from hflib.spec import ModelSpec, sha256_file  # noqa: E402
+from harness_goldens.spec import ModelSpec, sha256_file  # noqa: E402
 
-# torch and transformers (hflib.hf) are imported by the functions that export, not here: a
+# torch and transformers (harness_goldens.hf) are imported by the functions that export, not here: a
 # cached export is found and run without them (importing them costs ~10 s of CPU here).
 
 # Bump when the exported graphs change for the same inputs (wrapper, naming, options).
@@ -182,7 +186,7 @@ def remove_stale_tmp(root: Path, age_s: float = 3600) -> None:
 
 
 def load_model(model_dir: Path, family: str):
-    from hflib import hf
+    from harness_goldens import hf
 
     spec = ModelSpec(id=model_dir.name, file=model_dir / "config.json", family=family, source={}, config={}, dtype="float32", digest="")
     return hf.load(spec, model_dir)
@@ -217,7 +221,7 @@ def example_inputs(model, names: list[str], batch: int, seq: int, pad: int) -> d
 def probe(model, names: list[str]) -> tuple[list[str], dict, list[str]]:
     """Run HF eager once with its default positions: (module taps in forward order, why other
     modules are not taps, per-position taps: those HF gives a leading axis of 1 in a batch of 2)."""
-    from hflib import hf
+    from harness_goldens import hf
 
     inputs = example_inputs(model, [n for n in names if n != "position_ids"], 2, 6, 2)
     order, arrays = hf.run(model, {k: v.tolist() for k, v in inputs.items()}, None)
@@ -245,7 +249,7 @@ def tapped(model, taps: list[str], graph: str):
     `step` graphs then the KV cache). It records the output names it returned and which taps
     alias an earlier output (the same tensor)."""
     import torch
-    from hflib import hf
+    from harness_goldens import hf
     from transformers import DynamicCache
 
     class Tapped(torch.nn.Module):
@@ -476,7 +480,7 @@ def check(path: Path, wrapper, inputs: dict, strict: bool) -> dict:
     row padded) vs HF eager. `strict` (no optimizer): more than 1e-3 anywhere is an export bug."""
     import onnxruntime as ort
     import torch
-    from hflib import hf
+    from harness_goldens import hf
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     flat = {k: v for k, v in inputs.items() if k != "past"}

@@ -28,13 +28,25 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
+# A script, not a module of the package: run from a checkout, it imports the checkout's
+# harness_goldens (../harness_goldens), installed or not; copied elsewhere, the installed one.
+_TOOLS = Path(__file__).resolve().parent.parent
+if (_TOOLS / "harness_goldens").is_dir():
+    sys.path.insert(0, str(_TOOLS))
 
-from hflib.spec import discover, load_case  # noqa: E402
+from harness_goldens import project  # noqa: E402
+from harness_goldens.spec import case_id, discover, load_case  # noqa: E402
+
+# The cases and goldens compared: the current directory's project (its harness.toml, found as the
+# harness finds it), else the project of the checkout this script is in.
+try:
+    PROJECT = project.find()
+except project.ProjectError:
+    PROJECT = project.find(Path(__file__).resolve().parent)
+ROOT = PROJECT.root
 
 PYTHON = Path(sys.executable)
-ENGINE = ROOT / "tools" / "adapters" / "ort_engine.py"
+ENGINE = Path(__file__).resolve().parent / "ort_engine.py"
 ATOL, RTOL = 1e-4, 1e-3
 TOKENIZER_TAPS = ("tokenizer.input_ids", "tokenizer.attention_mask", "tokenizer.token_type_ids")
 
@@ -79,7 +91,7 @@ class V2Engine:
 
 
 def model_request(case) -> dict:
-    d = case.model.dir(ROOT)
+    d = case.model.dir(PROJECT)
     config = json.loads((d / "config.json").read_text())
     config.update(case.model.config)
     return {"id": case.model.id, "class": case.model.family, "dir": str(d), "dtype": case.model.dtype, "config": config}
@@ -88,7 +100,7 @@ def model_request(case) -> dict:
 def case_inputs(case) -> dict[str, np.ndarray]:
     """The model inputs of a case: its token ids, or for text cases HF's tokenization (goldens)."""
     if case.text is not None:
-        g = ROOT / "goldens" / case.id
+        g = PROJECT.goldens / case.id
         out = {}
         for k in ("input_ids", "attention_mask", "token_type_ids"):
             p = g / f"tokenizer.{k}.npy"
@@ -132,20 +144,20 @@ def metrics(got: np.ndarray, want: np.ndarray, mask: np.ndarray | None, floor: f
 def selected_cases(patterns: list[str]):
     models: dict = {}
     out = []
-    for f in discover(ROOT):
-        cid = f.relative_to(ROOT / "cases").with_suffix("").as_posix()
+    for f in discover(PROJECT):
+        cid = case_id(PROJECT, f)
         if patterns and not any(fnmatch.fnmatch(cid, p) for p in patterns):
             continue
-        if not (ROOT / "goldens" / cid / "manifest.json").exists():
+        if not (PROJECT.goldens / cid / "manifest.json").exists():
             continue
-        out.append(load_case(ROOT, f, models))
+        out.append(load_case(PROJECT, f, models))
     return out
 
 
 def golden_taps(case, decode: bool = False) -> list[dict]:
     """The manifest's taps this comparison uses: `hf` the HF name, `step` the decode step (decode
     cases: every step with `decode`, else step 0 only), `name` the golden's name (`logits@3`)."""
-    m = json.loads((ROOT / "goldens" / case.id / "manifest.json").read_text())
+    m = json.loads((PROJECT.goldens / case.id / "manifest.json").read_text())
     taps = []
     for t in m["taps"]:
         name = hf = t["name"]
@@ -170,7 +182,7 @@ def run_cases(cases, options: dict, engine: Path = ENGINE, log=None) -> list[dic
     for c in cases:
         by_model.setdefault(c.model.id, []).append(c)
     for mid, group in by_model.items():
-        absent = group[0].model.absent(ROOT)
+        absent = group[0].model.absent(PROJECT)
         if absent:
             for c in group:
                 rows.append({"case": c.id, "error": absent})
@@ -233,7 +245,7 @@ def run_case(eng: V2Engine, case, options: dict, load_s: float | None, info: str
         load_s = None
         arrays = got.get(t["step"], {})
         if t["hf"] in arrays:
-            want = np.load(ROOT / "goldens" / case.id / t["file"])
+            want = np.load(PROJECT.goldens / case.id / t["file"])
             # Decode steps after the prompt have no padding (decode cases refuse it).
             row.update(metrics(arrays[t["hf"]], want, mask if not t["step"] else None, t["floor"]))
         else:

@@ -16,9 +16,9 @@ import yaml
 
 TOOLS = Path(__file__).resolve().parent.parent
 ROOT = TOOLS.parent
-sys.path.insert(0, str(TOOLS))
+sys.path.insert(0, str(TOOLS))  # the checkout's harness_goldens (tools/), installed or not
 
-from hflib.spec import load_case  # noqa: E402
+from harness_goldens.spec import load_case  # noqa: E402
 
 
 class ReferenceEngineCases(unittest.TestCase):

@@ -153,8 +153,8 @@ class EngineRules(unittest.TestCase):
     def test_qk_layout_undoes_the_gguf_permutation(self):
         import numpy as np
 
-        sys.path.insert(0, str(TOOLS))
-        from hflib.gguf_export import permute
+        sys.path.insert(0, str(TOOLS))  # the checkout's harness_goldens
+        from harness_goldens.gguf_export import permute
 
         cfg = {"hidden_size": 64, "num_attention_heads": 8, "head_dim": 8}
         # small integers: every product and sum exact, so a row permutation commutes with matmul

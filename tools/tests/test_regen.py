@@ -1,4 +1,4 @@
-"""regen_goldens.py under faults: killed with SIGKILL while it works, a disk that fills up, a
+"""The goldens tool (harness_goldens/regen.py, run as tools/regen_goldens.py) under faults: killed with SIGKILL while it works, a disk that fills up, a
 read-only goldens directory.
 
 Both run on a throwaway copy of one case (llama/mha) whose inputs are edited, so that the tool
@@ -25,7 +25,7 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent.parent
 ROOT = TOOLS.parent
-sys.path.insert(0, str(TOOLS))
+sys.path.insert(0, str(TOOLS))  # the checkout's harness_goldens (tools/), installed or not
 
 
 def make_repo(t: Path) -> Path:
@@ -91,8 +91,7 @@ class DiskFull(unittest.TestCase):
                 self.failed_write(code, text)
 
     def failed_write(self, code: int, text: str):
-        import regen_goldens
-        from hflib import store
+        from harness_goldens import regen, store
 
         with tempfile.TemporaryDirectory() as t:
             t = Path(t)
@@ -106,15 +105,12 @@ class DiskFull(unittest.TestCase):
 
             store.write_files = failing
             err = io.StringIO()
-            argv = sys.argv
             try:
-                sys.argv = ["regen_goldens.py", "--root", str(t), "--quiet"]
                 os.environ.pop("CI", None)
                 with redirect_stderr(err):
-                    rc = regen_goldens.main()
+                    rc = regen.main(["--root", str(t), "--quiet"])
             finally:
                 store.write_files = real
-                sys.argv = argv
             self.assertEqual(rc, 1)
             msg = err.getvalue()
             self.assertIn(f"logits.npy: {text}", msg)

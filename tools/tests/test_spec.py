@@ -1,18 +1,22 @@
-"""hflib.spec: `hf:` sources resolve in the local Hugging Face cache as harness/src/hub.rs does."""
+"""harness_goldens.spec: `hf:` sources resolve in the local Hugging Face cache as harness/src/hub.rs
+does; the golden digest and the pickle list are the Rust side's."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
 import tempfile
 import unittest
 from pathlib import Path
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's harness_goldens (tools/), installed or not
 
-from hflib import spec  # noqa: E402
+from harness_goldens import spec  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent.parent
 H1 = "1" * 40
 
 
@@ -41,16 +45,13 @@ class HfCache(unittest.TestCase):
             self.assertIn("provide it with: get-it", m.absent(Path(d)))
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class GoldenDigestTest(unittest.TestCase):
     def test_matches_the_rust_digest(self):
         # harness/src/digest.rs asserts the same value for the same document.
         import yaml
 
-        from hflib.spec import SPEC_KEYS, golden_digest
+        from harness_goldens.spec import SPEC_KEYS, golden_digest
 
         doc = yaml.safe_load('family: LlamaForCausalLM\nsource: {random: {seed: 3}, fetch: x}\nconfig: {rope_theta: 500000.0, rms_norm_eps: 1.0e-5, hidden_size: 64, name: "é"}\n')
         self.assertEqual(golden_digest(doc, SPEC_KEYS), "5d7902fea380783292a7eebf7204a65b0d47870ab880bbf38e04b33045359d64")
@@ -58,8 +59,30 @@ class GoldenDigestTest(unittest.TestCase):
     def test_only_golden_keys_count(self):
         import yaml
 
-        from hflib.spec import CASE_KEYS, golden_digest
+        from harness_goldens.spec import CASE_KEYS, golden_digest
 
         a = yaml.safe_load("model: m\ninputs: {input_ids: [[1, 2]]}\ntaps: [logits]\n")
         b = yaml.safe_load("description: x\nmodel: m\ninputs: {input_ids: [[1, 2]]}\nengines: [reference]\ntaps:\n  - {tap: logits, tolerance: {atol: 1.0e-3}}\n")
         self.assertEqual(golden_digest(a, CASE_KEYS), golden_digest(b, CASE_KEYS))
+
+
+class Pickles(unittest.TestCase):
+    def test_the_list_is_the_rust_one(self):
+        # api/src/model.rs: `pub const PICKLES: &[&str] = &["pytorch_model.bin", ...];`
+        rust = (ROOT / "api" / "src" / "model.rs").read_text()
+        m = re.search(r"^pub const PICKLES: &\[&str\] = &(\[[^\]]*\]);", rust, re.M)
+        self.assertIsNotNone(m, "no `pub const PICKLES: &[&str] = &[...];` line in api/src/model.rs")
+        self.assertEqual(list(spec.PICKLES), ast.literal_eval(m.group(1)))
+
+    def test_a_pickle_only_checkpoint_is_refused_naming_it(self):
+        from harness_goldens import hf
+
+        with tempfile.TemporaryDirectory() as d:
+            m = spec.ModelSpec("m", Path("m.yaml"), "BertModel", {"path": d}, {}, "float32", "")
+            (Path(d) / "model.ckpt").write_bytes(b"\x80\x02}q\x00.")
+            with self.assertRaisesRegex(spec.SpecError, r"model\.ckpt: pickled checkpoints are refused"):
+                hf.load(m, Path(d))
+
+
+if __name__ == "__main__":
+    unittest.main()

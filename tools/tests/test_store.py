@@ -1,4 +1,4 @@
-"""Tests of hflib/store.py's pending writes: `python -m unittest discover -s tools/tests`.
+"""Tests of harness_goldens/store.py's pending writes: `python -m unittest discover -s tools/tests`.
 
 No torch needed. The kill test SIGKILLs a writer at random moments and checks that the directory
 always holds the accepted files untouched plus either no pending set or a complete one.
@@ -20,9 +20,9 @@ import unittest
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(TOOLS))
+sys.path.insert(0, str(TOOLS))  # the checkout's harness_goldens (tools/), installed or not
 
-from hflib import store  # noqa: E402
+from harness_goldens import store  # noqa: E402
 
 
 def accepted(d: Path) -> dict[str, bytes]:
@@ -85,7 +85,7 @@ WRITER = textwrap.dedent(
     import hashlib, json, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
-    from hflib import store
+    from harness_goldens import store
     d = Path(sys.argv[1])
     i = 0
     while True:

@@ -1,6 +1,6 @@
-"""Tests of hflib/structure.py: structure.json recorded from HF (kinds and axes, causal, modules
+"""Tests of harness_goldens/structure.py: structure.json recorded from HF (kinds and axes, causal, modules
 that run more than once, staleness, bit-for-bit reproducibility), the checks that the declared
-class fits the config, and regen_goldens.py writing structure.json for every model a case uses.
+class fits the config, and the goldens tool (regen.py) writing structure.json for every model a case uses.
 
 Models are tiny random ones built in temporary repositories (a few KB each).
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent.parent
 ROOT = TOOLS.parent
-sys.path.insert(0, str(TOOLS))
+sys.path.insert(0, str(TOOLS))  # the checkout's harness_goldens (tools/), installed or not
 
-from hflib import hf, structure  # noqa: E402
-from hflib.spec import SpecError, load_model  # noqa: E402
+from harness_goldens import hf, structure  # noqa: E402
+from harness_goldens.spec import SpecError, load_model  # noqa: E402
 
 LLAMA = """
 family: LlamaForCausalLM
@@ -115,17 +115,14 @@ class Repo:
         return spec, d
 
     def regen(self, *args) -> tuple[int, str]:
-        import regen_goldens
+        from harness_goldens import regen
 
         err = io.StringIO()
-        argv = sys.argv
         env = os.environ.pop("CI", None)
         try:
-            sys.argv = ["regen_goldens.py", "--root", str(self.root), "--quiet", *args]
             with redirect_stderr(err):
-                rc = regen_goldens.main()
+                rc = regen.main(["--root", str(self.root), "--quiet", *args])
         finally:
-            sys.argv = argv
             if env is not None:
                 os.environ["CI"] = env
         return rc, err.getvalue()
@@ -354,7 +351,7 @@ class ClassFitsConfig(unittest.TestCase):
 
 
 class Regen(unittest.TestCase):
-    """regen_goldens.py writes structure.json with a random model's weights, alone for a
+    """regen.py writes structure.json with a random model's weights, alone for a
     checkpoint, regenerates it when stale, and --check compares it."""
 
     def test_random_and_checkpoint_models(self):

@@ -7,8 +7,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::case::Case;
 use crate::engine::Outputs;
 use crate::error::Result;
@@ -17,7 +15,9 @@ use crate::report::{TapReport, TapStatus};
 use crate::structure::TapKind;
 use crate::tensor::Tensor;
 
-pub mod logits;
+pub use harness_api::logits;
+pub use harness_api::report::{Hint, HintKind};
+
 pub mod patterns;
 pub mod probes;
 pub mod transforms;
@@ -30,82 +30,6 @@ pub const MAX_HINTS: usize = 6;
 /// The first tap in forward order that is not within tolerance.
 pub fn first_divergence(taps: &[TapReport]) -> Option<usize> {
     taps.iter().position(|t| !t.status.is_pass())
-}
-
-/// What kind of error a hint names. Stable identifiers: they appear in report.json.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HintKind {
-    /// Engine row i matches golden row j != i (e.g. pooling took the last token, not CLS).
-    TokenMisalignment,
-    /// The engine tensor is the golden transposed.
-    Transposed,
-    /// The engine tensor is the golden with its dimensions reversed (ggml order).
-    ReversedDims,
-    /// A constant factor away from the golden (cosine ~1, constant norm ratio).
-    UniformScale,
-    /// The negation of the golden (cosine ~-1).
-    SignFlip,
-    /// Exact up to some position, wrong after it (sliding window, mask, cache).
-    ErrorOnsetAtPosition,
-    /// Error that grows with position (RoPE).
-    ErrorGrowsWithPosition,
-    /// Only the padded rows of the batch are wrong (mask handling).
-    PaddedRowsOnly,
-    /// Only some attention heads are wrong (head mapping, GQA).
-    SomeHeads,
-    /// Only some channels are wrong.
-    SomeChannels,
-    /// The error disappears when RoPE pairs are re-paired (interleaved vs half-split).
-    RopePairing,
-    /// Two runs of the engine on the same input differ (dropout, uninitialized memory).
-    NonDeterministic,
-    /// The engine produced NaN or Inf here first.
-    NonFinite,
-    /// A candidate transform of the engine output brings it within tolerance.
-    BlameTransform,
-    /// Each token is off by its own scale factor (a normalization constant).
-    RowScale,
-    /// The engine's output equals this module's input: the module looks skipped.
-    ModuleSkipped,
-    /// The engine's output equals a sublayer's output, or adding an input fixes it.
-    ResidualMissing,
-    /// The prompt matches and a later decode step diverges first.
-    DecodeStep,
-    /// The reference engine with a known port bug reproduces the engine's output.
-    KnownBug,
-    /// Pulled back through a square projection, the engine's output is the golden input times
-    /// the weight untransposed.
-    TransposedWeight,
-    /// An activation function (or the other half of its input) reproduces the engine's output.
-    ActivationVariant,
-    /// The first divergent layer is of a kind (e.g. local attention) the layers before it are not.
-    LayerType,
-    /// The harness's tokenization of a text case differs from HF's tokenizer.
-    TokenizerDivergence,
-}
-
-impl HintKind {
-    /// What the finding rests on: the engine's and the golden tensors alone (`data`), the
-    /// model's structure as well (`structure`), or running something again (`re-run`).
-    pub fn evidence(self) -> &'static str {
-        match self {
-            HintKind::KnownBug | HintKind::RopePairing | HintKind::NonDeterministic => "re-run",
-            HintKind::LayerType | HintKind::DecodeStep => "structure",
-            _ => "data",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Hint {
-    pub kind: HintKind,
-    /// The tap the finding is about.
-    pub tap: String,
-    /// In [0, 1]; hints are shown best first.
-    pub score: f64,
-    /// One sentence for a person: what the error looks like and where to look.
-    pub message: String,
 }
 
 /// What diagnosis can look at for one failing trial.

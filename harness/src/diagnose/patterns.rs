@@ -330,7 +330,7 @@ fn channels_and_heads(
     if let Some(hd) = ctx.head_dim()
         && per_head.iter().any(|p| tap.rsplit('.').next().is_some_and(|last| last.starts_with(p)))
         && hd > 0
-        && width % hd == 0
+        && width.is_multiple_of(hd)
         && width / hd > 1
     {
         let heads = width / hd;

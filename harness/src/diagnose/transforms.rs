@@ -1,10 +1,10 @@
 //! Blame by transform: apply candidate transforms to the engine's tensor and report those that
 //! bring it within the tap's tolerance (or, failing that, remove almost all of the error).
 
-use super::view::{Rows, judge};
+use super::view::{Rows, within_tolerance};
 use super::{Ctx, Hint, HintKind};
-use crate::metrics::unravel;
 use crate::structure::TapKind;
+use crate::tensor::permute;
 
 struct Candidate {
     kind: HintKind,
@@ -29,7 +29,7 @@ pub fn blame(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     }
     let (a, e) = (actual.data().to_vec(), golden.data().to_vec());
     let shape = golden.shape().to_vec();
-    let base = judge(ctx.case, &ctx.taps[first], kind, &a, &e).0;
+    let base = within_tolerance(ctx.case, &ctx.taps[first], kind, &a, &e).0;
     let mut cands = Vec::new();
 
     cands.push(Candidate {
@@ -95,7 +95,7 @@ pub fn blame(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
         });
     }
     for c in cands {
-        let (m, ok) = judge(ctx.case, &ctx.taps[first], kind, &c.data, &e);
+        let (m, ok) = within_tolerance(ctx.case, &ctx.taps[first], kind, &c.data, &e);
         let reduction = if base.nmse > 0.0 { 1.0 - m.nmse / base.nmse } else { 0.0 };
         if ok {
             out.push(Hint { kind: c.kind, tap: name.clone(), score: 0.9, message: c.message });
@@ -122,7 +122,7 @@ fn earlier_taps(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, a: &[f32], e: &[f3
         let Some(g) = ctx.golden(&prev) else { continue };
         let g = g.data().to_vec();
         let child = prev.starts_with(&format!("{name}."));
-        if judge(ctx.case, &ctx.taps[first], kind, a, &g).1 {
+        if within_tolerance(ctx.case, &ctx.taps[first], kind, a, &g).1 {
             let (k, msg) = if child {
                 (
                     HintKind::ResidualMissing,
@@ -141,7 +141,7 @@ fn earlier_taps(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, a: &[f32], e: &[f3
             return;
         }
         let sum: Vec<f32> = a.iter().zip(&g).map(|(x, y)| x + y).collect();
-        if !child && judge(ctx.case, &ctx.taps[first], kind, &sum, e).1 {
+        if !child && within_tolerance(ctx.case, &ctx.taps[first], kind, &sum, e).1 {
             out.push(Hint {
                 kind: HintKind::ResidualMissing,
                 tap: name.to_string(),
@@ -172,23 +172,6 @@ fn transpose_last_two(a: &[f32], shape: &[usize]) -> Vec<f32> {
 fn swap_halves(a: &[f32], w: usize) -> Vec<f32> {
     let h = w / 2;
     a.chunks(w).flat_map(|r| r[h..].iter().chain(&r[..h]).copied()).collect()
-}
-
-/// Permute `a` (row-major, `shape`) by `perm`: out[i_perm...] = a[i...]. Also used by external
-/// engines' layout rules.
-pub(crate) fn permute(a: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<f32>, Vec<usize>) {
-    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let mut out = vec![0.0; a.len()];
-    let mut out_strides = vec![1usize; shape.len()];
-    for k in (0..shape.len().saturating_sub(1)).rev() {
-        out_strides[k] = out_strides[k + 1] * out_shape[k + 1];
-    }
-    for (i, &v) in a.iter().enumerate() {
-        let idx = unravel(i, shape);
-        let o: usize = perm.iter().enumerate().map(|(k, &p)| idx[p] * out_strides[k]).sum();
-        out[o] = v;
-    }
-    (out, out_shape)
 }
 
 fn permutations(n: usize) -> Vec<Vec<usize>> {
@@ -225,7 +208,7 @@ fn layout_from_shape(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, out: &mut Vec
         if s != gshape {
             continue;
         }
-        if judge(ctx.case, &ctx.taps[ctx.first], kind, &data, &e).1 {
+        if within_tolerance(ctx.case, &ctx.taps[ctx.first], kind, &data, &e).1 {
             let reversed = perm.iter().enumerate().all(|(i, &p)| p == n - 1 - i);
             let (k, msg) = if reversed {
                 (
@@ -249,7 +232,7 @@ fn layout_from_shape(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, out: &mut Vec
         }
     }
     // Same element count, different shape, no permutation fits: maybe a bare reshape.
-    if judge(ctx.case, &ctx.taps[ctx.first], kind, &a, &e).1 {
+    if within_tolerance(ctx.case, &ctx.taps[ctx.first], kind, &a, &e).1 {
         out.push(Hint {
             kind: HintKind::BlameTransform,
             tap: name.to_string(),
@@ -351,7 +334,7 @@ pub fn activations(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     let find = |target: &[f32]| {
         for (iname, x) in &inputs {
             for (fname, f) in ACTIVATIONS {
-                if judge(ctx.case, &ctx.taps[first], kind, &apply(*f, x), target).1 {
+                if within_tolerance(ctx.case, &ctx.taps[first], kind, &apply(*f, x), target).1 {
                     return Some((iname.clone(), *fname));
                 }
             }

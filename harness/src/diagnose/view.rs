@@ -23,7 +23,7 @@ impl<'a> Rows<'a> {
             _ => return None,
         };
         let rows = batch.checked_mul(seq)?;
-        if rows == 0 || data.len() % rows != 0 {
+        if rows == 0 || !data.len().is_multiple_of(rows) {
             return None;
         }
         Some(Rows { data, batch, seq, width: data.len() / rows })
@@ -56,7 +56,13 @@ pub fn row_tolerance(tol: &Tolerance) -> AllClose {
 /// Judge `candidate` against `golden` with the tap's tolerance and the trial's selection of
 /// rows; argmax criteria do not apply to a transformed tensor (an argmax-only tolerance falls
 /// back to the default allclose). Returns the metrics and whether the criteria hold.
-pub fn judge(case: &Case, tap: &TapReport, kind: TapKind, candidate: &[f32], golden: &[f32]) -> (Metrics, bool) {
+pub fn within_tolerance(
+    case: &Case,
+    tap: &TapReport,
+    kind: TapKind,
+    candidate: &[f32],
+    golden: &[f32],
+) -> (Metrics, bool) {
     let rows = selection_rows(case, kind, &tap.shape);
     let sel = rows.as_deref().map(|r| Selection { row_len: golden.len() / r.len().max(1), rows: r });
     let mut tol = Tolerance { argmax: None, ..tap.tolerance.clone() };

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::view::judge;
+use super::view::within_tolerance;
 use super::{Ctx, Hint, HintKind};
 
 /// A 2-D weight `[rows, cols]` as f32, read from the checkpoint's safetensors.
@@ -141,7 +141,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
             y_t.push((s + b.as_ref().map_or(0.0, |b| b[j] as f64)) as f32);
         }
     }
-    if judge(ctx.case, &ctx.taps[first], kind, &y_t, actual.data()).1 {
+    if within_tolerance(ctx.case, &ctx.taps[first], kind, &y_t, actual.data()).1 {
         out.push(Hint {
             kind: HintKind::TransposedWeight,
             tap: name.clone(),

@@ -1,132 +1,36 @@
-//! The `Engine` trait and the registry of engines a run can use.
-//!
-//! An engine loads a model spec once ([`Engine::load`]) and then runs inputs, returning the
-//! requested taps under their HF names. Engines differ in what they can expose: the reference
-//! engine returns every module's output, an outputs-only engine just `logits` or
-//! `last_hidden_state`; [`LoadedModel::taps`] says which.
+//! Engines: the trait (in the engine API crate) and the external-process engines of
+//! `cases/engines/`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use crate::case::{IdMatrix, Inputs, ModelSpec};
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+pub use harness_api::engine::*;
 
 pub mod external;
 
-/// Tap name -> tensor, as returned by an engine.
-pub type Outputs = BTreeMap<String, Tensor>;
+use crate::error::Result;
+use crate::tensor::Tensor;
 
-pub trait Engine: Send + Sync {
-    /// The name used in trial names (`{engine}::{case}`) and in a case's `engines:` list.
-    fn name(&self) -> &str;
-    /// Whether the engine implements this HF class at all (before looking at the config): used
-    /// to name the trials of a model that is absent.
-    fn implements(&self, class: &str) -> bool {
-        let _ = class;
-        true
-    }
-    /// Whether the engine can run this model (class and config features); `Err` says why not. A
-    /// case whose model an engine cannot run gets no trial on it by default, and an *ignored*
-    /// trial with this reason when the case lists the engine: a capability, never a load error.
-    fn supports(&self, model: &ModelSpec) -> std::result::Result<(), String> {
-        if self.implements(&model.class) {
-            Ok(())
-        } else {
-            Err(format!("`{}` does not run {}", self.name(), model.class))
-        }
-    }
-    /// Whether the engine runs on cases that do not list engines (test-only engines do not).
-    fn default_enabled(&self) -> bool {
-        true
-    }
-    fn load(&self, model: &ModelSpec) -> Result<Box<dyn LoadedModel>>;
-    /// The engine's own tolerance, replacing the case's in its trials (a reduced-precision engine).
-    fn tolerance(&self) -> Option<crate::tolerance::Tolerance> {
-        None
-    }
-    /// Why the engine cannot run on this machine (e.g. its program is not installed), if so.
-    /// Outside CI such trials are reported as ignored with this reason; in CI they fail.
-    fn unavailable(&self) -> Option<String> {
-        None
+/// How B's tensors (an engine's dump) map onto A's names and layouts.
+pub trait Mapping {
+    /// The A (HF) name of B's tensor `name`; None to ignore it.
+    fn name(&self, name: &str) -> Option<String>;
+    /// B's tensor `name` (mapped to `hf_name`) in A's layout (e.g. reversed dims), given A's shape.
+    fn layout(&self, _name: &str, _hf_name: &str, t: Tensor, _expected: &[usize]) -> Result<Tensor> {
+        Ok(t)
     }
 }
 
-pub trait LoadedModel: Send + Sync {
-    /// Run one batch and return (at least) the requested taps.
-    fn run(&self, inputs: &Inputs, taps: &[&str]) -> Result<Outputs>;
-    /// Taps this engine can produce for this model; `None` means every module it records.
-    fn taps(&self) -> Option<Vec<String>> {
-        None
-    }
-    /// Facts about how the engine was driven that a reader of the report should know (a config
-    /// key translated for it, checkpoint tensors it never read); shown with every trial.
-    fn notes(&self) -> Vec<String> {
-        Vec::new()
-    }
-    /// Incremental decoding with a KV cache, for `decode:` cases: step 0 runs the prompt, step k
-    /// feeds `tokens[:, k-1]` alone, positions continuing from the prompt length. Returns one
-    /// `Outputs` per step (`tokens.seq + 1` of them), taps under their plain names (no `@step`).
-    fn decode(&self, prompt: &Inputs, tokens: &IdMatrix, taps: &[&str]) -> Result<Vec<Outputs>> {
-        let _ = (prompt, tokens, taps);
-        Err(Error::engine("this engine does not support incremental decoding (`decode:` cases)")
-            .hint("list only engines that decode under the case's `engines:`"))
-    }
-    /// Blocks (decoder/encoder layers) the engine can run alone on a given input, for the
-    /// "error added" of each tap; empty when it cannot.
-    fn blocks(&self) -> Vec<Block> {
-        vec![]
-    }
-    /// Run one block of [`LoadedModel::blocks`] on `input` (the golden of the block's input tap)
-    /// with the batch's mask and positions from `inputs`; returns the block's taps.
-    fn run_block(&self, inputs: &Inputs, block: &str, input: &Tensor, taps: &[&str]) -> Result<Outputs> {
-        let _ = (inputs, input, taps);
-        Err(Error::engine(format!("this engine cannot run block `{block}` alone")))
+/// Same names, same layouts.
+pub struct Identity;
+
+impl Mapping for Identity {
+    fn name(&self, name: &str) -> Option<String> {
+        Some(name.to_string())
     }
 }
 
-/// A block and the tap whose output feeds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Block {
-    /// Module path, e.g. `model.layers.3`; the block's taps are it and its children.
-    pub path: String,
-    /// The tap whose output is the block's input, e.g. `model.layers.2`.
-    pub input: String,
-}
-
-impl Block {
-    pub fn contains(&self, tap: &str) -> bool {
-        tap == self.path || tap.strip_prefix(self.path.as_str()).is_some_and(|r| r.starts_with('.'))
-    }
-}
-
-#[derive(Clone, Default)]
-pub struct Registry {
-    engines: Vec<Arc<dyn Engine>>,
-}
-
-impl Registry {
-    /// The engines that ship with the harness.
-    pub fn builtin() -> Registry {
-        let mut r = Registry::default();
-        r.add(Arc::new(crate::engines::reference::ReferenceEngine::new()));
-        r.add(Arc::new(crate::engines::candle_tx::CandleTxEngine));
-        for q in crate::engines::candle_tx::gguf::GgufType::ALL {
-            r.add(Arc::new(crate::engines::candle_tx::gguf::GgufEngine::new(q)));
-        }
-        r
-    }
-    pub fn add(&mut self, e: Arc<dyn Engine>) {
-        self.engines.retain(|x| x.name() != e.name());
-        self.engines.push(e);
-    }
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Engine>> {
-        self.engines.iter().find(|e| e.name() == name)
-    }
-    pub fn names(&self) -> Vec<&str> {
-        self.engines.iter().map(|e| e.name()).collect()
-    }
-    pub fn all(&self) -> &[Arc<dyn Engine>] {
-        &self.engines
-    }
+/// The engines that ship with this build of the harness (by cargo feature), as a registry.
+pub fn builtin() -> Registry {
+    #[cfg(any(feature = "reference", feature = "candle-transformers"))]
+    return harness_engines::builtin();
+    #[cfg(not(any(feature = "reference", feature = "candle-transformers")))]
+    Registry::default()
 }

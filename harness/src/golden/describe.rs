@@ -20,8 +20,9 @@ fn matches(ok: bool) -> &'static str {
 pub fn show(store: &Store, case_id: &str, case: Option<&Case>) -> Result<String> {
     let dir = store.case_dir(case_id);
     let mpath = dir.join(MANIFEST);
-    let bytes = std::fs::read(&mpath)
-        .map_err(|e| Error::io(&mpath, &e).hint(format!("generate the goldens: {}", super::regen_command(case_id))))?;
+    let bytes = std::fs::read(&mpath).map_err(|e| {
+        Error::io(&mpath, &e).hint(format!("generate the goldens: {}", super::regen_command(&store.root, case_id)))
+    })?;
     let m: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| Error::golden(format!("invalid manifest: {e}")).file(&mpath).hint("regenerate it"))?;
     let mut s = String::new();

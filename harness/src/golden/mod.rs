@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::case::Case;
 use crate::error::{Error, ErrorKind, Result};
@@ -20,6 +19,7 @@ pub use verify::{CACHE_MIN_BYTES, Verifier};
 pub mod atomic;
 pub mod describe;
 pub mod pending;
+pub mod remote;
 pub mod review;
 pub mod session;
 
@@ -49,6 +49,10 @@ pub struct ModelProvenance {
     /// `hf` sources: the commit hash of the cache snapshot the goldens were made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// Checkpoints on disk: sha256 of the other files of the model directory an engine reads
+    /// (config.json, tokenizer and sentence-transformers files), by path relative to it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files_sha256: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -82,36 +86,19 @@ pub struct NoiseFloor {
     pub floor: f64,
 }
 
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, &e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io(path, &e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
+pub use harness_api::hash::{sha256_bytes, sha256_file};
 
-pub fn sha256_bytes(b: &[u8]) -> String {
-    hex(&Sha256::digest(b))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The command that regenerates one case's goldens, as printed in errors.
-pub fn regen_command(case_id: &str) -> String {
-    format!("tools/.venv/bin/python tools/regen_goldens.py --case {case_id}")
+/// The command that regenerates one case's goldens in the project at `root`, as printed in errors
+/// (from its harness.toml).
+pub fn regen_command(root: &Path, case_id: &str) -> String {
+    crate::project::or_default(root).regen_command(case_id)
 }
 
 /// Golden store rooted at `<root>/goldens`, with a per-run cache of weight checks.
 pub struct Store {
     pub dir: PathBuf,
+    /// The project root.
+    pub root: PathBuf,
     /// (weights file, expected sha256) -> whether it matches.
     weight_checks: Mutex<HashMap<(PathBuf, String), bool>>,
     verifier: Arc<Verifier>,
@@ -120,6 +107,8 @@ pub struct Store {
 /// A case's goldens, checked against the case (not stale).
 pub struct Goldens {
     pub dir: PathBuf,
+    /// The project root (for the hints that name the regenerate command).
+    pub root: PathBuf,
     pub manifest: Manifest,
     /// Expected tensors held in memory instead of files under `dir`: an oracle's answer for a
     /// shrink candidate, which has no goldens (see [`Goldens::in_memory`]).
@@ -130,7 +119,8 @@ pub struct Goldens {
 impl Store {
     pub fn new(root: &Path) -> Store {
         Store {
-            dir: root.join("goldens"),
+            dir: crate::project::goldens_dir(root),
+            root: root.to_path_buf(),
             weight_checks: Mutex::new(HashMap::new()),
             verifier: Arc::new(Verifier::for_root(root)),
         }
@@ -155,7 +145,7 @@ impl Store {
     pub fn open(&self, case: &Case) -> Result<Goldens> {
         let dir = self.case_dir(&case.id);
         let mpath = dir.join(MANIFEST);
-        let regen = regen_command(&case.id);
+        let regen = regen_command(&self.root, &case.id);
         // With new goldens waiting for review, say so next to the regenerate command.
         let pending = dir.join(format!("{MANIFEST}{}", pending::SUFFIX)).is_file();
         let regen_hint = |what: &str| {
@@ -216,6 +206,21 @@ impl Store {
         if weights.exists() && !self.weights_match(&weights, &manifest.model.weights_sha256)? {
             return Err(stale(&format!("the weights {}", crate::error::display_path(&weights))));
         }
+        // A hand edit of a checkpoint's config or tokenizer files changes what engines read.
+        for (name, sha) in &manifest.model.files_sha256 {
+            if name.contains("..") || name.starts_with('/') {
+                return Err(Error::golden(format!("manifest names a model file outside its directory: `{name}`"))
+                    .file(&mpath)
+                    .hint(format!("regenerate: {regen}")));
+            }
+            let path = case.model.dir.join(name);
+            if !path.is_file() {
+                return Err(stale(&format!("the model file {} (it is gone)", crate::error::display_path(&path))));
+            }
+            if !self.weights_match(&path, sha)? {
+                return Err(stale(&format!("the model file {}", crate::error::display_path(&path))));
+            }
+        }
         let tokenizer_taps = case.text.as_ref().map_or(&[][..], |_| &crate::text::TOKENIZER_TAPS[..2]);
         for name in case.taps.iter().map(|t| t.name.as_str()).chain(tokenizer_taps.iter().copied()) {
             if !manifest.taps.iter().any(|e| e.name == name) {
@@ -224,7 +229,7 @@ impl Store {
                     .hint(format!("regenerate: {regen}")));
             }
         }
-        Ok(Goldens { dir, manifest, memory: None, verifier: self.verifier.clone() })
+        Ok(Goldens { dir, root: self.root.clone(), manifest, memory: None, verifier: self.verifier.clone() })
     }
 }
 
@@ -253,6 +258,7 @@ impl Goldens {
                 spec_digest: String::new(),
                 weights_sha256: String::new(),
                 revision: case.model.revision.clone(),
+                files_sha256: Default::default(),
             },
             generator: Generator {
                 tool: source.to_string(),
@@ -269,6 +275,7 @@ impl Goldens {
         let memory = taps.into_iter().map(|(n, t, _)| (n, t)).collect();
         Goldens {
             dir: PathBuf::from(format!("<{source}>")),
+            root: PathBuf::from("."),
             manifest,
             memory: Some(memory),
             verifier: Arc::new(Verifier::new(None, u64::MAX, 0)),
@@ -278,7 +285,8 @@ impl Goldens {
     /// The goldens of `manifest` in `dir`, checked with `verifier` (for benchmarks and tools; a
     /// run gets its goldens from [`Store::open`], which also checks staleness).
     pub fn new(dir: PathBuf, manifest: Manifest, verifier: Arc<Verifier>) -> Goldens {
-        Goldens { dir, manifest, memory: None, verifier }
+        let root = dir.clone();
+        Goldens { dir, root, manifest, memory: None, verifier }
     }
 
     pub fn entry(&self, tap: &str) -> Option<&TapEntry> {
@@ -304,7 +312,14 @@ impl Goldens {
             ))
             .file(self.dir.join(MANIFEST)));
         }
-        let path = self.dir.join(&e.file);
+        let mut path = self.dir.join(&e.file);
+        if !remote::present(&path) {
+            let project = crate::project::or_default(&self.root);
+            if let Some(url) = &project.remote {
+                let cache = project.cache.clone().unwrap_or_else(remote::cache_dir);
+                path = remote::fetch(url, &cache, &e.sha256, &path)?;
+            }
+        }
         let small = std::fs::metadata(&path).is_ok_and(|m| m.len() < verify::CACHE_MIN_BYTES);
         let (t, small_hash) = if small {
             let bytes = std::fs::read(&path).map_err(|err| Error::io(&path, &err))?;
@@ -315,7 +330,7 @@ impl Goldens {
         if t.shape() != e.shape.as_slice() {
             return Err(Error::golden(format!("shape {:?} differs from the manifest's {:?}", t.shape(), e.shape))
                 .file(&path)
-                .hint(format!("regenerate: {}", regen_command(&self.manifest.case))));
+                .hint(format!("regenerate: {}", regen_command(&self.root, &self.manifest.case))));
         }
         let mismatch = match small_hash {
             Some(h) => Some(h).filter(|h| *h != e.sha256),
@@ -330,7 +345,7 @@ impl Goldens {
             .file(&path)
             .hint(format!(
                 "the golden was modified after generation; regenerate: {}",
-                regen_command(&self.manifest.case)
+                regen_command(&self.root, &self.manifest.case)
             )));
         }
         Ok(t)

@@ -199,12 +199,18 @@ pub fn accept(goldens_dir: &Path, p: &Pending) -> Result<Vec<Accepted>> {
                 if !src.is_file() {
                     return Err(Error::golden(format!("pending goldens are incomplete: `{}` has no file", e.name))
                         .file(p.marker())
-                        .hint(format!("regenerate: {} --pending", super::regen_command(&p.id))));
+                        .hint(format!(
+                            "regenerate: {} --pending",
+                            super::regen_command(&crate::project::find_root().unwrap_or_else(|_| ".".into()), &p.id)
+                        )));
                 }
                 if sha256_file(&src)? != e.sha256 {
                     return Err(Error::golden(format!("`{}` does not match the pending manifest's sha256", e.name))
                         .file(&src)
-                        .hint(format!("regenerate: {} --pending", super::regen_command(&p.id))));
+                        .hint(format!(
+                            "regenerate: {} --pending",
+                            super::regen_command(&crate::project::find_root().unwrap_or_else(|_| ".".into()), &p.id)
+                        )));
                 }
             }
             m.taps.iter().map(|e| e.file.clone()).chain([MANIFEST.to_string()]).collect()

@@ -121,8 +121,8 @@ fn delta(p: &Pending, old: Option<&TapEntry>, new: &TapEntry, tol: Option<&Toler
     let t = tol.cloned().unwrap_or_default();
     let metrics = compare(a.data(), e.data(), t.allclose(), None);
     // Judged like a trial: the new golden as the engine, the old one as the golden.
-    let logits = crate::diagnose::logits::is_logits_tap(&new.name)
-        .then(|| crate::diagnose::logits::compute(a.data(), e.data(), &new.shape, t.allclose(), None));
+    let logits = crate::logits::is_logits_tap(&new.name)
+        .then(|| crate::logits::compute(a.data(), e.data(), &new.shape, t.allclose(), None));
     let observed =
         Observed { metrics: &metrics, logits: logits.as_ref(), noise_floor: old.noise.as_ref().map(|n| n.floor) };
     let within = tol.map(|t| t.check(observed).is_empty());

@@ -19,7 +19,7 @@ pub enum Decision {
 
 /// The tolerance of each tap of the current case, to judge whether a move is within it.
 pub fn case_tolerances(root: &Path, id: &str) -> impl Fn(&str) -> Option<Tolerance> + use<> {
-    let file = root.join("cases").join(format!("{id}.yaml"));
+    let file = crate::project::cases_dir(root).join(format!("{id}.yaml"));
     let case = crate::case::load_case(root, &file, &mut Default::default()).ok();
     move |tap: &str| case.as_ref()?.taps.iter().find(|t| t.name == tap).map(|t| t.tolerance.clone())
 }

@@ -112,7 +112,7 @@ pub fn discover(root: &Path) -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&root.join("cases").join(DIR), &mut out);
+    walk(&crate::project::cases_dir(root).join(DIR), &mut out);
     out.sort();
     out
 }
@@ -120,7 +120,7 @@ pub fn discover(root: &Path) -> Vec<PathBuf> {
 /// Load and validate a metamorphic case.
 pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<ModelSpec>>) -> Result<MetaCase> {
     let mut doc = Doc::read(file)?;
-    let id = crate::case::case_id(&root.join("cases"), file);
+    let id = crate::case::case_id(&crate::project::cases_dir(root), file);
     let mf: MetaFile = doc.parse()?;
     let model = models.entry(mf.model.clone()).or_insert_with(|| load_model_spec(root, &mf.model)).clone();
     let model = model.map_err(|e| {
@@ -345,9 +345,13 @@ pub fn check(meta: &MetaCase, property: Property, model: &dyn LoadedModel) -> Ou
 
 /// Run every property of `meta` on `engine` and build the trial's report; `message` is the text
 /// a failing trial prints.
-pub fn run_trial(meta: &MetaCase, engine: &dyn Engine, model: Result<&dyn LoadedModel>) -> (TrialReport, String) {
+pub fn run_trial(
+    meta: &MetaCase,
+    engine: &dyn Engine,
+    model: Result<&dyn LoadedModel>,
+    rerun: String,
+) -> (TrialReport, String) {
     let trial = format!("{}::{}", engine.name(), meta.id);
-    let rerun = crate::runner::rerun_command(&trial);
     let mut report = TrialReport::new(trial.clone(), engine.name(), &meta.id, meta.file.clone(), rerun);
     let model = match model {
         Ok(m) => m,

@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::golden::Goldens;
 use crate::tensor::read_npy;
 
-pub const SCRIPT: &str = "tools/hf_oracle.py";
+/// The oracle module of the goldens tool (`python -m harness_goldens.oracle`).
+pub const MODULE: &str = "harness_goldens.oracle";
 
 pub struct HfOracle {
     child: Child,
@@ -30,21 +31,32 @@ pub struct HfOracle {
     requests: usize,
 }
 
-/// The Python to run: `$HARNESS_PYTHON`, else the repository's `tools/.venv`, else `python3`.
+/// The Python to run: `$HARNESS_PYTHON`, else the project's `python.command` (harness.toml;
+/// relative to the root when it has a `/`), else `python3`.
 pub fn python(root: &Path) -> PathBuf {
     if let Some(p) = std::env::var_os("HARNESS_PYTHON") {
         return PathBuf::from(p);
     }
-    let venv = root.join("tools/.venv/bin/python");
-    if venv.exists() { venv } else { PathBuf::from("python3") }
+    let cmd = crate::project::or_default(root).python.clone();
+    if cmd.contains('/') && !Path::new(&cmd).is_absolute() { root.join(cmd) } else { PathBuf::from(cmd) }
 }
 
 impl HfOracle {
     pub fn start(root: &Path) -> Result<HfOracle> {
         let py = python(root);
-        let script = root.join(SCRIPT);
-        let mut child = Command::new(&py)
-            .arg(&script)
+        // A checkout's tools/ (not installed) is found through PYTHONPATH; an installed goldens
+        // tool needs nothing.
+        let mut cmd = Command::new(&py);
+        if root.join("tools/harness_goldens").is_dir() {
+            let mut path = std::ffi::OsString::from(root.join("tools"));
+            if let Some(old) = std::env::var_os("PYTHONPATH") {
+                path.push(":");
+                path.push(old);
+            }
+            cmd.env("PYTHONPATH", path);
+        }
+        let mut child = cmd
+            .args(["-m", MODULE])
             .arg("--root")
             .arg(root)
             .stdin(Stdio::piped())
@@ -53,8 +65,8 @@ impl HfOracle {
             .spawn()
             .map_err(|e| {
                 Error::io(&py, &e).hint(
-                    "create the venv: python3 -m venv tools/.venv && tools/.venv/bin/pip install -r tools/requirements.txt \
-                     (or set HARNESS_PYTHON)",
+                    "install the goldens tool (pip install <harness>/tools) and name its Python in harness.toml's \
+                     `python.command` (or set HARNESS_PYTHON)",
                 )
             })?;
         let stdin = child.stdin.take();
@@ -68,7 +80,7 @@ impl HfOracle {
 
     fn ask(&mut self, req: &serde_json::Value) -> Result<serde_json::Value> {
         let died = |what: String| {
-            Error::engine(format!("the HF oracle ({SCRIPT}) {what}"))
+            Error::engine(format!("the HF oracle (python -m {MODULE}) {what}"))
                 .hint("its error is printed above; run it by hand with the same Python to see more")
         };
         let stdin = self.stdin.as_mut().ok_or_else(|| died("is closed".into()))?;

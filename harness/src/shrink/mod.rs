@@ -9,17 +9,16 @@
 //! written as a new case under `cases/regressions/` ([`regression`]) whose goldens
 //! `tools/regen_goldens.py` produces like any other case's.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::strategy::ValueTree;
 
 use crate::case::{Case, Decode, per_step};
+use crate::catalogue::{ProbeCache, ReferenceProbes};
 use crate::diagnose::probes::Variants;
-use crate::engine::{Engine, LoadedModel, Outputs};
-use crate::engines::reference::{Mutation, ReferenceEngine};
+use crate::engine::{Engine, LoadedModel};
 use crate::error::{Error, Result};
 use crate::report::TrialReport;
 
@@ -87,47 +86,6 @@ pub fn candidate_case(orig: &Case, cand: &Candidate, layout: &Layout) -> Case {
     case
 }
 
-/// The reference engine with each known bug, loaded once per shrink: diagnosis re-runs them on
-/// every failing candidate (the `known_bug` hints), and loading weights each time would dominate.
-pub struct ProbeCache {
-    spec: crate::case::ModelSpec,
-    models: Mutex<HashMap<String, Option<Arc<dyn LoadedModel>>>>,
-}
-
-impl ProbeCache {
-    pub fn new(case: &Case) -> ProbeCache {
-        ProbeCache { spec: case.model.clone(), models: Mutex::new(HashMap::new()) }
-    }
-
-    fn model(&self, m: &Mutation) -> Option<Arc<dyn LoadedModel>> {
-        let key = format!("{m:?}");
-        let mut models = self.models.lock().unwrap();
-        models
-            .entry(key)
-            .or_insert_with(|| {
-                let e = ReferenceEngine::mutant("probe", m.clone());
-                if e.supports(&self.spec).is_err() {
-                    return None;
-                }
-                e.load(&self.spec).ok().map(Arc::from)
-            })
-            .clone()
-    }
-}
-
-/// [`ProbeCache`] on one candidate's case.
-pub struct CachedProbes<'a> {
-    pub cache: &'a ProbeCache,
-    pub case: &'a Case,
-}
-
-impl Variants for CachedProbes<'_> {
-    fn run(&self, mutation: &Mutation, taps: &[&str]) -> Option<Result<Outputs>> {
-        let m = self.cache.model(mutation)?;
-        Some(crate::trial::run_case(self.case, m.as_ref(), taps))
-    }
-}
-
 /// What one candidate did.
 pub struct Evaluation {
     /// None: it passed, or could not be judged.
@@ -173,9 +131,9 @@ impl Shrinker<'_> {
         let Some(goldens) = self.oracle.expected(&case, cand)? else {
             return Ok(Evaluation { signature: None, report: None });
         };
-        let cached = CachedProbes { cache: self.probes, case: &case };
+        let cached = ReferenceProbes { cache: self.probes, case: &case };
         let variants: Option<&dyn Variants> = if probes { Some(&cached) } else { None };
-        let (report, _) = crate::trial::judge(&case, self.engine, self.model, &goldens, String::new(), variants);
+        let (report, _) = crate::trial::assess(&case, self.engine, self.model, &goldens, String::new(), variants);
         Ok(Evaluation { signature: Signature::of(&report), report: Some(report) })
     }
 
@@ -274,49 +232,18 @@ impl Shrinker<'_> {
     }
 }
 
-/// Where expected outputs come from: `engine:NAME`, `hf` or `prefix`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OracleChoice {
-    Engine(String),
-    Hf,
-    Prefix,
-}
-
-impl std::str::FromStr for OracleChoice {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<OracleChoice> {
-        match s {
-            "hf" => Ok(OracleChoice::Hf),
-            "prefix" => Ok(OracleChoice::Prefix),
-            _ => match s.strip_prefix("engine:") {
-                Some(name) if !name.is_empty() => Ok(OracleChoice::Engine(name.to_string())),
-                _ => Err(Error::input(format!("unknown oracle `{s}`"))
-                    .hint("use `engine:NAME` (e.g. engine:reference), `hf` or `prefix`")),
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for OracleChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OracleChoice::Engine(n) => write!(f, "engine:{n}"),
-            OracleChoice::Hf => f.write_str("hf"),
-            OracleChoice::Prefix => f.write_str("prefix"),
-        }
-    }
-}
+pub use crate::case::OracleChoice;
 
 /// The oracle when the command line gives none: the case's `shrink.oracle`; else the reference
 /// engine for any other engine it can check; for the reference engine itself, the goldens'
 /// prefixes on causal models, else a live HF process.
-pub fn default_oracle(case: &Case, engine: &str) -> OracleChoice {
+pub fn default_oracle(case: &Case, engine: &str, registry: &crate::engine::Registry) -> OracleChoice {
     if let Some(o) = case.shrink.as_ref().and_then(|s| s.oracle.clone()) {
         return o;
     }
-    let reference = ReferenceEngine::new();
-    if engine != reference.name() && reference.supports(&case.model).is_ok() {
-        OracleChoice::Engine(reference.name().to_string())
+    let reference = registry.get("reference");
+    if engine != "reference" && reference.is_some_and(|r| r.supports(&case.model).is_ok()) {
+        OracleChoice::Engine("reference".to_string())
     } else if case.model.structure.causal {
         OracleChoice::Prefix
     } else {
@@ -357,7 +284,7 @@ pub fn shrink_case(
         OracleChoice::Prefix => Box::new(oracle::PrefixOracle::new(case, suite.store.open(case)?)?),
         OracleChoice::Hf => Box::new(hf::HfOracle::start(&suite.root)?),
     };
-    let probes = ProbeCache::new(case);
+    let probes = ProbeCache::new(&case.model);
     Shrinker {
         case,
         engine: engine.name(),

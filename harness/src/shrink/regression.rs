@@ -44,7 +44,7 @@ pub fn render(root: &Path, source: &Case, shrunk: &Shrunk, engine: &str) -> Resu
     let _ = writeln!(y, "# Shrunk by `harness shrink` from {rel} (engine `{engine}`, oracle {}).", shrunk.oracle);
     let _ = writeln!(y, "# Signature: {}.", shrunk.signature);
     let _ = writeln!(y, "# {} -> {} in {} evaluations.", shrunk.original_size, shrunk.minimal_size, shrunk.evaluations);
-    let _ = writeln!(y, "# Goldens: {}", regen_command(&id));
+    let _ = writeln!(y, "# Goldens: {}", regen_command(root, &id));
     let what = format!("minimal input of {} that fails with {}", source.id, shrunk.signature).replace('`', "");
     let _ = writeln!(y, "description: {}", serde_json::to_string(&what).unwrap_or_default());
     let _ = writeln!(y, "model: {}", source.model.id);
@@ -71,7 +71,7 @@ pub fn render(root: &Path, source: &Case, shrunk: &Shrunk, engine: &str) -> Resu
 /// Write the regression case under `root/cases/regressions/`; returns its path.
 pub fn write(root: &Path, source: &Case, shrunk: &Shrunk, engine: &str) -> Result<PathBuf> {
     let text = render(root, source, shrunk, engine)?;
-    let path = root.join("cases").join(format!("{}.yaml", case_id(source, shrunk)));
+    let path = crate::project::cases_dir(root).join(format!("{}.yaml", case_id(source, shrunk)));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, &e))?;
     }

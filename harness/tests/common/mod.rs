@@ -8,9 +8,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use harness::case::{Case, load_case};
-use harness::engine::{Engine, Registry};
+use harness::engine::Engine;
 use harness::report::TrialReport;
 use harness::runner::Suite;
+
+/// The `harness` binary (crate harness-cli), which `cargo test` builds next to the test binaries.
+pub fn harness_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("harness");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: `cargo test` at the workspace root builds it (or: cargo build -p harness-cli)",
+        bin.display()
+    );
+    bin
+}
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -84,7 +96,7 @@ impl TempRepo {
     }
 
     pub fn suite(&self, engines: Vec<Arc<dyn Engine>>) -> Arc<Suite> {
-        let mut r = Registry::builtin();
+        let mut r = harness::engine::builtin();
         for e in engines {
             r.add(e);
         }
@@ -100,14 +112,15 @@ impl TempRepo {
     }
 }
 
-/// Keep a generated section of README.md (between `<!-- NAME:start -->` and `<!-- NAME:end -->`)
-/// equal to `content`; `HARNESS_UPDATE_README=1` rewrites it instead of failing.
-pub fn check_readme_section(name: &str, content: &str) {
-    let path = repo_root().join("README.md");
-    let text = std::fs::read_to_string(&path).unwrap();
+/// Keep a generated section of `file` (relative to the repository root, e.g. `docs/diagnosis.md`;
+/// between `<!-- NAME:start -->` and `<!-- NAME:end -->`) equal to `content`;
+/// `HARNESS_UPDATE_README=1` rewrites it instead of failing.
+pub fn check_generated_section(file: &str, name: &str, content: &str) {
+    let path = repo_root().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
     let (start, end) = (format!("<!-- {name}:start -->\n"), format!("<!-- {name}:end -->"));
     let (Some(i), Some(j)) = (text.find(&start), text.find(&end)) else {
-        panic!("README.md has no `{start}` ... `{end}` section");
+        panic!("{file} has no `{start}` ... `{end}` section");
     };
     let current = &text[i + start.len()..j];
     if current == content {
@@ -119,6 +132,6 @@ pub fn check_readme_section(name: &str, content: &str) {
         return;
     }
     panic!(
-        "README.md's `{name}` section is out of date; rerun with HARNESS_UPDATE_README=1 to rewrite it.\n--- README\n{current}\n--- generated\n{content}"
+        "{file}'s `{name}` section is out of date; rerun with HARNESS_UPDATE_README=1 to rewrite it.\n--- {file}\n{current}\n--- generated\n{content}"
     );
 }

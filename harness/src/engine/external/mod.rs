@@ -4,11 +4,16 @@
 //! For each run the harness writes a request directory (request.json, the inputs as `.npy`),
 //! runs the engine's command from the repository root with a timeout (its whole process group is
 //! killed when it hangs), and reads the tensors it wrote back, mapping its names and layouts onto
-//! HF's with the rules of its engine file. docs/engine-protocol.md is the protocol.
+//! HF's with the rules of its engine file. docs/engine-protocol.md is the protocol. An engine
+//! file with `protocol: 2` is started once per model instead and spoken to in JSON lines
+//! ([`session`]): load, forward, decode, block.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
 
 use crate::case::{Inputs, ModelSpec, glob_match};
 use crate::engine::{Engine, LoadedModel, Outputs};
@@ -18,6 +23,7 @@ use crate::structure::TapKind;
 pub mod process;
 pub mod protocol;
 pub mod rules;
+pub mod session;
 pub mod spec;
 
 pub use rules::{Dims, Rules};
@@ -52,7 +58,7 @@ impl ExternalEngine {
 
 /// `cases/engines/<name>.yaml` under `root`, by engine name.
 pub fn engine_file(root: &Path, name: &str) -> PathBuf {
-    root.join(spec::ENGINES_DIR).join(format!("{name}.yaml"))
+    spec::engines_dir(root).join(format!("{name}.yaml"))
 }
 
 /// Every engine file under `root`, loaded: `(name, file, engine or its error)`.
@@ -89,7 +95,26 @@ impl Engine for ExternalEngine {
             .taps
             .as_ref()
             .map(|globs| modules.iter().filter(|m| globs.iter().any(|g| glob_match(g, m))).cloned().collect());
-        Ok(Box::new(ExternalModel { spec: self.spec.clone(), model: model.clone(), modules, kinds, taps }))
+        let mut m = ExternalModel {
+            spec: self.spec.clone(),
+            model: model.clone(),
+            modules,
+            kinds,
+            taps,
+            session: None,
+            capabilities: session::Capabilities::default(),
+            not_produced: Mutex::new(BTreeMap::new()),
+        };
+        if self.spec.protocol == 2 {
+            let s = session::Session::start(&self.spec, m.model_json(), &self.spec.options)?;
+            m.capabilities = s.capabilities.clone();
+            if let Some(theirs) = &m.capabilities.taps {
+                let mine = m.taps.take().unwrap_or_else(|| m.modules.clone());
+                m.taps = Some(mine.into_iter().filter(|t| theirs.contains(t)).collect());
+            }
+            m.session = Some(Mutex::new(Some(s)));
+        }
+        Ok(Box::new(m))
     }
     fn unavailable(&self) -> Option<String> {
         let prog = &self.spec.command[0];
@@ -123,6 +148,12 @@ pub struct ExternalModel {
     kinds: std::collections::HashMap<String, TapKind>,
     /// What the engine file's `taps:` allows; None: everything.
     taps: Option<Vec<String>>,
+    /// Protocol 2: the engine's process for this model (None after a crash: restarted on the
+    /// next request).
+    session: Option<Mutex<Option<session::Session>>>,
+    capabilities: session::Capabilities,
+    /// Taps the engine said it did not produce, with its reason (protocol 2).
+    not_produced: Mutex<BTreeMap<String, String>>,
 }
 
 impl LoadedModel for ExternalModel {
@@ -135,7 +166,10 @@ impl LoadedModel for ExternalModel {
             .prefix(&format!("harness-{}-", self.spec.name))
             .tempdir()
             .map_err(|e| Error::io(&std::env::temp_dir(), &e))?;
-        let result = self.run_in(dir.path(), inputs, &wanted);
+        let result = match self.session {
+            Some(_) => self.forward_v2(dir.path(), inputs, &wanted),
+            None => self.run_in(dir.path(), inputs, &wanted),
+        };
         match result {
             Err(e) if keep_requested() => {
                 let kept = dir.keep();
@@ -148,6 +182,79 @@ impl LoadedModel for ExternalModel {
     fn taps(&self) -> Option<Vec<String>> {
         self.taps.clone()
     }
+    fn notes(&self) -> Vec<String> {
+        self.capabilities.info.iter().map(|i| format!("engine `{}`: {i}", self.spec.name)).collect()
+    }
+    fn not_produced(&self) -> Vec<(String, String)> {
+        self.not_produced.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+    fn decode(&self, prompt: &Inputs, tokens: &crate::case::IdMatrix, taps: &[&str]) -> Result<Vec<Outputs>> {
+        if self.session.is_none() || !self.capabilities.decode {
+            let why = if self.session.is_none() {
+                "it speaks protocol 1"
+            } else {
+                "its `load` reply has no `capabilities: {decode: true}`"
+            };
+            return Err(Error::engine(format!("engine `{}` does not decode: {why}", self.spec.name))
+                .file(&self.spec.file)
+                .hint("list only engines that decode under a decode case's `engines:` (docs/engine-protocol.md, protocol 2)"));
+        }
+        let dir = self.request_dir()?;
+        let files = protocol::write_inputs(dir.path(), prompt, true)?;
+        let tfile = dir.path().join("decode_tokens.npy");
+        protocol::write_npy_i64(&tfile, tokens)?;
+        let out = dir.path().join(protocol::OUTPUT_DIR);
+        let wanted = self.wanted(taps);
+        let reply = self.request(json!({
+            "op": "decode",
+            "inputs": files,
+            "decode": {"file": std::path::absolute(&tfile).unwrap_or(tfile), "shape": tokens.shape()},
+            "taps": protocol::request_taps(&self.spec, &wanted),
+            "output_dir": std::path::absolute(&out).unwrap_or(out.clone()),
+            "dtype": self.spec.dtype.as_str(),
+            "options": self.spec.options,
+        }))?;
+        let wanted = self.record_not_produced(&reply, wanted);
+        (0..=tokens.seq)
+            .map(|k| {
+                let seq = if k == 0 { prompt.input_ids.seq } else { 1 };
+                let dims = Dims { batch: Some(prompt.input_ids.batch), seq: Some(seq) };
+                protocol::read_outputs(&out.join(k.to_string()), &self.spec, &wanted, &dims)
+                    .map_err(|e| Error { msg: format!("decode step {k}: {}", e.msg), ..e })
+            })
+            .collect()
+    }
+    fn blocks(&self) -> Vec<crate::engine::Block> {
+        self.capabilities
+            .blocks
+            .iter()
+            .map(|(path, input)| crate::engine::Block { path: path.clone(), input: input.clone() })
+            .collect()
+    }
+    fn run_block(&self, inputs: &Inputs, block: &str, input: &crate::tensor::Tensor, taps: &[&str]) -> Result<Outputs> {
+        if self.session.is_none() {
+            return Err(Error::engine(format!("engine `{}` cannot run block `{block}` alone", self.spec.name)));
+        }
+        let dir = self.request_dir()?;
+        let files = protocol::write_inputs(dir.path(), inputs, true)?;
+        let xfile = dir.path().join("block_input.npy");
+        crate::tensor::write_npy(&xfile, input)?;
+        let out = dir.path().join(protocol::OUTPUT_DIR);
+        let wanted = self.wanted(taps);
+        let reply = self.request(json!({
+            "op": "block",
+            "block": block,
+            "input": {"file": std::path::absolute(&xfile).unwrap_or(xfile), "shape": input.shape()},
+            "inputs": files,
+            "taps": protocol::request_taps(&self.spec, &wanted),
+            "output_dir": std::path::absolute(&out).unwrap_or(out.clone()),
+            "dtype": self.spec.dtype.as_str(),
+            "options": self.spec.options,
+        }))?;
+        let wanted = self.record_not_produced(&reply, wanted);
+        let dims = Dims { batch: Some(inputs.input_ids.batch), seq: Some(inputs.input_ids.seq) };
+        protocol::read_outputs(&out, &self.spec, &wanted, &dims)
+    }
 }
 
 fn keep_requested() -> bool {
@@ -155,6 +262,80 @@ fn keep_requested() -> bool {
 }
 
 impl ExternalModel {
+    /// The `model` object of requests: what protocol 1's request.json has under `model`.
+    fn model_json(&self) -> Value {
+        json!({
+            "id": self.model.id,
+            "class": self.model.class,
+            "family": self.model.class,
+            "dir": std::path::absolute(&self.model.dir).unwrap_or(self.model.dir.clone()),
+            "dtype": self.model.dtype.as_str(),
+            "config": self.model.config.raw(),
+        })
+    }
+
+    fn request_dir(&self) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(&format!("harness-{}-", self.spec.name))
+            .tempdir()
+            .map_err(|e| Error::io(&std::env::temp_dir(), &e))
+    }
+
+    /// The taps to ask for: `taps`, or every module, within what the engine can produce.
+    fn wanted(&self, taps: &[&str]) -> Vec<String> {
+        let asked: Vec<String> =
+            if taps.is_empty() { self.modules.clone() } else { taps.iter().map(|t| t.to_string()).collect() };
+        asked.into_iter().filter(|t| self.taps.as_ref().is_none_or(|allowed| allowed.contains(t))).collect()
+    }
+
+    /// One protocol-2 request on this model's engine process, started (again) if need be.
+    fn request(&self, req: Value) -> Result<Value> {
+        let slot = self.session.as_ref().expect("protocol 2");
+        let mut guard = slot.lock().unwrap();
+        if guard.as_mut().is_none_or(|s| !s.alive()) {
+            *guard = Some(session::Session::start(&self.spec, self.model_json(), &self.spec.options)?);
+        }
+        let s = guard.as_mut().expect("started");
+        let r = s.request(&self.spec, req);
+        if r.is_err() && !s.alive() {
+            *guard = None;
+        }
+        r
+    }
+
+    /// Keep the reply's `not_produced` (tap -> why) and return the taps still to read.
+    fn record_not_produced(&self, reply: &Value, wanted: Vec<String>) -> Vec<String> {
+        let Some(map) = reply.get("not_produced").and_then(Value::as_object) else { return wanted };
+        let mut np = self.not_produced.lock().unwrap();
+        for (tap, why) in map {
+            np.insert(tap.clone(), why.as_str().map_or_else(|| why.to_string(), String::from));
+        }
+        wanted.into_iter().filter(|t| !map.contains_key(t)).collect()
+    }
+
+    fn forward_v2(&self, dir: &Path, inputs: &Inputs, wanted: &[String]) -> Result<Outputs> {
+        let files = protocol::write_inputs(dir, inputs, true)?;
+        let out = dir.join(protocol::OUTPUT_DIR);
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, &e))?;
+        let reply = self.request(json!({
+            "op": "forward",
+            "inputs": files,
+            "taps": protocol::request_taps(&self.spec, wanted),
+            "output_dir": std::path::absolute(&out).unwrap_or(out.clone()),
+            "dtype": self.spec.dtype.as_str(),
+            "options": self.spec.options,
+        }))?;
+        let wanted = self.record_not_produced(&reply, wanted.to_vec());
+        let dims = Dims { batch: Some(inputs.input_ids.batch), seq: Some(inputs.input_ids.seq) };
+        let outputs = protocol::read_outputs(&out, &self.spec, &wanted, &dims)?;
+        for hf in &wanted {
+            if let (Some(t), Some(&kind)) = (outputs.get(hf), self.kinds.get(hf)) {
+                self.check_leading_axes(hf, kind, t.shape(), inputs)?;
+            }
+        }
+        Ok(outputs)
+    }
+
     fn run_in(&self, dir: &Path, inputs: &Inputs, wanted: &[String]) -> Result<Outputs> {
         let spec = &self.spec;
         let request = protocol::write_request(dir, spec, &self.model, inputs, wanted)?;
@@ -251,7 +432,7 @@ pub struct EngineMapping<'a> {
     pub rules: &'a Rules,
 }
 
-impl crate::diff::Mapping for EngineMapping<'_> {
+impl crate::engine::Mapping for EngineMapping<'_> {
     fn name(&self, name: &str) -> Option<String> {
         Some(self.rules.to_hf(name))
     }

@@ -70,7 +70,7 @@ fn exited_unreaped(pid: libc::pid_t) -> bool {
 }
 
 #[cfg(unix)]
-fn kill_group(pgid: libc::pid_t) {
+pub(crate) fn kill_group(pgid: libc::pid_t) {
     // SAFETY: plain syscall; ESRCH (nothing left in the group) is fine.
     unsafe {
         libc::killpg(pgid, libc::SIGKILL);

@@ -78,20 +78,7 @@ pub fn write_request(
     inputs: &Inputs,
     taps: &[String],
 ) -> Result<PathBuf> {
-    let mut files = BTreeMap::new();
-    let mut add = |key: &'static str, m: &IdMatrix| -> Result<()> {
-        let file = format!("{key}.npy");
-        write_npy_i64(&dir.join(&file), m)?;
-        files.insert(key, InputFile { file, shape: m.shape(), dtype: "int64" });
-        Ok(())
-    };
-    add("input_ids", &inputs.input_ids)?;
-    if let Some(m) = &inputs.attention_mask {
-        add("attention_mask", m)?;
-    }
-    if let Some(m) = &inputs.token_type_ids {
-        add("token_type_ids", m)?;
-    }
+    let files = write_inputs(dir, inputs, false)?;
     let out = dir.join(OUTPUT_DIR);
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, &e))?;
     let req = Request {
@@ -105,7 +92,7 @@ pub fn write_request(
             config: model.config.raw(),
         },
         inputs: files,
-        taps: taps.iter().map(|t| RequestTap { hf: t.clone(), engine: spec.rules.to_engine(t) }).collect(),
+        taps: request_taps(spec, taps),
         output_dir: absolute(&out),
         dtype: spec.dtype.as_str(),
     };
@@ -115,7 +102,42 @@ pub fn write_request(
     Ok(path)
 }
 
-fn write_npy_i64(path: &Path, m: &IdMatrix) -> Result<()> {
+/// Write the inputs as int64 `.npy` files into `dir`, by input name. `absolute`: name each file
+/// by its absolute path (protocol 2, where requests are lines, not a directory). Protocol 2 also
+/// gets `position_ids`: `0..seq` on every row, what HF used for the goldens (a forward without
+/// position ids), padding included.
+pub fn write_inputs(dir: &Path, inputs: &Inputs, absolute_paths: bool) -> Result<BTreeMap<&'static str, InputFile>> {
+    let mut files = BTreeMap::new();
+    let mut add = |key: &'static str, m: &IdMatrix| -> Result<()> {
+        let name = format!("{key}.npy");
+        let path = dir.join(&name);
+        write_npy_i64(&path, m)?;
+        let file = if absolute_paths { absolute(&path).to_string_lossy().into_owned() } else { name };
+        files.insert(key, InputFile { file, shape: m.shape(), dtype: "int64" });
+        Ok(())
+    };
+    add("input_ids", &inputs.input_ids)?;
+    if let Some(m) = &inputs.attention_mask {
+        add("attention_mask", m)?;
+    }
+    if let Some(m) = &inputs.token_type_ids {
+        add("token_type_ids", m)?;
+    }
+    if absolute_paths {
+        let (b, s) = (inputs.input_ids.batch, inputs.input_ids.seq);
+        let data = (0..b).flat_map(|_| 0..s as i64).collect();
+        add("position_ids", &IdMatrix { batch: b, seq: s, data })?;
+    }
+    Ok(files)
+}
+
+/// The `taps` of a request: each HF name with the engine's own name from its rules.
+pub fn request_taps(spec: &EngineSpec, taps: &[String]) -> Vec<RequestTap> {
+    taps.iter().map(|t| RequestTap { hf: t.clone(), engine: spec.rules.to_engine(t) }).collect()
+}
+
+/// Write an int64 matrix as `.npy`.
+pub fn write_npy_i64(path: &Path, m: &IdMatrix) -> Result<()> {
     use npyz::WriterBuilder;
     let io = |e: std::io::Error| Error::io(path, &e);
     let file = std::fs::File::create(path).map_err(io)?;

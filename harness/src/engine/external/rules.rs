@@ -417,7 +417,7 @@ impl LayoutRule {
                 return Err(format!("reshape [{}] has more elements than fit in memory", self.describe_reshape(dims)));
             };
             let shape: Vec<usize> = if shape.contains(&None) {
-                if known == 0 || n % known != 0 {
+                if known == 0 || !n.is_multiple_of(known) {
                     return Err(format!(
                         "cannot reshape {:?} ({n} values) to [{}]",
                         t.shape(),
@@ -448,7 +448,7 @@ impl LayoutRule {
 }
 
 fn permuted(t: &Tensor, perm: &[usize]) -> Tensor {
-    let (data, shape) = crate::diagnose::transforms::permute(t.data(), t.shape(), perm);
+    let (data, shape) = crate::tensor::permute(t.data(), t.shape(), perm);
     Tensor::new(shape, data).expect("a permutation keeps the element count")
 }
 

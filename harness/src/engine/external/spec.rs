@@ -15,6 +15,11 @@ use crate::yaml::Doc;
 /// Where engine files live, under the repository root.
 pub const ENGINES_DIR: &str = "cases/engines";
 
+/// The engine files' directory of the project at `root`: `<cases>/engines`.
+pub fn engines_dir(root: &Path) -> PathBuf {
+    crate::project::cases_dir(root).join("engines")
+}
+
 /// Placeholder in `command` replaced by the path of request.json.
 pub const REQUEST_PLACEHOLDER: &str = "{request}";
 
@@ -56,6 +61,12 @@ struct EngineFile {
     /// cannot meet a float32 tolerance, whatever the case).
     #[serde(default)]
     tolerance: Option<crate::tolerance::Tolerance>,
+    /// 1: one process per forward (request.json); 2: one process per model, JSON lines.
+    #[serde(default)]
+    protocol: Option<u32>,
+    /// Engine options, sent with every protocol-2 request (GGUF type, KV-cache dtype, ...).
+    #[serde(default)]
+    options: Option<serde_json::Value>,
 }
 
 fn default_timeout() -> f64 {
@@ -124,11 +135,15 @@ pub struct EngineSpec {
     pub default: bool,
     pub setup: Option<String>,
     pub tolerance: Option<crate::tolerance::Tolerance>,
+    /// The protocol version it speaks: 1 (a process per forward) or 2 (persistent, JSON lines).
+    pub protocol: u32,
+    /// Options sent with its protocol-2 requests (a JSON object; empty when none).
+    pub options: serde_json::Value,
 }
 
 /// Every engine file under `root/cases/engines/`, sorted (no sub-directories).
 pub fn discover(root: &Path) -> Result<Vec<PathBuf>> {
-    let dir = root.join(ENGINES_DIR);
+    let dir = engines_dir(root);
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -148,16 +163,16 @@ pub fn engine_name(file: &Path) -> String {
     file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// YAML-level errors point at the case schema in README.md; an engine file's schema is in
-/// docs/engine-protocol.md.
+/// YAML-level errors point at the case schema in docs/cases-and-inputs.md; an engine file's
+/// schema is in docs/engine-protocol.md.
 fn schema_hint(mut e: Error) -> Error {
     if let Some(h) = &e.hint {
         if h.contains("\"Adding a case\"") {
             e.hint = Some("see docs/engine-protocol.md for the keys of an engine file".into());
         } else {
             e.hint = Some(
-                h.replace("README.md's schema", "docs/engine-protocol.md")
-                    .replace("README.md", "docs/engine-protocol.md"),
+                h.replace("the schema in docs/cases-and-inputs.md", "docs/engine-protocol.md")
+                    .replace("docs/cases-and-inputs.md", "docs/engine-protocol.md"),
             );
         }
     }
@@ -182,6 +197,16 @@ pub fn parse(root: &Path, mut doc: Doc) -> Result<EngineSpec> {
             .hint("name engine files with letters, digits, `-`, `_` and `.`, e.g. `my-port.yaml`"));
     }
     let f: EngineFile = doc.parse().map_err(schema_hint)?;
+    let protocol = f.protocol.unwrap_or(1);
+    if !(1..=2).contains(&protocol) {
+        return Err(doc
+            .err("protocol", format!("protocol {protocol} is not 1 or 2"))
+            .hint("1: one process per forward (request.json); 2: one process per model, JSON lines"));
+    }
+    let options = f.options.clone().unwrap_or_else(|| serde_json::json!({}));
+    if !options.is_object() {
+        return Err(doc.err("options", "`options` must be a mapping").hint("e.g. `options: {kv_cache: f32}`"));
+    }
     if f.command.is_empty() || f.command[0].trim().is_empty() {
         return Err(doc
             .err("command", "empty command")
@@ -254,5 +279,7 @@ pub fn parse(root: &Path, mut doc: Doc) -> Result<EngineSpec> {
         default: f.default,
         setup: f.setup,
         tolerance: f.tolerance,
+        protocol,
+        options,
     })
 }
