@@ -498,7 +498,36 @@ fn protocol_2_a_silent_engine_is_killed_at_its_timeout() -> Outcome {
     Ok(())
 }
 
+/// One engine tensor feeding several taps (HF's `self_attn` returns its `o_proj`'s output), and a
+/// layout given as a sequence of ops: the replay engine writes `o_proj` only, each per-layer
+/// tensor reversed, and the rules map it back.
+fn one_tensor_feeds_several_taps_and_layout_ops_run_in_order() -> Outcome {
+    let repo = TempRepo::with_cases(&[CASE]);
+    let dir = replay_dir(&repo, true);
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".self_attn.npy") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let env = [("REPLAY_DIR", dir.to_str().unwrap())];
+    let rules = "names:\n  - {engine: token_embd, hf: model.embed_tokens}\n  \
+                 - {engine: 'blk\\.(\\d+)\\.self_attn\\.o_proj', hf: ['model.layers.$1.self_attn.o_proj', 'model.layers.$1.self_attn']}\n  \
+                 - {engine: 'blk\\.(\\d+)', hf: 'model.layers.$1'}\n  \
+                 - {engine: 'blk\\.(\\d+)\\.(.+)', hf: 'model.layers.$1.$2'}\n\
+                 layouts:\n  - engine: 'blk\\..*'\n    ops:\n      - {reverse: true}\n      \
+                 - {reshape: [-1]}\n      - {reshape: [batch, seq, -1]}\n";
+    engine_file(&repo, "replay", "replay.sh", &env, rules);
+    let r = run_on(&repo, "replay");
+    assert_eq!(r.verdict, Verdict::Pass, "{}", terminal::render(&r));
+    let attn = r.taps.iter().find(|t| t.name == "model.layers.0.self_attn").expect("self_attn compared");
+    assert!(attn.status.is_pass());
+    Ok(())
+}
+
 tests!(
+    one_tensor_feeds_several_taps_and_layout_ops_run_in_order,
     protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1,
     protocol_2_taps_an_engine_does_not_produce_are_noted_not_failed,
     protocol_2_a_crash_fails_that_request_and_the_next_one_restarts_the_engine,

@@ -79,7 +79,7 @@ fn engine_spec_corpus() {
         }
         for name in ["blk.0.attn_out", "rope_cos", "token_embd"] {
             let t = harness::tensor::Tensor::new(vec![2, 3, 4], (0..24).map(|v| v as f32).collect()).unwrap();
-            let _ = spec.rules.layout(name, t, &Dims { batch: Some(1), seq: Some(3) });
+            let _ = spec.rules.layout(name, t, &Dims::new(Some(1), Some(3)));
         }
     }
     assert!(loaded >= 1, "no engine file of the corpus loads");

@@ -218,7 +218,7 @@ impl LoadedModel for ExternalModel {
         (0..=tokens.seq)
             .map(|k| {
                 let seq = if k == 0 { prompt.input_ids.seq } else { 1 };
-                let dims = Dims { batch: Some(prompt.input_ids.batch), seq: Some(seq) };
+                let dims = Dims::new(Some(prompt.input_ids.batch), Some(seq)).with_config(self.model.config.raw());
                 protocol::read_outputs(&out.join(k.to_string()), &self.spec, &wanted, &dims)
                     .map_err(|e| Error { msg: format!("decode step {k}: {}", e.msg), ..e })
             })
@@ -252,7 +252,8 @@ impl LoadedModel for ExternalModel {
             "options": self.spec.options,
         }))?;
         let wanted = self.record_not_produced(&reply, wanted);
-        let dims = Dims { batch: Some(inputs.input_ids.batch), seq: Some(inputs.input_ids.seq) };
+        let dims =
+            Dims::new(Some(inputs.input_ids.batch), Some(inputs.input_ids.seq)).with_config(self.model.config.raw());
         protocol::read_outputs(&out, &self.spec, &wanted, &dims)
     }
 }
@@ -326,7 +327,8 @@ impl ExternalModel {
             "options": self.spec.options,
         }))?;
         let wanted = self.record_not_produced(&reply, wanted.to_vec());
-        let dims = Dims { batch: Some(inputs.input_ids.batch), seq: Some(inputs.input_ids.seq) };
+        let dims =
+            Dims::new(Some(inputs.input_ids.batch), Some(inputs.input_ids.seq)).with_config(self.model.config.raw());
         let outputs = protocol::read_outputs(&out, &self.spec, &wanted, &dims)?;
         for hf in &wanted {
             if let (Some(t), Some(&kind)) = (outputs.get(hf), self.kinds.get(hf)) {
@@ -383,7 +385,8 @@ impl ExternalModel {
                 .file(&spec.file));
             }
         }
-        let dims = Dims { batch: Some(inputs.input_ids.batch), seq: Some(inputs.input_ids.seq) };
+        let dims =
+            Dims::new(Some(inputs.input_ids.batch), Some(inputs.input_ids.seq)).with_config(self.model.config.raw());
         let outputs = protocol::read_outputs(&out, spec, wanted, &dims)?;
         // In forward order, so the error names the first tap that is off.
         for hf in wanted {
@@ -444,7 +447,7 @@ impl crate::engine::Mapping for EngineMapping<'_> {
         expected: &[usize],
     ) -> Result<crate::tensor::Tensor> {
         // Without a request, `batch` and `seq` are the reference tensor's first two sizes.
-        let dims = Dims { batch: expected.first().copied(), seq: expected.get(1).copied() };
+        let dims = Dims::new(expected.first().copied(), expected.get(1).copied());
         self.rules.layout(name, t, &dims)
     }
 }

@@ -215,18 +215,20 @@ pub fn read_outputs(out: &Path, spec: &EngineSpec, wanted: &[String], dims: &Dim
     found.sort_by(|a, b| a.0.cmp(&b.0));
     let mut by_hf: HashMap<String, (String, &Source)> = HashMap::new();
     for (name, src) in &found {
-        let hf = spec.rules.to_hf(name);
-        if !wanted.contains(&hf) {
-            continue;
+        // One engine tensor may be the value of several taps (a rule with a list of HF names).
+        for hf in spec.rules.to_hf_all(name) {
+            if !wanted.contains(&hf) {
+                continue;
+            }
+            if let Some((other, _)) = by_hf.get(&hf) {
+                return Err(err(format!(
+                    "engine `{}` wrote both `{other}` and `{name}`, and both map to tap `{hf}`",
+                    spec.name
+                ))
+                .hint("make the `names:` rules map each engine tensor to a different HF name"));
+            }
+            by_hf.insert(hf, (name.clone(), src));
         }
-        if let Some((other, _)) = by_hf.get(&hf) {
-            return Err(err(format!(
-                "engine `{}` wrote both `{other}` and `{name}`, and both map to tap `{hf}`",
-                spec.name
-            ))
-            .hint("make the `names:` rules map each engine tensor to a different HF name"));
-        }
-        by_hf.insert(hf, (name.clone(), src));
     }
     let mut outputs = Outputs::new();
     for hf in wanted {

@@ -113,59 +113,93 @@ fn parse_template(t: &str, re: &Regex) -> std::result::Result<Vec<Piece>, RuleEr
     Ok(pieces)
 }
 
-/// `engine` regex -> `hf` template.
+/// One HF-name template of a name rule, with the regex that matches HF names against it.
+#[derive(Debug, Clone)]
+struct Template {
+    pieces: Vec<Piece>,
+    /// Matches an HF name against the template, one group per reference (for the inverse).
+    re: Regex,
+}
+
+/// `engine` regex -> one or more `hf` templates: an engine tensor may be several HF taps' value
+/// (llama.cpp's `attn_out-0` is HF's `self_attn` and its `o_proj`).
 #[derive(Debug, Clone)]
 pub struct NameRule {
     pub engine: String,
+    /// The templates as written, joined by `, ` (for messages).
     pub hf: String,
     re: Regex,
-    template: Vec<Piece>,
-    /// Matches an HF name against the template, one group per reference (for the inverse).
-    template_re: Regex,
+    templates: Vec<Template>,
     pub pos: Option<Pos>,
 }
 
 impl NameRule {
     pub fn new(engine: &str, hf: &str, pos: Option<Pos>) -> std::result::Result<NameRule, RuleError> {
+        Self::with_templates(engine, &[hf], pos)
+    }
+
+    /// A rule whose engine tensor is the value of every HF name in `hfs`.
+    pub fn with_templates(engine: &str, hfs: &[&str], pos: Option<Pos>) -> std::result::Result<NameRule, RuleError> {
         let re = compile(engine)?;
-        let template = parse_template(hf, &re)?;
-        let mut rx = String::from("^");
-        for p in &template {
-            match p {
-                Piece::Lit(s) => rx.push_str(&regex::escape(s)),
-                Piece::Group(_) => rx.push_str("(.+?)"),
-            }
+        if hfs.is_empty() {
+            return Err(("hf", "empty list of HF names".into(), "give at least one, e.g. `model.layers.$1`".into()));
         }
-        rx.push('$');
-        let template_re = Regex::new(&rx).expect("escaped literals and plain groups always compile");
-        Ok(NameRule { engine: engine.into(), hf: hf.into(), re, template, template_re, pos })
+        let mut templates = Vec::new();
+        for hf in hfs {
+            let pieces = parse_template(hf, &re)?;
+            let mut rx = String::from("^");
+            for p in &pieces {
+                match p {
+                    Piece::Lit(s) => rx.push_str(&regex::escape(s)),
+                    Piece::Group(_) => rx.push_str("(.+?)"),
+                }
+            }
+            rx.push('$');
+            let re = Regex::new(&rx).expect("escaped literals and plain groups always compile");
+            templates.push(Template { pieces, re });
+        }
+        Ok(NameRule { engine: engine.into(), hf: hfs.join(", "), re, templates, pos })
     }
 
-    /// The HF name of engine tensor `name`, if this rule matches it.
+    /// The HF name of engine tensor `name`, if this rule matches it (the first template).
     pub fn apply(&self, name: &str) -> Option<String> {
-        let caps = self.re.captures(name)?;
-        let mut out = String::new();
-        for p in &self.template {
-            match p {
-                Piece::Lit(s) => out.push_str(s),
-                Piece::Group(i) => out.push_str(caps.get(*i).map_or("", |m| m.as_str())),
-            }
-        }
-        Some(out)
+        self.apply_all(name).into_iter().next()
     }
 
-    /// A candidate engine name for HF name `hf` (to be verified by the caller).
-    fn invert(&self, hf: &str) -> Option<String> {
-        let caps = self.template_re.captures(hf)?;
+    /// Every HF name engine tensor `name` stands for, if this rule matches it.
+    pub fn apply_all(&self, name: &str) -> Vec<String> {
+        let Some(caps) = self.re.captures(name) else { return vec![] };
+        self.templates
+            .iter()
+            .map(|t| {
+                let mut out = String::new();
+                for p in &t.pieces {
+                    match p {
+                        Piece::Lit(s) => out.push_str(s),
+                        Piece::Group(i) => out.push_str(caps.get(*i).map_or("", |m| m.as_str())),
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Candidate engine names for HF name `hf` (to be verified by the caller).
+    fn invert(&self, hf: &str) -> Vec<String> {
+        self.templates.iter().filter_map(|t| Self::invert_one(t, &self.engine, hf)).collect()
+    }
+
+    fn invert_one(t: &Template, engine: &str, hf: &str) -> Option<String> {
+        let caps = t.re.captures(hf)?;
         let mut values: HashMap<usize, &str> = HashMap::new();
-        let groups = self.template.iter().filter_map(|p| if let Piece::Group(i) = p { Some(*i) } else { None });
+        let groups = t.pieces.iter().filter_map(|p| if let Piece::Group(i) = p { Some(*i) } else { None });
         for (k, g) in groups.enumerate() {
             let v = caps.get(k + 1)?.as_str();
             if *values.entry(g).or_insert(v) != v {
                 return None;
             }
         }
-        render(&self.engine, &values)
+        render(engine, &values)
     }
 }
 
@@ -249,12 +283,17 @@ fn skip_group(c: &[char], start: usize, group: &mut usize) -> Option<usize> {
 
 /// One dimension of a `reshape`: a size, `-1` (inferred, at most one), or the request's batch
 /// size or sequence length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dim {
     Size(usize),
     Infer,
     Batch,
     Seq,
+    /// An integer of the model's config, divided by `div` (`head_dim/2`, `num_attention_heads`).
+    Var {
+        key: String,
+        div: usize,
+    },
 }
 
 impl<'de> serde::Deserialize<'de> for Dim {
@@ -263,7 +302,7 @@ impl<'de> serde::Deserialize<'de> for Dim {
         impl serde::de::Visitor<'_> for V {
             type Value = Dim;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a size, -1, `batch` or `seq`")
+                f.write_str("a size, -1, `batch`, `seq` or a config integer such as `config.head_dim/2`")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Dim, E> {
                 match v {
@@ -279,7 +318,23 @@ impl<'de> serde::Deserialize<'de> for Dim {
                 match v {
                     "batch" => Ok(Dim::Batch),
                     "seq" => Ok(Dim::Seq),
-                    other => Err(E::custom(format!("unknown dimension `{other}`: use a size, -1, `batch` or `seq`"))),
+                    other => {
+                        let var = other.strip_prefix("config.").map(|rest| match rest.split_once('/') {
+                            Some((k, d)) => (k.trim(), d.trim().parse::<usize>().ok().filter(|d| *d > 0)),
+                            None => (rest.trim(), Some(1)),
+                        });
+                        match var {
+                            Some((key, Some(div)))
+                                if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                            {
+                                Ok(Dim::Var { key: key.to_string(), div })
+                            }
+                            _ => Err(E::custom(format!(
+                                "unknown dimension `{other}`: use a size, -1, `batch`, `seq` or a config integer \
+                                 `config.<key>`, optionally divided (`config.head_dim/2`)"
+                            ))),
+                        }
+                    }
                 }
             }
         }
@@ -287,25 +342,105 @@ impl<'de> serde::Deserialize<'de> for Dim {
     }
 }
 
-/// The sizes `batch` and `seq` stand for in a reshape.
-#[derive(Debug, Clone, Copy, Default)]
+/// The sizes `batch` and `seq` stand for in a reshape, and the model config's integers (plus
+/// `head_dim` = hidden_size / num_attention_heads when the config has none).
+#[derive(Debug, Clone, Default)]
 pub struct Dims {
     pub batch: Option<usize>,
     pub seq: Option<usize>,
+    pub vars: HashMap<String, usize>,
 }
 
-/// `engine` regex -> layout ops, applied in the order reverse, transpose, reshape.
+impl Dims {
+    pub fn new(batch: Option<usize>, seq: Option<usize>) -> Dims {
+        Dims { batch, seq, vars: HashMap::new() }
+    }
+    /// With the integer keys of a model's config (the effective HF config).
+    pub fn with_config(mut self, config: &serde_json::Map<String, serde_json::Value>) -> Dims {
+        for (k, v) in config {
+            if let Some(n) = v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                self.vars.insert(k.clone(), n);
+            }
+        }
+        if !self.vars.contains_key("head_dim")
+            && let (Some(h), Some(n)) = (self.vars.get("hidden_size"), self.vars.get("num_attention_heads"))
+            && *n > 0
+        {
+            self.vars.insert("head_dim".into(), h / n);
+        }
+        self
+    }
+}
+
+/// One layout op.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Reverse every axis (ggml's dimension order).
+    Reverse,
+    Transpose(usize, usize),
+    Reshape(Vec<Dim>),
+}
+
+fn show_dim(d: &Dim, dims: Option<&Dims>) -> String {
+    match d {
+        Dim::Size(n) => n.to_string(),
+        Dim::Infer => "-1".into(),
+        Dim::Batch => dims.and_then(|d| d.batch).map_or("batch".into(), |b| b.to_string()),
+        Dim::Seq => dims.and_then(|d| d.seq).map_or("seq".into(), |s| s.to_string()),
+        Dim::Var { key, div } => {
+            let v = dims.and_then(|d| d.vars.get(key)).map(|v| v / div);
+            match (v, div) {
+                (Some(v), _) => v.to_string(),
+                (None, 1) => format!("config.{key}"),
+                (None, d) => format!("config.{key}/{d}"),
+            }
+        }
+    }
+}
+
+/// `engine` regex -> layout ops, applied in order (`reverse`, `transpose`, `reshape` keys: in
+/// that order; `ops:` any sequence).
 #[derive(Debug, Clone)]
 pub struct LayoutRule {
     pub engine: String,
     re: Regex,
-    pub reverse: bool,
-    pub transpose: Option<(usize, usize)>,
-    pub reshape: Option<Vec<Dim>>,
+    pub ops: Vec<Op>,
     pub pos: Option<Pos>,
 }
 
+fn check_op(op: &Op) -> std::result::Result<(), RuleError> {
+    match op {
+        Op::Reverse => Ok(()),
+        Op::Transpose(a, b) if a == b => Err((
+            "transpose",
+            format!("`transpose: [{a}, {a}]` swaps an axis with itself"),
+            "give two different axes, e.g. `transpose: [1, 2]`".into(),
+        )),
+        Op::Transpose(..) => Ok(()),
+        Op::Reshape(dims) if dims.is_empty() => {
+            Err(("reshape", "empty `reshape`".into(), "give the new shape, e.g. `[batch, seq, -1]`".into()))
+        }
+        Op::Reshape(dims) if dims.iter().filter(|d| **d == Dim::Infer).count() > 1 => {
+            Err(("reshape", "more than one -1 in `reshape`".into(), "only one dimension can be inferred".into()))
+        }
+        Op::Reshape(_) => Ok(()),
+    }
+}
+
+/// `transpose: [a, b]` as an op.
+pub fn transpose_op(axes: &[usize]) -> std::result::Result<Op, RuleError> {
+    match axes {
+        &[a, b] => Ok(Op::Transpose(a, b)),
+        other => Err((
+            "transpose",
+            format!("`transpose` takes two axes, got {}", other.len()),
+            "e.g. `transpose: [1, 2]` swaps axes 1 and 2; use `reverse: true` to reverse every axis".into(),
+        )),
+    }
+}
+
 impl LayoutRule {
+    /// The `reverse` / `transpose` / `reshape` form: those that are given, in that order.
     pub fn new(
         engine: &str,
         reverse: bool,
@@ -313,138 +448,118 @@ impl LayoutRule {
         reshape: Option<Vec<Dim>>,
         pos: Option<Pos>,
     ) -> std::result::Result<LayoutRule, RuleError> {
-        let re = compile(engine)?;
-        let transpose = match transpose {
-            None => None,
-            Some(&[a, b]) if a != b => Some((a, b)),
-            Some(&[a, _]) => {
-                return Err((
-                    "transpose",
-                    format!("`transpose: [{a}, {a}]` swaps an axis with itself"),
-                    "give two different axes, e.g. `transpose: [1, 2]`".into(),
-                ));
-            }
-            Some(other) => {
-                return Err((
-                    "transpose",
-                    format!("`transpose` takes two axes, got {}", other.len()),
-                    "e.g. `transpose: [1, 2]` swaps axes 1 and 2; use `reverse: true` to reverse every axis".into(),
-                ));
-            }
-        };
-        if let Some(dims) = &reshape {
-            if dims.is_empty() {
-                return Err((
-                    "reshape",
-                    "empty `reshape`".into(),
-                    "give the new shape, e.g. `[batch, seq, -1]`".into(),
-                ));
-            }
-            if dims.iter().filter(|d| **d == Dim::Infer).count() > 1 {
-                return Err((
-                    "reshape",
-                    "more than one -1 in `reshape`".into(),
-                    "only one dimension can be inferred".into(),
-                ));
-            }
+        let mut ops = Vec::new();
+        if reverse {
+            ops.push(Op::Reverse);
         }
-        if !reverse && transpose.is_none() && reshape.is_none() {
+        if let Some(axes) = transpose {
+            ops.push(transpose_op(axes)?);
+        }
+        if let Some(r) = reshape {
+            ops.push(Op::Reshape(r));
+        }
+        Self::with_ops(engine, ops, pos)
+    }
+
+    /// Ops applied in the order given.
+    pub fn with_ops(engine: &str, ops: Vec<Op>, pos: Option<Pos>) -> std::result::Result<LayoutRule, RuleError> {
+        let re = compile(engine)?;
+        if ops.is_empty() {
             return Err((
                 "engine",
                 format!("the layout rule for `{engine}` does nothing"),
-                "give `reverse: true`, `transpose: [a, b]` or `reshape: [...]`".into(),
+                "give `reverse: true`, `transpose: [a, b]`, `reshape: [...]` or `ops: [...]`".into(),
             ));
         }
-        Ok(LayoutRule { engine: engine.into(), re, reverse, transpose, reshape, pos })
+        for op in &ops {
+            check_op(op)?;
+        }
+        Ok(LayoutRule { engine: engine.into(), re, ops, pos })
+    }
+
+    fn describe_with(&self, dims: Option<&Dims>) -> String {
+        let ops: Vec<String> = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Reverse => "reverse".to_string(),
+                Op::Transpose(a, b) => format!("transpose [{a}, {b}]"),
+                Op::Reshape(r) => {
+                    format!("reshape [{}]", r.iter().map(|d| show_dim(d, dims)).collect::<Vec<_>>().join(", "))
+                }
+            })
+            .collect();
+        ops.join(", then ")
     }
 
     /// What the rule does, for messages.
     pub fn describe(&self) -> String {
-        let mut ops = Vec::new();
-        if self.reverse {
-            ops.push("reverse".to_string());
-        }
-        if let Some((a, b)) = self.transpose {
-            ops.push(format!("transpose [{a}, {b}]"));
-        }
-        if let Some(r) = &self.reshape {
-            let d: Vec<String> = r
-                .iter()
-                .map(|d| match d {
-                    Dim::Size(n) => n.to_string(),
-                    Dim::Infer => "-1".into(),
-                    Dim::Batch => "batch".into(),
-                    Dim::Seq => "seq".into(),
-                })
-                .collect();
-            ops.push(format!("reshape [{}]", d.join(", ")));
-        }
-        ops.join(", then ")
+        self.describe_with(None)
     }
 
     fn apply(&self, t: Tensor, dims: &Dims) -> std::result::Result<Tensor, String> {
         let mut t = t;
-        let rank = t.shape().len();
-        if self.reverse && rank > 1 {
-            let perm: Vec<usize> = (0..rank).rev().collect();
-            t = permuted(&t, &perm);
-        }
-        if let Some((a, b)) = self.transpose {
-            if a.max(b) >= rank {
-                return Err(format!(
-                    "`transpose: [{a}, {b}]` needs {} axes, the tensor has shape {:?}",
-                    a.max(b) + 1,
-                    t.shape()
-                ));
-            }
-            let mut perm: Vec<usize> = (0..rank).collect();
-            perm.swap(a, b);
-            t = permuted(&t, &perm);
-        }
-        if let Some(r) = &self.reshape {
-            let n = t.numel();
-            let mut shape = Vec::with_capacity(r.len());
-            for d in r {
-                shape.push(match d {
-                    Dim::Size(s) => Some(*s),
-                    Dim::Infer => None,
-                    Dim::Batch => Some(dims.batch.ok_or("`batch` is not known here (no request inputs)")?),
-                    Dim::Seq => Some(dims.seq.ok_or("`seq` is not known here (no request inputs)")?),
-                });
-            }
-            let known = shape.iter().flatten().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-            let Some(known) = known else {
-                return Err(format!("reshape [{}] has more elements than fit in memory", self.describe_reshape(dims)));
-            };
-            let shape: Vec<usize> = if shape.contains(&None) {
-                if known == 0 || !n.is_multiple_of(known) {
-                    return Err(format!(
-                        "cannot reshape {:?} ({n} values) to [{}]",
-                        t.shape(),
-                        self.describe_reshape(dims)
-                    ));
+        for op in &self.ops {
+            let rank = t.shape().len();
+            match op {
+                Op::Reverse if rank > 1 => {
+                    let perm: Vec<usize> = (0..rank).rev().collect();
+                    t = permuted(&t, &perm);
                 }
-                shape.into_iter().map(|d| d.unwrap_or(n / known)).collect()
-            } else {
-                shape.into_iter().flatten().collect()
-            };
-            let from = t.shape().to_vec();
-            t = t
-                .reshape(shape)
-                .map_err(|_| format!("cannot reshape {from:?} ({n} values) to [{}]", self.describe_reshape(dims)))?;
+                Op::Reverse => {}
+                Op::Transpose(a, b) => {
+                    let (a, b) = (*a, *b);
+                    if a.max(b) >= rank {
+                        return Err(format!(
+                            "`transpose: [{a}, {b}]` needs {} axes, the tensor has shape {:?}",
+                            a.max(b) + 1,
+                            t.shape()
+                        ));
+                    }
+                    let mut perm: Vec<usize> = (0..rank).collect();
+                    perm.swap(a, b);
+                    t = permuted(&t, &perm);
+                }
+                Op::Reshape(r) => t = reshape(t, r, dims)?,
+            }
         }
         Ok(t)
     }
+}
 
-    fn describe_reshape(&self, dims: &Dims) -> String {
-        let show = |d: &Dim| match d {
-            Dim::Size(n) => n.to_string(),
-            Dim::Infer => "-1".into(),
-            Dim::Batch => dims.batch.map_or("batch".into(), |b| b.to_string()),
-            Dim::Seq => dims.seq.map_or("seq".into(), |s| s.to_string()),
-        };
-        self.reshape.iter().flatten().map(show).collect::<Vec<_>>().join(", ")
+fn reshape(t: Tensor, r: &[Dim], dims: &Dims) -> std::result::Result<Tensor, String> {
+    let described = || r.iter().map(|d| show_dim(d, Some(dims))).collect::<Vec<_>>().join(", ");
+    let n = t.numel();
+    let mut shape = Vec::with_capacity(r.len());
+    for d in r {
+        shape.push(match d {
+            Dim::Size(s) => Some(*s),
+            Dim::Infer => None,
+            Dim::Batch => Some(dims.batch.ok_or("`batch` is not known here (no request inputs)")?),
+            Dim::Seq => Some(dims.seq.ok_or("`seq` is not known here (no request inputs)")?),
+            Dim::Var { key, div } => {
+                let v = dims.vars.get(key).ok_or_else(|| format!("the model's config has no integer `{key}`"))?;
+                if v % div != 0 {
+                    return Err(format!("`{key}` = {v} is not divisible by {div}"));
+                }
+                Some(v / div)
+            }
+        });
     }
+    let known = shape.iter().flatten().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let Some(known) = known else {
+        return Err(format!("reshape [{}] has more elements than fit in memory", described()));
+    };
+    let shape: Vec<usize> = if shape.contains(&None) {
+        if known == 0 || !n.is_multiple_of(known) {
+            return Err(format!("cannot reshape {:?} ({n} values) to [{}]", t.shape(), described()));
+        }
+        shape.into_iter().map(|d| d.unwrap_or(n / known)).collect()
+    } else {
+        shape.into_iter().flatten().collect()
+    };
+    let from = t.shape().to_vec();
+    t.reshape(shape).map_err(|_| format!("cannot reshape {from:?} ({n} values) to [{}]", described()))
 }
 
 fn permuted(t: &Tensor, perm: &[usize]) -> Tensor {
@@ -464,13 +579,18 @@ pub struct Rules {
 impl Rules {
     /// The HF name of engine tensor `name`: the first name rule that matches, else `name` itself.
     pub fn to_hf(&self, name: &str) -> String {
-        self.names.iter().find_map(|r| r.apply(name)).unwrap_or_else(|| name.to_string())
+        self.to_hf_all(name).swap_remove(0)
+    }
+
+    /// Every HF name engine tensor `name` stands for (the first matching rule's), else `name`.
+    pub fn to_hf_all(&self, name: &str) -> Vec<String> {
+        self.names.iter().map(|r| r.apply_all(name)).find(|v| !v.is_empty()).unwrap_or_else(|| vec![name.to_string()])
     }
 
     /// The engine's name for HF tap `hf`, when the rules can be run backwards.
     pub fn to_engine(&self, hf: &str) -> Option<String> {
-        let candidates = self.names.iter().filter_map(|r| r.invert(hf)).chain(std::iter::once(hf.to_string()));
-        candidates.into_iter().find(|c| self.to_hf(c) == hf)
+        let candidates = self.names.iter().flat_map(|r| r.invert(hf)).chain(std::iter::once(hf.to_string()));
+        candidates.into_iter().find(|c| self.to_hf_all(c).iter().any(|h| h == hf))
     }
 
     /// Engine tensor `name` in HF layout (the first layout rule that matches it, if any).
@@ -559,7 +679,7 @@ mod tests {
 
     #[test]
     fn layouts_reverse_transpose_reshape() {
-        let dims = Dims { batch: Some(1), seq: Some(2) };
+        let dims = Dims::new(Some(1), Some(2));
         let rev = LayoutRule::new(r"blk\..*", true, None, None, None).unwrap();
         // ggml [hidden=3, seq=2] -> [2, 3].
         let out = rev.apply(t(vec![3, 2]), &dims).unwrap();
@@ -575,7 +695,7 @@ mod tests {
         assert_eq!(out.data(), &[0., 2., 4., 1., 3., 5.]);
         let huge = LayoutRule::new("x", false, None, Some(vec![Dim::Size(usize::MAX), Dim::Size(2)]), None).unwrap();
         assert!(huge.apply(t(vec![2]), &dims).unwrap_err().contains("more elements than fit"));
-        let e = rs.apply(t(vec![5, 1]), &Dims { batch: Some(1), seq: Some(2) }).unwrap_err();
+        let e = rs.apply(t(vec![5, 1]), &Dims::new(Some(1), Some(2))).unwrap_err();
         assert!(e.contains("cannot reshape [1, 5]") && e.contains("[1, 2, -1]"), "{e}");
         assert!(tr.apply(t(vec![2, 3]), &dims).unwrap_err().contains("needs 3 axes"));
     }
@@ -606,7 +726,7 @@ mod tests {
             file: "cases/engines/x.yaml".into(),
             ..Default::default()
         };
-        let dims = Dims { batch: Some(1), seq: Some(2) };
+        let dims = Dims::new(Some(1), Some(2));
         assert_eq!(r.layout("rope_cos", t(vec![2, 4]), &dims).unwrap().shape(), &[1, 2, 4]);
         assert_eq!(r.layout("blk.0.x", t(vec![4, 2]), &dims).unwrap().shape(), &[2, 4]);
         let e = r.layout("rope_cos", t(vec![3, 3]), &dims).unwrap_err().to_string();
@@ -616,5 +736,68 @@ mod tests {
             ),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod ops_tests {
+    use super::*;
+
+    fn t(shape: Vec<usize>) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::new(shape, (0..n).map(|v| v as f32).collect()).unwrap()
+    }
+
+    #[test]
+    fn one_engine_tensor_feeds_every_hf_name_of_its_rule() {
+        let r = Rules {
+            names: vec![
+                NameRule::with_templates(
+                    r"attn_out-(\d+)",
+                    &["model.layers.$1.self_attn", "model.layers.$1.self_attn.o_proj"],
+                    None,
+                )
+                .unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(r.to_hf_all("attn_out-3"), vec!["model.layers.3.self_attn", "model.layers.3.self_attn.o_proj"]);
+        assert_eq!(r.to_engine("model.layers.3.self_attn.o_proj").as_deref(), Some("attn_out-3"));
+        assert_eq!(r.to_engine("model.layers.3.self_attn").as_deref(), Some("attn_out-3"));
+        assert_eq!(r.to_hf_all("other"), vec!["other"]);
+    }
+
+    /// Undoing llama.cpp's interleaved RoPE pairs needs reverse, reshape, transpose, reshape.
+    #[test]
+    fn ops_apply_in_order_with_config_sizes() {
+        let ops = vec![
+            Op::Reverse,
+            Op::Reshape(vec![
+                Dim::Batch,
+                Dim::Seq,
+                Dim::Infer,
+                Dim::Var { key: "head_dim".into(), div: 2 },
+                Dim::Size(2),
+            ]),
+            Op::Transpose(3, 4),
+            Op::Reshape(vec![Dim::Batch, Dim::Seq, Dim::Infer]),
+        ];
+        let rule = LayoutRule::with_ops("q", ops, None).unwrap();
+        let mut config = serde_json::Map::new();
+        config.insert("hidden_size".into(), 8.into());
+        config.insert("num_attention_heads".into(), 2.into());
+        let dims = Dims::new(Some(1), Some(1)).with_config(&config);
+        assert_eq!(dims.vars["head_dim"], 4);
+        // ggml [hidden=8, seq=1, batch=1]; per head, pairs (0,1),(2,3) -> halves.
+        let out = rule.apply(t(vec![8, 1, 1]), &dims).unwrap();
+        assert_eq!(out.shape(), &[1, 1, 8]);
+        assert_eq!(out.data(), &[0., 2., 1., 3., 4., 6., 5., 7.]);
+        assert_eq!(
+            rule.describe(),
+            "reverse, then reshape [batch, seq, -1, config.head_dim/2, 2], then transpose [3, 4], then reshape [batch, seq, -1]"
+        );
+        let e = rule.apply(t(vec![8, 1, 1]), &Dims::new(Some(1), Some(1))).unwrap_err();
+        assert!(e.contains("no integer `head_dim`"), "{e}");
+        assert!(LayoutRule::with_ops("q", vec![], None).is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::rules::{Dim, LayoutRule, NameRule, RuleError, Rules};
+use super::rules::{Dim, LayoutRule, NameRule, Op, RuleError, Rules, transpose_op};
 use crate::error::{Error, Result};
 use crate::yaml::Doc;
 
@@ -77,13 +77,36 @@ fn default_timeout() -> f64 {
 #[serde(deny_unknown_fields)]
 struct NameRuleFile {
     engine: String,
-    hf: String,
+    /// One HF name, or a list: the engine tensor is each of their values.
+    hf: OneOrMany,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LayoutRuleFile {
     engine: String,
+    #[serde(default)]
+    reverse: bool,
+    #[serde(default)]
+    transpose: Option<Vec<usize>>,
+    #[serde(default)]
+    reshape: Option<Vec<Dim>>,
+    /// Layout ops in any order, e.g. `[{reverse: true}, {reshape: [batch, seq, -1, head_dim/2, 2]}]`.
+    #[serde(default)]
+    ops: Option<Vec<OpFile>>,
+}
+
+/// One entry of `ops:`: exactly one of its keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpFile {
     #[serde(default)]
     reverse: bool,
     #[serde(default)]
@@ -241,11 +264,37 @@ pub fn parse(root: &Path, mut doc: Doc) -> Result<EngineSpec> {
     let mut rules = Rules { file: file.clone(), ..Default::default() };
     for (i, r) in f.names.iter().enumerate() {
         let path = format!("names[{i}]");
-        rules.names.push(NameRule::new(&r.engine, &r.hf, doc.pos(&path)).map_err(|e| locate(path, e))?);
+        let hfs: Vec<&str> = match &r.hf {
+            OneOrMany::One(h) => vec![h.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        };
+        rules.names.push(NameRule::with_templates(&r.engine, &hfs, doc.pos(&path)).map_err(|e| locate(path, e))?);
     }
     for (i, r) in f.layouts.iter().enumerate() {
         let path = format!("layouts[{i}]");
-        let rule = LayoutRule::new(&r.engine, r.reverse, r.transpose.as_deref(), r.reshape.clone(), doc.pos(&path));
+        let rule = match &r.ops {
+            None => LayoutRule::new(&r.engine, r.reverse, r.transpose.as_deref(), r.reshape.clone(), doc.pos(&path)),
+            Some(_) if r.reverse || r.transpose.is_some() || r.reshape.is_some() => Err((
+                "ops",
+                "`ops` cannot be combined with `reverse`, `transpose` or `reshape` in one rule".to_string(),
+                "put every op in `ops:`, in the order they apply".to_string(),
+            )),
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(k, o)| match (o.reverse, &o.transpose, &o.reshape) {
+                    (true, None, None) => Ok(Op::Reverse),
+                    (false, Some(axes), None) => transpose_op(axes),
+                    (false, None, Some(dims)) => Ok(Op::Reshape(dims.clone())),
+                    _ => Err((
+                        "ops",
+                        format!("ops[{k}] must have exactly one of `reverse: true`, `transpose`, `reshape`"),
+                        "write each op as its own entry, e.g. `- {transpose: [3, 4]}`".to_string(),
+                    )),
+                })
+                .collect::<std::result::Result<Vec<Op>, RuleError>>()
+                .and_then(|ops| LayoutRule::with_ops(&r.engine, ops, doc.pos(&path))),
+        };
         rules.layouts.push(rule.map_err(|e| locate(path, e))?);
     }
     if let Some(t) = &f.tolerance {
