@@ -256,6 +256,8 @@ pub enum HintKind {
     LayerType,
     /// The harness's tokenization of a text case differs from HF's tokenizer.
     TokenizerDivergence,
+    /// Small, noise-like error spread over every element (fp16/bf16 rounding somewhere).
+    ReducedPrecision,
 }
 
 impl HintKind {

@@ -272,6 +272,9 @@ pub fn assess(
     }
     crate::decode::insert_checks(&mut report.taps, checks);
     report.first_divergence = crate::diagnose::first_divergence(&report.taps);
+    if let Some(note) = report.first_divergence.and_then(|first| error_onset(&report.taps, first)) {
+        report.notes.push(note);
+    }
     if report.taps.iter().any(|t| matches!(t.status, TapStatus::Error { .. })) {
         report.verdict = Verdict::Error;
     } else if let Some(hint) =
@@ -288,6 +291,34 @@ pub fn assess(
             timings::time(Phase::Diagnose, || diagnose(&mut ctx, &Reruns { engine: Some(&again), variants }));
     }
     (report, outputs)
+}
+
+/// How many times its float32 noise floor a tap's error must be to count as "where the error
+/// starts" (`HARNESS_ONSET_FACTOR`, default 100): engines that compute the same thing in float32
+/// stay within a few floors; a bug that starts small grows from its tap on.
+pub fn onset_factor() -> f64 {
+    std::env::var("HARNESS_ONSET_FACTOR").ok().and_then(|v| v.parse().ok()).filter(|f: &f64| *f > 1.0).unwrap_or(100.0)
+}
+
+/// Where the error starts, when that is before the first tap out of tolerance: the first tap
+/// whose max_abs is [`onset_factor`] times its noise floor or more, and every tap after it up to
+/// the first divergence too (an isolated blip is not an onset). The verdict stays tolerance-based.
+fn error_onset(taps: &[TapReport], first: usize) -> Option<String> {
+    let factor = onset_factor();
+    let x = |t: &TapReport| match (&t.metrics, t.noise_floor) {
+        (Some(m), Some(f)) if f > 0.0 => Some(m.max_abs / f),
+        _ => None,
+    };
+    let start =
+        (0..first).find(|&i| (i..first).all(|j| x(&taps[j]).is_none_or(|v| v >= factor)) && x(&taps[i]).is_some())?;
+    let t = &taps[start];
+    Some(format!(
+        "the error starts before the first divergence: at `{}`, {:.0}x its float32 noise floor though within \
+         tolerance, {} tap(s) earlier (taps at or above {factor}x the floor from there on; HARNESS_ONSET_FACTOR)",
+        t.name,
+        x(t).unwrap_or(0.0),
+        first - start
+    ))
 }
 
 /// Fill [`TapReport::added`]: each block the engine can run alone is run on the golden (expected

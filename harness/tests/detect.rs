@@ -113,3 +113,123 @@ fn print_sample_report() {
     let r = repo.run("llama/mha", "perturbed", vec![weight_mutant("model.layers.1.mlp.up_proj.weight", 5)]);
     println!("{}", harness::report::terminal::render(&r));
 }
+
+/// An engine written here, independently of the detectors: the reference engine's every output
+/// rounded to bfloat16 or float16 (round to nearest even), as an engine with a reduced-precision
+/// step would give.
+struct Rounded {
+    name: &'static str,
+    round: fn(f32) -> f32,
+}
+
+struct RoundedModel(Box<dyn harness::engine::LoadedModel>, fn(f32) -> f32);
+
+impl harness::engine::Engine for Rounded {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn default_enabled(&self) -> bool {
+        false
+    }
+    fn load(&self, m: &harness::case::ModelSpec) -> harness::Result<Box<dyn harness::engine::LoadedModel>> {
+        Ok(Box::new(RoundedModel(ReferenceEngine::new().load(m)?, self.round)))
+    }
+}
+
+impl harness::engine::LoadedModel for RoundedModel {
+    fn run(&self, inputs: &harness::case::Inputs, taps: &[&str]) -> harness::Result<harness::engine::Outputs> {
+        let out = self.0.run(inputs, taps)?;
+        Ok(out
+            .into_iter()
+            .map(|(k, t)| {
+                let shape = t.shape().to_vec();
+                (k, Tensor::new(shape, t.data().iter().map(|&x| (self.1)(x)).collect()).unwrap())
+            })
+            .collect())
+    }
+}
+
+fn bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+#[test]
+fn reduced_precision_is_named_as_such_and_not_as_a_position_bug() {
+    // (float16 output rounding alone, 4.9e-4 relative, is within the default rtol 1e-3.)
+    for (name, round, case) in [
+        ("bf16-round", bf16 as fn(f32) -> f32, "llama/mha"),
+        ("bf16-round", bf16, "bert/sequence"),
+        ("bf16-round", bf16, "gpt2/sequence"),
+    ] {
+        let repo = TempRepo::with_cases(&[case]);
+        let r = repo.run(case, name, vec![Arc::new(Rounded { name, round })]);
+        let text = harness::report::terminal::render(&r);
+        assert_eq!(r.verdict, Verdict::Fail, "{text}");
+        assert_eq!(r.hints[0].kind, harness::diagnose::HintKind::ReducedPrecision, "{name}: {text}");
+        assert!(r.hints[0].message.contains("reduced-precision rounding"), "{text}");
+    }
+    // A structured bug with a small error is not called reduced precision.
+    let repo = TempRepo::with_cases(&["bert/sequence"]);
+    let r = repo.run(
+        "bert/sequence",
+        "mutant",
+        vec![Arc::new(ReferenceEngine::mutant("mutant", Mutation::LayerNormEps(1e-2)))],
+    );
+    assert_eq!(r.verdict, Verdict::Fail);
+    assert!(
+        !r.hints.iter().any(|h| h.kind == harness::diagnose::HintKind::ReducedPrecision),
+        "{}",
+        harness::report::terminal::render(&r)
+    );
+}
+
+/// An engine whose error starts small: every tap from layer 0 on is scaled by 1 + 5e-5 (inside
+/// the tolerance, hundreds of times the float32 noise floor), from layer 1 on by 1 + 1e-2.
+struct Drift;
+struct DriftModel(Box<dyn harness::engine::LoadedModel>);
+
+impl harness::engine::Engine for Drift {
+    fn name(&self) -> &str {
+        "drift"
+    }
+    fn default_enabled(&self) -> bool {
+        false
+    }
+    fn load(&self, m: &harness::case::ModelSpec) -> harness::Result<Box<dyn harness::engine::LoadedModel>> {
+        Ok(Box::new(DriftModel(ReferenceEngine::new().load(m)?)))
+    }
+}
+
+impl harness::engine::LoadedModel for DriftModel {
+    fn run(&self, inputs: &harness::case::Inputs, taps: &[&str]) -> harness::Result<harness::engine::Outputs> {
+        let out = self.0.run(inputs, taps)?;
+        Ok(out
+            .into_iter()
+            .map(|(k, t)| {
+                let f = if k.starts_with("model.layers.0") {
+                    1.0 + 5e-5
+                } else if k.starts_with("model.embed") {
+                    1.0
+                } else {
+                    1.0 + 1e-2
+                };
+                let shape = t.shape().to_vec();
+                (k, Tensor::new(shape, t.data().iter().map(|&x| x * f).collect()).unwrap())
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn where_the_error_starts_is_noted_before_the_first_divergence() {
+    let repo = TempRepo::with_cases(&["llama/mha"]);
+    let r = repo.run("llama/mha", "drift", vec![Arc::new(Drift)]);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.verdict, Verdict::Fail, "{text}");
+    assert!(r.first_divergent_tap().unwrap().name.starts_with("model.layers.1"), "{text}");
+    let note = r.notes.iter().find(|n| n.starts_with("the error starts before")).unwrap_or_else(|| panic!("{text}"));
+    assert!(note.contains("at `model.layers.0.input_layernorm`"), "{note}");
+    // The reference engine itself: no such note.
+    let r = repo.run("llama/mha", "reference", vec![]);
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+}

@@ -104,6 +104,7 @@ pub fn diagnose(ctx: &mut Ctx<'_>, reruns: &Reruns<'_>) -> Vec<Hint> {
     decode_step(ctx, &mut out);
     layer_type(ctx, &mut out);
     patterns::analyze(ctx, &mut out);
+    reduced_precision(ctx, &mut out);
     transforms::blame(ctx, &mut out);
     transforms::activations(ctx, &mut out);
     weights::analyze(ctx, &mut out);
@@ -128,6 +129,47 @@ pub fn rank(mut hints: Vec<Hint>) -> Vec<Hint> {
     });
     hints.truncate(MAX_HINTS);
     hints
+}
+
+/// Reduced precision (an fp16/bf16 step: KV cache, matmul accumulation, flash attention): the
+/// error is small (SQNR 30-90 dB), touches nearly every element, and is uncorrelated with the
+/// values (a scale or an eps bug gives an error proportional to them). Ranked below the
+/// structured detectors: it is what remains when nothing more specific fits.
+fn reduced_precision(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
+    let tap = &ctx.taps[ctx.first];
+    let name = tap.name.clone();
+    let Some(m) = tap.metrics.clone() else { return };
+    if !(30.0..=90.0).contains(&m.sqnr_db) || m.cosine < 0.9999 {
+        return;
+    }
+    let (Some(a), Some(e)) = (ctx.actual(&name), ctx.golden(&name)) else { return };
+    if a.shape() != e.shape() || a.numel() < 64 {
+        return;
+    }
+    let (mut touched, mut dot, mut ee, mut gg) = (0usize, 0f64, 0f64, 0f64);
+    for (&x, &g) in a.data().iter().zip(e.data()) {
+        let d = x as f64 - g as f64;
+        touched += usize::from(d != 0.0);
+        dot += d * g as f64;
+        ee += d * d;
+        gg += (g as f64) * (g as f64);
+    }
+    let spread = touched as f64 / a.numel() as f64;
+    let corr = if ee > 0.0 && gg > 0.0 { dot / (ee.sqrt() * gg.sqrt()) } else { 1.0 };
+    if spread < 0.5 || corr.abs() > 0.2 {
+        return;
+    }
+    out.push(Hint {
+        kind: HintKind::ReducedPrecision,
+        tap: name,
+        score: 0.7,
+        message: format!(
+            "the error looks like reduced-precision rounding: SQNR {:.1} dB, cosine {:.6}, {:.0}% of the elements              differ, uncorrelated with the values (correlation {corr:.2}): an fp16/bf16 step at or before this tap              (KV cache, matmul accumulation, flash attention, weights); if that is intended, give the engine a              precision tolerance (e.g. `tolerance: {{cosine: 0.999, sqnr_db: 30}}` in its engine file)",
+            m.sqnr_db,
+            m.cosine,
+            100.0 * spread
+        ),
+    });
 }
 
 fn nonfinite(ctx: &Ctx<'_>, out: &mut Vec<Hint>) {

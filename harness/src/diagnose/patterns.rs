@@ -67,7 +67,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     }
     let errs = RowErrors::new(ctx, &a, &e, tol);
     out.extend(padded_rows_only(ctx, &name, &errs));
-    out.extend(onset(&name, &errs));
+    out.extend(onset(&name, &errs, ctx.case.model.structure.causal));
     out.extend(grows_with_position(&name, &a, &e, ctx));
     out.extend(token_misalignment(&name, &a, &e, &errs, tol, ctx));
     out.extend(channels_and_heads(ctx, &name, &a, &e, &errs, tol));
@@ -94,7 +94,7 @@ fn padded_rows_only(ctx: &Ctx<'_>, tap: &str, errs: &RowErrors) -> Option<Hint> 
     ))
 }
 
-fn onset(tap: &str, errs: &RowErrors) -> Option<Hint> {
+fn onset(tap: &str, errs: &RowErrors, causal: bool) -> Option<Hint> {
     if errs.seq < 3 {
         return None;
     }
@@ -124,6 +124,14 @@ fn onset(tap: &str, errs: &RowErrors) -> Option<Hint> {
             v.join(", ")
         )
     };
+    // In a causal model position 0 attends only to itself, so any query/key-side error (RoPE,
+    // a key projection, a reduced-precision KV cache) is exact there: an onset at 1 says little.
+    if causal && same && k == 1 {
+        let msg = format!(
+            "{msg}; but in a causal model position 0 attends only to itself, so any error on the query/key side              (RoPE, the key or query projection, KV-cache precision) also starts at position 1"
+        );
+        return Some(hint(HintKind::ErrorOnsetAtPosition, tap, 0.4, msg));
+    }
     Some(hint(HintKind::ErrorOnsetAtPosition, tap, if same { 0.8 } else { 0.6 }, msg))
 }
 
