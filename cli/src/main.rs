@@ -13,7 +13,7 @@ use harness::engine::{Engine, Registry};
 #[cfg(feature = "reference")]
 use harness::engines::reference::{Mutation, ReferenceEngine};
 use harness::error::{Error, did_you_mean, display_path};
-use harness::golden::{Store, atomic, describe, pending, session};
+use harness::golden::{Store, atomic, describe, lock, pending, session};
 use harness::report::{Verdict, terminal};
 use harness::runner::{Suite, discover, find_root};
 use harness::shrink::{Budget, OracleChoice, regression, shrink_case};
@@ -281,6 +281,8 @@ fn goldens(cmd: GoldensCmd) {
             pending::refuse_in_ci("accept").unwrap_or_else(|e| fail(e));
             tidy();
             for p in pending::select(list(), &ids, all).unwrap_or_else(|e| fail(e)) {
+                // The goldens tool's writer lock: never mixed with a regeneration of the same case.
+                let _held = lock::hold(&store.dir, &p.id, &mut |m| eprintln!("note: {m}")).unwrap_or_else(|e| fail(e));
                 if !p.marker().is_file() {
                     continue; // a model already accepted with its case
                 }
@@ -294,6 +296,10 @@ fn goldens(cmd: GoldensCmd) {
             pending::refuse_in_ci("reject").unwrap_or_else(|e| fail(e));
             tidy();
             for p in pending::select(list(), &ids, all).unwrap_or_else(|e| fail(e)) {
+                let _held = lock::hold(&store.dir, &p.id, &mut |m| eprintln!("note: {m}")).unwrap_or_else(|e| fail(e));
+                if !p.marker().is_file() {
+                    continue; // a regeneration that held the lock replaced it
+                }
                 pending::reject(&p).unwrap_or_else(|e| fail(e));
                 println!("rejected {}: the accepted goldens are unchanged", p.id);
             }

@@ -276,3 +276,40 @@ fn git_lfs_pointers_are_named_with_git_lfs_pull() {
     let e = repo.load(CASE).unwrap_err();
     assert!(e.to_string().contains("model.safetensors") && e.to_string().contains("git lfs pull"), "{e}");
 }
+
+/// `harness goldens accept` takes the goldens tool's writer lock (an flock on
+/// goldens/.locks/<case>.lock, as tools/harness_goldens/store.py takes it): while another
+/// process holds it, accept waits, says for whom, and goes on when it is released.
+#[test]
+fn accept_waits_for_a_regeneration_holding_the_writer_lock() {
+    let repo = TempRepo::with_cases(&[CASE]);
+    make_pending(&repo, 0.25);
+    let lock = harness::golden::lock::lock_file(&repo.path("goldens"), CASE);
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let holder = "import fcntl, os, sys, time\n\
+                  fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)\n\
+                  fcntl.flock(fd, fcntl.LOCK_EX)\n\
+                  os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0)\n\
+                  print('held', flush=True)\n\
+                  time.sleep(1.5)\n\
+                  os.unlink(sys.argv[1])\n";
+    let mut py = Command::new("python3")
+        .args(["-c", holder])
+        .arg(&lock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(py.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "held");
+    let t = std::time::Instant::now();
+    let out = harness_cmd(&repo).args(["goldens", "accept", CASE]).output().unwrap();
+    let waited = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("note: waiting for another writer of {CASE} (pid {})", py.id())), "{err}");
+    assert!(waited >= std::time::Duration::from_millis(1000), "accept did not wait: {waited:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accepted llama/mha"));
+    py.wait().unwrap();
+    assert!(pending::list(&repo.path("goldens")).unwrap().is_empty());
+}

@@ -97,7 +97,13 @@ pub fn recover(root: &Path) -> Vec<String> {
             }
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(rest) = name.strip_prefix('.') {
-                if rest.contains(".tmp-") {
+                if let Some(i) = rest.find(".tmp-") {
+                    // A writer still at work (the goldens tool holds the directory's lock).
+                    let id = d.join(&rest[..i]);
+                    let id = id.strip_prefix(root).unwrap_or(&id).to_string_lossy().into_owned();
+                    if super::lock::is_locked(root, &id) {
+                        continue;
+                    }
                     if std::fs::remove_dir_all(&p).is_ok() {
                         notes.push(format!("removed unfinished {}", crate::error::display_path(&p)));
                     }

@@ -18,6 +18,7 @@ pub use verify::{CACHE_MIN_BYTES, Verifier};
 
 pub mod atomic;
 pub mod describe;
+pub mod lock;
 pub mod pending;
 pub mod remote;
 pub mod review;
