@@ -110,7 +110,7 @@ impl Engine for ExternalEngine {
             m.capabilities = s.capabilities.clone();
             if let Some(theirs) = &m.capabilities.taps {
                 let mine = m.taps.take().unwrap_or_else(|| m.modules.clone());
-                m.taps = Some(mine.into_iter().filter(|t| theirs.contains(t)).collect());
+                m.taps = Some(mine.into_iter().filter(|t| theirs.iter().any(|g| glob_match(g, t))).collect());
             }
             m.session = Some(Mutex::new(Some(s)));
         }
