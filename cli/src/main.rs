@@ -30,8 +30,8 @@ struct Cli {
 enum Cmd {
     /// Run the suite (every case on every engine) and print a summary report.
     ///
-    /// Takes the same arguments as `cargo test -- ...`: filters, --exact, --list, --ignored,
-    /// --format json, --test-threads.
+    /// Takes the same arguments as `cargo test -- ...`: any number of filters, --exact, --skip,
+    /// --list, --ignored, --format json, --test-threads, --timings.
     Run {
         /// Write report.json, junit.xml and index.html into this directory (also:
         /// HARNESS_REPORT=DIR). Give it before the test arguments.
@@ -102,6 +102,14 @@ enum Cmd {
         /// of cases/engines/<NAME>.yaml.
         #[arg(long, value_name = "NAME")]
         engine: Option<String>,
+        /// Compare only real tokens: an attention mask `[batch, seq]` as a .npy file (0 =
+        /// padding), applied to tensors whose leading axes are `[batch, seq]`.
+        #[arg(long, value_name = "MASK.npy", conflicts_with = "case")]
+        mask: Option<PathBuf>,
+        /// Take the mask from this case's inputs (and compare padding if it says
+        /// `compare_padding: true`).
+        #[arg(long, value_name = "CASE")]
+        case: Option<String>,
     },
     /// Shrink a failing case's input to a minimal one that fails the same way (same first
     /// divergent tap family, same hint), print it, and write it as a regression case under
@@ -442,9 +450,9 @@ fn main() {
     match cli.cmd {
         Cmd::Run { report, args } => {
             let argv = std::iter::once("harness run".to_string()).chain(args);
-            let args = libtest_mimic::Arguments::from_iter(argv);
+            let (args, filters) = harness::runner::parse_args(argv);
             // `rerun:` lines name the command actually used: this one.
-            let mut h = harness::Harness::new().rerun("harness run --exact '{trial}'");
+            let mut h = harness::Harness::new().rerun("harness run --exact '{trial}'").filters(filters);
             if let Some(dir) = report {
                 h = h.report_dir(dir);
             }
@@ -498,7 +506,21 @@ fn main() {
                 println!("the engine did not return: {}", m.missing.join(", "));
             }
         }
-        Cmd::Diff { a, b, atol, rtol, cosine, sqnr_db, report, engine } => {
+        Cmd::Diff { a, b, atol, rtol, cosine, sqnr_db, report, engine, mask, case } => {
+            let mask: Option<harness::case::IdMatrix> = match (mask, case) {
+                (Some(p), _) => {
+                    let t = harness::tensor::read_npy(&p, None).unwrap_or_else(|e| fail(e));
+                    let [batch, seq] = t.shape()[..] else {
+                        fail(Error::input(format!("the mask has shape {:?}, not [batch, seq]", t.shape())).file(&p))
+                    };
+                    Some(harness::case::IdMatrix { batch, seq, data: t.data().iter().map(|&v| v as i64).collect() })
+                }
+                (None, Some(id)) => {
+                    let c = load(&root(), &id);
+                    if c.compare_padding { None } else { c.inputs.attention_mask.clone() }
+                }
+                (None, None) => None,
+            };
             let tol = if [atol, rtol, cosine, sqnr_db].iter().any(Option::is_some) {
                 Tolerance { atol, rtol, cosine, sqnr_db, mismatch: None, argmax: None, noise: None }
             } else {
@@ -511,7 +533,8 @@ fn main() {
                 Some(s) => Box::new(EngineMapping { rules: &s.rules }),
                 None => Box::new(harness::diff::Identity),
             };
-            let d = harness::diff::diff(&a, &b, &tol, mapping.as_ref()).unwrap_or_else(|e| fail(e));
+            let d =
+                harness::diff::diff_masked(&a, &b, &tol, mapping.as_ref(), mask.as_ref()).unwrap_or_else(|e| fail(e));
             for n in &d.notes {
                 println!("note: {n}");
             }

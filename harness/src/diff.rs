@@ -77,6 +77,23 @@ pub struct Diff {
 
 /// Compare B against A under `tolerance`.
 pub fn diff(a: &Path, b: &Path, tolerance: &Tolerance, mapping: &dyn Mapping) -> Result<Diff> {
+    diff_masked(a, b, tolerance, mapping, None)
+}
+
+/// [`diff`], comparing only the real tokens of `mask` (`[batch, seq]`, 0 = padding) in tensors
+/// whose leading axes are `[batch, seq]`, as a trial does (`harness diff --mask`, `--case`).
+pub fn diff_masked(
+    a: &Path,
+    b: &Path,
+    tolerance: &Tolerance,
+    mapping: &dyn Mapping,
+    mask: Option<&crate::case::IdMatrix>,
+) -> Result<Diff> {
+    let rows = |shape: &[usize]| -> Option<Vec<bool>> {
+        let m = mask?;
+        (shape.len() >= 3 && shape[0] == m.batch && shape[1] == m.seq && m.data.contains(&0))
+            .then(|| m.data.iter().map(|&v| v != 0).collect())
+    };
     let sa = open_side(a)?;
     let sb = open_side(b)?;
     if a.is_file() != b.is_file() {
@@ -104,6 +121,10 @@ pub fn diff(a: &Path, b: &Path, tolerance: &Tolerance, mapping: &dyn Mapping) ->
     let only_b: Vec<&str> = b_taps.iter().filter(|(n, ..)| !order.contains(n)).map(|(n, ..)| n.as_str()).collect();
     if !only_b.is_empty() {
         notes.push(format!("only in {}: {}", display_path(b), only_b.join(", ")));
+    }
+    if let Some(m) = mask {
+        let padded = m.data.iter().filter(|&&v| v == 0).count();
+        notes.push(format!("{padded} padding position(s) of the {}x{} mask are not compared", m.batch, m.seq));
     }
     let mut report = TrialReport::new(
         "diff".into(),
@@ -133,15 +154,8 @@ pub fn diff(a: &Path, b: &Path, tolerance: &Tolerance, mapping: &dyn Mapping) ->
         };
         // The golden is read again for the detail pass (compare_tensors takes it by value).
         let golden_path = a_path(name).unwrap_or_default();
-        let mut t = crate::trial::compare_tensors(
-            name,
-            tolerance,
-            actual.as_ref(),
-            golden,
-            &|_| None,
-            None,
-            Some(&golden_path),
-        );
+        let mut t =
+            crate::trial::compare_tensors(name, tolerance, actual.as_ref(), golden, &rows, None, Some(&golden_path));
         if let (Some(x), Ok(g)) = (&actual, read_npy(&golden_path, None)) {
             // `[batch, seq, ...]` is assumed for 3-d and larger tensors (per-token detail).
             crate::trial::detail(&mut t, g.shape().len() >= 3, None, x, &g);

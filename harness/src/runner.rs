@@ -530,6 +530,7 @@ pub struct Harness {
     root: Option<PathBuf>,
     report_dir: Option<PathBuf>,
     rerun: Option<String>,
+    filters: Vec<String>,
 }
 
 impl Default for Harness {
@@ -541,7 +542,7 @@ impl Default for Harness {
 impl Harness {
     /// The built-in engines of this build (by cargo feature) and the project's external engines.
     pub fn new() -> Harness {
-        Harness { registry: crate::engine::builtin(), root: None, report_dir: None, rerun: None }
+        Harness { registry: crate::engine::builtin(), root: None, report_dir: None, rerun: None, filters: vec![] }
     }
     /// No built-in engine: only yours and the project's external engines.
     pub fn without_builtin_engines(mut self) -> Harness {
@@ -569,6 +570,12 @@ impl Harness {
         self.rerun = Some(template.into());
         self
     }
+    /// Run only the trials matching one of `filters` (substrings; whole names with `--exact`),
+    /// beyond `args`' own filter: libtest's several positional filters ([`parse_args`]).
+    pub fn filters(mut self, filters: Vec<String>) -> Harness {
+        self.filters = filters;
+        self
+    }
     /// Run the trials `args` select; errors before any trial ran (no project, no case) are
     /// returned.
     pub fn run_with(self, args: &Arguments) -> Result<(Arc<Suite>, Conclusion)> {
@@ -580,12 +587,12 @@ impl Harness {
         if let Some(t) = &self.rerun {
             project = project.with_rerun(t);
         }
-        run_project(args, Arc::new(project), self.registry, self.report_dir)
+        run_project(args, Arc::new(project), self.registry, self.report_dir, &self.filters)
     }
     /// Parse libtest's arguments from the command line, run, and say how it went.
     pub fn run(self) -> std::process::ExitCode {
-        let args = Arguments::from_args();
-        match self.run_with(&args) {
+        let (args, filters) = parse_args(std::env::args());
+        match self.filters(filters).run_with(&args) {
             Ok((_, conclusion)) => conclusion.exit_code(),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -595,9 +602,48 @@ impl Harness {
     }
 }
 
+/// libtest's command line, as `cargo test` passes it: like `Arguments::from_iter`, but with any
+/// number of positional filters (libtest-mimic takes one). A trial runs when it matches any of
+/// them (a substring, or the whole name with `--exact`). `--timings` is taken out too.
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> (Arguments, Vec<String>) {
+    // libtest flags that take a value: the next argument is that value, not a filter.
+    const WITH_VALUE: &[&str] =
+        &["--test-threads", "--logfile", "--skip", "--color", "--format", "-Z", "--report-time", "--shuffle-seed"];
+    let args = crate::timings::take_flag(args);
+    let mut kept = Vec::new();
+    let mut filters = Vec::new();
+    let mut it = args.into_iter();
+    if let Some(bin) = it.next() {
+        kept.push(bin);
+    }
+    while let Some(a) = it.next() {
+        if a.starts_with('-') {
+            let takes_value = WITH_VALUE.contains(&a.as_str());
+            kept.push(a);
+            if takes_value && let Some(v) = it.next() {
+                kept.push(v);
+            }
+        } else {
+            filters.push(a);
+        }
+    }
+    if filters.len() == 1 {
+        kept.push(filters.pop().unwrap());
+    }
+    (Arguments::from_iter(kept), filters)
+}
+
+/// Keep the trials that match any of `filters` (none: all).
+fn keep_matching(trials: &mut Vec<Trial>, filters: &[String], exact: bool) {
+    if filters.is_empty() {
+        return;
+    }
+    trials.retain(|t| filters.iter().any(|f| if exact { t.name() == f } else { t.name().contains(f.as_str()) }));
+}
+
 /// Entry point shared by `tests/cases.rs` and older callers: [`Harness`] with `registry`.
 pub fn main_with(args: &Arguments, registry: Registry) -> std::process::ExitCode {
-    match (Harness { registry, root: None, report_dir: None, rerun: None }).run_with(args) {
+    match (Harness { registry, root: None, report_dir: None, rerun: None, filters: vec![] }).run_with(args) {
         Ok((_, c)) => c.exit_code(),
         Err(e) => {
             eprintln!("error: {e}");
@@ -618,7 +664,7 @@ pub fn run_suite_with(
     registry: Registry,
     report_dir: Option<PathBuf>,
 ) -> Result<(Arc<Suite>, Conclusion)> {
-    Harness { registry, root: None, report_dir, rerun: None }.run_with(args)
+    Harness { registry, root: None, report_dir, rerun: None, filters: vec![] }.run_with(args)
 }
 
 fn run_project(
@@ -626,10 +672,12 @@ fn run_project(
     project: Arc<crate::project::Project>,
     registry: Registry,
     report_dir: Option<PathBuf>,
+    filters: &[String],
 ) -> Result<(Arc<Suite>, Conclusion)> {
     let start = std::time::Instant::now();
     let suite = Suite::with_project(project, registry);
-    let trials = timings::time(Phase::Cases, || suite.trials())?;
+    let mut trials = timings::time(Phase::Cases, || suite.trials())?;
+    keep_matching(&mut trials, filters, args.exact);
     if !args.list && !args.ignored && !args.include_ignored {
         let note = ignored_note(&suite, &trials, args);
         if !note.is_empty() {
@@ -669,4 +717,22 @@ pub fn ignored_note(suite: &Suite, trials: &[Trial], args: &Arguments) -> String
 
 fn plural(n: usize) -> String {
     if n == 1 { "1 trial".into() } else { format!("{n} trials") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_filters_as_libtest_takes_them() {
+        let a = |v: &[&str]| parse_args(v.iter().map(|s| s.to_string()));
+        let (args, f) = a(&["bin", "llama/mha", "--test-threads", "1", "gqa", "--skip", "x", "--exact"]);
+        assert_eq!(f, vec!["llama/mha", "gqa"]);
+        assert_eq!(
+            (args.filter, args.test_threads, args.skip, args.exact),
+            (None, Some(1), vec!["x".to_string()], true)
+        );
+        let (args, f) = a(&["bin", "one"]);
+        assert_eq!((args.filter.as_deref(), f.len()), (Some("one"), 0));
+    }
 }

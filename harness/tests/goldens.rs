@@ -313,3 +313,42 @@ fn accept_waits_for_a_regeneration_holding_the_writer_lock() {
     py.wait().unwrap();
     assert!(pending::list(&repo.path("goldens")).unwrap().is_empty());
 }
+
+/// `harness diff` compares padding positions unless told the mask: `--case` takes the case's,
+/// `--mask` a .npy; garbage at padding then does not count, as in a trial.
+#[test]
+fn diff_with_the_case_mask_ignores_padding() {
+    let case = "llama/padded-batch";
+    let repo = TempRepo::with_cases(&[case]);
+    let a = repo.path(&format!("goldens/{case}"));
+    let b = repo.path("dump");
+    std::fs::create_dir_all(&b).unwrap();
+    let mask = repo.load(case).unwrap().inputs.attention_mask.unwrap();
+    let (bs, s) = (mask.batch, mask.seq);
+    for e in std::fs::read_dir(&a).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "npy") {
+            continue;
+        }
+        let t = read_npy(&p, None).unwrap();
+        let shape = t.shape().to_vec();
+        let mut v = t.into_vec();
+        if shape.len() == 3 && shape[0] == bs && shape[1] == s {
+            let w = shape[2];
+            for (i, &m) in mask.data.iter().enumerate() {
+                if m == 0 {
+                    v[i * w..(i + 1) * w].iter_mut().for_each(|x| *x = 1e3);
+                }
+            }
+        }
+        write_npy(&b.join(p.file_name().unwrap()), &Tensor::new(shape, v).unwrap()).unwrap();
+    }
+    let run =
+        |extra: &[&str]| harness_cmd(&repo).arg("diff").arg(&a).arg(&b).args(extra).output().unwrap().status.code();
+    assert_eq!(run(&[]), Some(1), "padding garbage counts without a mask");
+    assert_eq!(run(&["--case", case]), Some(0));
+    let m = repo.path("mask.npy");
+    let mt = Tensor::new(vec![bs, s], mask.data.iter().map(|&x| x as f32).collect()).unwrap();
+    write_npy(&m, &mt).unwrap();
+    assert_eq!(run(&["--mask", m.to_str().unwrap()]), Some(0));
+}

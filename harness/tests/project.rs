@@ -185,7 +185,19 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `harness run` takes libtest's arguments, several filters included (`cargo test` passes them).
+fn run_takes_several_filters_and_skip() -> Outcome {
+    let repo = TempRepo::with_cases(&["llama/mha", "llama/gqa", "bert/sequence"]);
+    let o = harness(repo.root()).args(["run", "--list", "llama/mha", "bert/", "--skip", "candle"]).output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let listed: Vec<&str> = out.lines().filter_map(|l| l.strip_suffix(": test")).collect();
+    assert_eq!(listed, ["reference::bert/sequence", "reference::llama/mha"], "{out}");
+    Ok(())
+}
+
 tests!(
+    run_takes_several_filters_and_skip,
     init_writes_a_project_and_never_overwrites,
     init_then_goldens_then_run_is_green,
     goldens_come_from_a_remote_store_over_http_verified_and_cached,
