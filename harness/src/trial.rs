@@ -185,7 +185,9 @@ pub fn run(
     variants: Option<&dyn Variants>,
 ) -> TrialReport {
     let (mut report, outputs) = assess(case, engine, model, expected, rerun, variants);
-    if report.verdict != Verdict::Pass && report.error.is_none() {
+    // Only a real failure gets the extras: an integrity error (a golden that does not match its
+    // manifest, a missing tap) says nothing about the model.
+    if report.verdict == Verdict::Fail {
         add_block_errors(case, model, expected, &mut report.taps);
         for tap in &case.taps {
             let Some(rep) = report.taps.iter_mut().find(|r| r.name == tap.name) else { continue };

@@ -74,6 +74,14 @@ fn golden_edited_behind_the_manifest_is_an_error() {
     let t = r.taps.iter().find(|t| t.name == "logits").unwrap();
     let TapStatus::Error { message } = &t.status else { panic!("{:?}", t.status) };
     assert!(message.contains("logits.npy") && message.contains("does not match the manifest"), "{message}");
+    // An integrity error says nothing about the model: no hints, no per-layer "added" error.
+    assert!(r.hints.is_empty(), "{:?}", r.hints);
+    let repo = TempRepo::with_cases(&["llama/padded-batch"]);
+    perturb_golden(&repo, "llama/padded-batch", "model.layers.0.self_attn", 0, 1.0, false);
+    let r = repo.run("llama/padded-batch", "reference", vec![]);
+    assert_eq!(r.verdict, Verdict::Error);
+    assert!(r.hints.is_empty(), "{:?}", r.hints);
+    assert!(r.taps.iter().all(|t| t.added.is_none()), "{}", harness::report::terminal::render(&r));
 }
 
 fn weight_mutant(name: &str, index: usize) -> Arc<dyn harness::engine::Engine> {
@@ -232,4 +240,117 @@ fn where_the_error_starts_is_noted_before_the_first_divergence() {
     // The reference engine itself: no such note.
     let r = repo.run("llama/mha", "reference", vec![]);
     assert!(r.notes.is_empty(), "{:?}", r.notes);
+}
+
+/// An engine whose RoPE table is one position ahead (position i holds golden position i + 1),
+/// written here: the per-position tap gets the pattern analysis token taps get.
+struct RopeAhead;
+struct RopeAheadModel(Box<dyn harness::engine::LoadedModel>);
+
+impl harness::engine::Engine for RopeAhead {
+    fn name(&self) -> &str {
+        "rope-ahead"
+    }
+    fn default_enabled(&self) -> bool {
+        false
+    }
+    fn load(&self, m: &harness::case::ModelSpec) -> harness::Result<Box<dyn harness::engine::LoadedModel>> {
+        Ok(Box::new(RopeAheadModel(ReferenceEngine::new().load(m)?)))
+    }
+}
+
+impl harness::engine::LoadedModel for RopeAheadModel {
+    fn run(&self, inputs: &harness::case::Inputs, taps: &[&str]) -> harness::Result<harness::engine::Outputs> {
+        // One more position than asked, then drop the first: position i is golden position i + 1.
+        let mut longer = inputs.clone();
+        let (b, s) = (inputs.input_ids.batch, inputs.input_ids.seq);
+        let mut ids = Vec::new();
+        for r in 0..b {
+            ids.extend_from_slice(inputs.input_ids.row(r));
+            ids.push(1);
+        }
+        longer.input_ids = harness::case::IdMatrix { batch: b, seq: s + 1, data: ids };
+        longer.attention_mask = None;
+        let ahead = self.0.run(&longer, &["model.rotary_emb"])?;
+        let mut out = self.0.run(inputs, taps)?;
+        let t = &ahead["model.rotary_emb"];
+        let w = t.shape()[2];
+        let data = t.data()[w..].to_vec();
+        out.insert("model.rotary_emb".into(), Tensor::new(vec![1, s, w], data).unwrap());
+        Ok(out)
+    }
+}
+
+#[test]
+fn a_position_table_off_by_one_is_named_on_the_position_tap() {
+    let repo = TempRepo::with_cases(&["llama/long-prompt"]);
+    let r = repo.run("llama/long-prompt", "rope-ahead", vec![Arc::new(RopeAhead)]);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.verdict, Verdict::Fail, "{text}");
+    assert_eq!(r.first_divergent_tap().unwrap().name, "model.rotary_emb", "{text}");
+    let h = &r.hints[0];
+    assert_eq!(h.kind, harness::diagnose::HintKind::TokenMisalignment, "{text}");
+    assert!(h.message.contains("golden token i+1"), "{text}");
+}
+
+/// A small error spread over every channel (0.9 of the tolerance, signs alternating) that
+/// crosses it in two channels only: no "only some channels are wrong, the others match" claim,
+/// since the others do not match.
+struct Spread;
+struct SpreadModel(Box<dyn harness::engine::LoadedModel>);
+
+impl harness::engine::Engine for Spread {
+    fn name(&self) -> &str {
+        "spread"
+    }
+    fn default_enabled(&self) -> bool {
+        false
+    }
+    fn load(&self, m: &harness::case::ModelSpec) -> harness::Result<Box<dyn harness::engine::LoadedModel>> {
+        Ok(Box::new(SpreadModel(ReferenceEngine::new().load(m)?)))
+    }
+}
+
+impl harness::engine::LoadedModel for SpreadModel {
+    fn run(&self, inputs: &harness::case::Inputs, taps: &[&str]) -> harness::Result<harness::engine::Outputs> {
+        let out = self.0.run(inputs, taps)?;
+        Ok(out
+            .into_iter()
+            .map(|(k, t)| {
+                let shape = t.shape().to_vec();
+                let w = *shape.last().unwrap();
+                let data = t
+                    .data()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        if k.starts_with("model.embed") {
+                            return x;
+                        }
+                        let allowed = 1e-4 + 1e-3 * x.abs();
+                        let c = i % w;
+                        let size = if c == 3 || c == 17 { 1.5 } else { 0.9 };
+                        let sign = if (i * 2654435761usize) % 7 < 3 { -1.0 } else { 1.0 };
+                        x + sign * size * allowed
+                    })
+                    .collect();
+                (k, Tensor::new(shape, data).unwrap())
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn spread_drift_is_not_called_some_channels() {
+    let repo = TempRepo::with_cases(&["llama/mha"]);
+    let r = repo.run("llama/mha", "spread", vec![Arc::new(Spread)]);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.verdict, Verdict::Fail, "{text}");
+    assert!(
+        !r.hints.iter().any(|h| matches!(
+            h.kind,
+            harness::diagnose::HintKind::SomeChannels | harness::diagnose::HintKind::SomeHeads
+        )),
+        "{text}"
+    );
 }

@@ -19,6 +19,9 @@ impl<'a> Rows<'a> {
     pub fn new(data: &'a [f32], shape: &[usize], kind: TapKind) -> Option<Rows<'a>> {
         let (batch, seq) = match (kind, shape.len()) {
             (TapKind::Tokens, n) if n >= 2 => (shape[0], shape[1]),
+            // Per-position taps (RoPE tables, position embeddings): `[1, seq, ...]`, where a
+            // position bug shows first.
+            (TapKind::Positions, n) if n >= 2 => (shape[0], shape[1]),
             (TapKind::Rows, n) if n >= 1 => (shape[0], 1),
             _ => return None,
         };
