@@ -12,7 +12,7 @@ docs/engine-protocol.md (see tools/adapters/LLAMA_CPP_NOTES.md):
 - a layout rule may be `{engine: REGEX, ops: [op, op, ...]}`: ops applied in order, each one of
   `{reverse: true}`, `{transpose: [a, b]}`, `{reshape: [...]}`;
 - reshape sizes may also name an integer of the model config, optionally divided or multiplied by
-  an integer: `head_dim`, `head_dim/2` (`head_dim` defaults to hidden_size / num_attention_heads).
+  an integer: `config.head_dim`, `config.head_dim/2` (`head_dim` defaults to hidden_size / num_attention_heads).
 
 Per tap it prints max |a - e|, cosine, SQNR in dB (-10 log10(sum((a-e)^2) / sum(e^2))) and the
 max as a multiple of the tap's float32 noise floor (manifest `noise.floor`), over the positions the
@@ -133,7 +133,8 @@ def _size(v, batch: int, seq: int, config: dict) -> int:
         return batch
     if v == "seq":
         return seq
-    m = re.fullmatch(r"(\w+)(?:([/*])(\d+))?", str(v))
+    # `config.head_dim/2` (the harness's spelling) or `head_dim/2`.
+    m = re.fullmatch(r"(\w+)(?:([/*])(\d+))?", str(v).removeprefix("config."))
     if not m:
         raise ValueError(f"reshape size `{v}`")
     key = m.group(1)

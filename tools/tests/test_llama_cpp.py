@@ -1,7 +1,8 @@
 """llama.cpp as an external engine (tools/adapters/llama_cpp.py), end to end over protocol 2.
 
 The adapter runs as a persistent subprocess speaking JSON lines (load, forward, decode, shutdown),
-its tensors are mapped through the engine files' rules (tools/adapters/engines/*.yaml, read by
+its tensors are mapped through the engine files' rules (cases/engines/llama-cpp.yaml and the draft
+tools/adapters/engines/llama-cpp-defaults.yaml, read by
 tools/adapters/engine_check.py) and compared with committed goldens. Skipped when llama-cpp-python
 is not installed (tools/adapters/requirements-llama-cpp.txt builds it from source).
 """
@@ -17,6 +18,12 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent.parent
 ADAPTERS = TOOLS / "adapters"
+
+
+def engine_file(name: str) -> Path:
+    """The shipped engine file (cases/engines/), else the draft under tools/adapters/engines/."""
+    shipped = TOOLS.parent / "cases" / "engines" / f"{name}.yaml"
+    return shipped if shipped.is_file() else ADAPTERS / "engines" / f"{name}.yaml"
 
 # Before tools/adapters could be on sys.path (its llama_cpp.py would shadow the package).
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -38,7 +45,7 @@ class LlamaCppEngine(unittest.TestCase):
         cls.stderr = tempfile.TemporaryFile(mode="w+")
         cls.engines = {}
         for name in ("llama-cpp", "llama-cpp-defaults"):
-            engine = cls.ec.load_engine(ADAPTERS / "engines" / f"{name}.yaml")
+            engine = cls.ec.load_engine(engine_file(name))
             engine["command"] = [sys.executable] + engine["command"][1:]  # this interpreter, not tools/.venv
             client = cls.ec.V2Engine(engine, stderr=cls.stderr)
             case = cls.ec.find_case("llama/gguf-f32")
@@ -137,7 +144,7 @@ class EngineRules(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.ec = _engine_check()
-        cls.engine = cls.ec.load_engine(ADAPTERS / "engines" / "llama-cpp.yaml")
+        cls.engine = cls.ec.load_engine(engine_file("llama-cpp"))
 
     def test_names_both_ways(self):
         ec, e = self.ec, self.engine
