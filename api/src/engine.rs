@@ -52,9 +52,33 @@ pub trait Engine: Send + Sync {
     }
 }
 
+/// Which case a run is for, and the case's engine options (`engine_options:` in the case file,
+/// by engine name): what an engine may want beyond the inputs (e.g. a quantization type).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunContext<'a> {
+    pub case: &'a str,
+    pub engine_options: Option<&'a BTreeMap<String, serde_json::Value>>,
+}
+
 pub trait LoadedModel: Send + Sync {
     /// Run one batch and return (at least) the requested taps.
     fn run(&self, inputs: &Inputs, taps: &[&str]) -> Result<Outputs>;
+    /// [`LoadedModel::run`] for a case: engines that take per-case options override this.
+    fn run_for(&self, ctx: &RunContext<'_>, inputs: &Inputs, taps: &[&str]) -> Result<Outputs> {
+        let _ = ctx;
+        self.run(inputs, taps)
+    }
+    /// [`LoadedModel::decode`] for a case.
+    fn decode_for(
+        &self,
+        ctx: &RunContext<'_>,
+        prompt: &Inputs,
+        tokens: &IdMatrix,
+        taps: &[&str],
+    ) -> Result<Vec<Outputs>> {
+        let _ = ctx;
+        self.decode(prompt, tokens, taps)
+    }
     /// Taps this engine can produce for this model; `None` means every module it records.
     fn taps(&self) -> Option<Vec<String>> {
         None

@@ -134,6 +134,10 @@ pub struct CaseFile {
     /// Engines to run; default: every registered engine that runs the model.
     #[serde(default)]
     pub engines: Option<Vec<String>>,
+    /// Options for engines that take them, by engine name (protocol-2 external engines get
+    /// theirs merged over their engine file's `options:`).
+    #[serde(default)]
+    pub engine_options: std::collections::BTreeMap<String, serde_json::Value>,
     /// Compare positions whose attention_mask is 0 too (default: only real tokens).
     #[serde(default)]
     pub compare_padding: bool,
@@ -409,6 +413,15 @@ pub struct Case {
     pub shrink: Option<ShrinkSettings>,
     /// The engine whose outputs are the expected tensors; None: the goldens.
     pub reference: Option<EngineReference>,
+    /// `engine_options:` by engine name.
+    pub engine_options: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl Case {
+    /// What a run of this case tells the engine beyond its inputs.
+    pub fn run_context(&self) -> crate::engine::RunContext<'_> {
+        crate::engine::RunContext { case: &self.id, engine_options: Some(&self.engine_options) }
+    }
 }
 
 /// Read and validate a model spec; `root` is the repository root.
@@ -786,6 +799,7 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
         text,
         shrink,
         reference,
+        engine_options: cf.engine_options,
     })
 }
 

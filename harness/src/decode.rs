@@ -34,7 +34,7 @@ pub fn outputs(case: &Case, dec: &Decode, model: &dyn LoadedModel, taps: &[&str]
             names.push(base);
         }
     }
-    let steps = model.decode(&case.inputs, &dec.tokens, &names)?;
+    let steps = model.decode_for(&case.run_context(), &case.inputs, &dec.tokens, &names)?;
     if steps.len() != dec.steps() + 1 {
         return Err(Error::engine(format!(
             "decode returned {} steps, expected {} (the prompt and {} tokens)",
@@ -63,7 +63,7 @@ pub fn full_forward_checks(
     let tolerance = case.taps.iter().find(|t| t.module.path == CHECKED).map_or(&case.tolerance, |t| &t.tolerance);
     let mut checks = Vec::with_capacity(dec.steps());
     for k in 1..=dec.steps() {
-        let full = model.run(&dec.prefix(&case.inputs, k), &[CHECKED])?;
+        let full = model.run_for(&case.run_context(), &dec.prefix(&case.inputs, k), &[CHECKED])?;
         let tap = Tap {
             name: check_name(k),
             module: Module::tokens(CHECKED),

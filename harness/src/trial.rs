@@ -160,7 +160,7 @@ pub fn run_case(case: &Case, model: &dyn LoadedModel, taps: &[&str]) -> Result<O
             if similarity && !taps.is_empty() && !asked.contains(&SENTENCE_EMBEDDING) {
                 asked.push(SENTENCE_EMBEDDING);
             }
-            let mut out = model.run(&case.inputs, &asked)?;
+            let mut out = model.run_for(&case.run_context(), &case.inputs, &asked)?;
             if similarity
                 && !out.contains_key(SIMILARITY)
                 && let Some(e) = out.get(SENTENCE_EMBEDDING)

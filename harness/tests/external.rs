@@ -428,6 +428,10 @@ fn starts(repo: &TempRepo) -> usize {
 
 fn protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1() -> Outcome {
     let repo = replay2_repo(&[], "");
+    // Per-case engine options, merged over the engine file's (not a goldens input: still fresh).
+    let file = repo.path(&format!("cases/{CASE}.yaml"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}\nengine_options:\n  replay2: {{kv_cache: f16, seed: 3}}\n")).unwrap();
     let case = repo.load(CASE).unwrap();
     let suite = repo.suite(vec![]);
     let e = suite.registry.get("replay2").unwrap_or_else(|| panic!("{:?}", suite.engine_errors)).clone();
@@ -447,7 +451,10 @@ fn protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1() -> O
     assert_eq!(reqs[0]["model"]["class"], "LlamaForCausalLM");
     let fwd = &reqs[1];
     assert_eq!(fwd["op"], "forward");
-    assert_eq!(fwd["options"]["kv_cache"], "f32");
+    assert_eq!(fwd["options"]["kv_cache"], "f16", "the case's option wins");
+    assert_eq!(fwd["options"]["seed"], 3);
+    assert_eq!(fwd["case"], CASE);
+    assert_eq!(reqs[0]["options"]["kv_cache"], "f32", "`load` gets the engine file's options");
     assert_eq!(fwd["inputs"]["position_ids"]["shape"], serde_json::json!([1, 12]));
     assert!(Path::new(fwd["inputs"]["input_ids"]["file"].as_str().unwrap()).is_absolute());
     drop(suite);

@@ -232,6 +232,7 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
         text: None,
         shrink: None,
         reference: None,
+        engine_options: Default::default(),
     };
     Ok(MetaCase { id, file: file.to_path_buf(), properties, generate, base })
 }

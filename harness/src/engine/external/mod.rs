@@ -158,26 +158,19 @@ pub struct ExternalModel {
 
 impl LoadedModel for ExternalModel {
     fn run(&self, inputs: &Inputs, taps: &[&str]) -> Result<Outputs> {
-        let asked: Vec<String> =
-            if taps.is_empty() { self.modules.clone() } else { taps.iter().map(|t| t.to_string()).collect() };
-        let wanted: Vec<String> =
-            asked.into_iter().filter(|t| self.taps.as_ref().is_none_or(|allowed| allowed.contains(t))).collect();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("harness-{}-", self.spec.name))
-            .tempdir()
-            .map_err(|e| Error::io(&std::env::temp_dir(), &e))?;
-        let result = match self.session {
-            Some(_) => self.forward_v2(dir.path(), inputs, &wanted),
-            None => self.run_in(dir.path(), inputs, &wanted),
-        };
-        match result {
-            Err(e) if keep_requested() => {
-                let kept = dir.keep();
-                let msg = format!("{} [request kept in {}]", e.msg, kept.display());
-                Err(Error { msg, ..e })
-            }
-            r => r,
-        }
+        self.run_ctx(None, inputs, taps)
+    }
+    fn run_for(&self, ctx: &crate::engine::RunContext<'_>, inputs: &Inputs, taps: &[&str]) -> Result<Outputs> {
+        self.run_ctx(Some(ctx), inputs, taps)
+    }
+    fn decode_for(
+        &self,
+        ctx: &crate::engine::RunContext<'_>,
+        prompt: &Inputs,
+        tokens: &crate::case::IdMatrix,
+        taps: &[&str],
+    ) -> Result<Vec<Outputs>> {
+        self.decode_ctx(Some(ctx), prompt, tokens, taps)
     }
     fn taps(&self) -> Option<Vec<String>> {
         self.taps.clone()
@@ -189,6 +182,46 @@ impl LoadedModel for ExternalModel {
         self.not_produced.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
     fn decode(&self, prompt: &Inputs, tokens: &crate::case::IdMatrix, taps: &[&str]) -> Result<Vec<Outputs>> {
+        self.decode_ctx(None, prompt, tokens, taps)
+    }
+    fn blocks(&self) -> Vec<crate::engine::Block> {
+        self.blocks_impl()
+    }
+    fn run_block(&self, inputs: &Inputs, block: &str, input: &crate::tensor::Tensor, taps: &[&str]) -> Result<Outputs> {
+        self.run_block_impl(inputs, block, input, taps)
+    }
+}
+
+impl ExternalModel {
+    fn run_ctx(&self, ctx: Option<&crate::engine::RunContext<'_>>, inputs: &Inputs, taps: &[&str]) -> Result<Outputs> {
+        let asked: Vec<String> =
+            if taps.is_empty() { self.modules.clone() } else { taps.iter().map(|t| t.to_string()).collect() };
+        let wanted: Vec<String> =
+            asked.into_iter().filter(|t| self.taps.as_ref().is_none_or(|allowed| allowed.contains(t))).collect();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("harness-{}-", self.spec.name))
+            .tempdir()
+            .map_err(|e| Error::io(&std::env::temp_dir(), &e))?;
+        let result = match self.session {
+            Some(_) => self.forward_v2(dir.path(), inputs, &wanted, ctx),
+            None => self.run_in(dir.path(), inputs, &wanted),
+        };
+        match result {
+            Err(e) if keep_requested() => {
+                let kept = dir.keep();
+                let msg = format!("{} [request kept in {}]", e.msg, kept.display());
+                Err(Error { msg, ..e })
+            }
+            r => r,
+        }
+    }
+    fn decode_ctx(
+        &self,
+        ctx: Option<&crate::engine::RunContext<'_>>,
+        prompt: &Inputs,
+        tokens: &crate::case::IdMatrix,
+        taps: &[&str],
+    ) -> Result<Vec<Outputs>> {
         if self.session.is_none() || !self.capabilities.decode {
             let why = if self.session.is_none() {
                 "it speaks protocol 1"
@@ -207,12 +240,13 @@ impl LoadedModel for ExternalModel {
         let wanted = self.wanted(taps);
         let reply = self.request(json!({
             "op": "decode",
+            "case": ctx.map(|c| c.case),
             "inputs": files,
             "decode": {"file": std::path::absolute(&tfile).unwrap_or(tfile), "shape": tokens.shape()},
             "taps": protocol::request_taps(&self.spec, &wanted),
             "output_dir": std::path::absolute(&out).unwrap_or(out.clone()),
             "dtype": self.spec.dtype.as_str(),
-            "options": self.spec.options,
+            "options": self.options(ctx),
         }))?;
         let wanted = self.record_not_produced(&reply, wanted);
         (0..=tokens.seq)
@@ -224,14 +258,20 @@ impl LoadedModel for ExternalModel {
             })
             .collect()
     }
-    fn blocks(&self) -> Vec<crate::engine::Block> {
+    fn blocks_impl(&self) -> Vec<crate::engine::Block> {
         self.capabilities
             .blocks
             .iter()
             .map(|(path, input)| crate::engine::Block { path: path.clone(), input: input.clone() })
             .collect()
     }
-    fn run_block(&self, inputs: &Inputs, block: &str, input: &crate::tensor::Tensor, taps: &[&str]) -> Result<Outputs> {
+    fn run_block_impl(
+        &self,
+        inputs: &Inputs,
+        block: &str,
+        input: &crate::tensor::Tensor,
+        taps: &[&str],
+    ) -> Result<Outputs> {
         if self.session.is_none() {
             return Err(Error::engine(format!("engine `{}` cannot run block `{block}` alone", self.spec.name)));
         }
@@ -314,17 +354,37 @@ impl ExternalModel {
         wanted.into_iter().filter(|t| !map.contains_key(t)).collect()
     }
 
-    fn forward_v2(&self, dir: &Path, inputs: &Inputs, wanted: &[String]) -> Result<Outputs> {
+    /// The engine file's `options:` with the case's `engine_options.<engine>` merged over them.
+    fn options(&self, ctx: Option<&crate::engine::RunContext<'_>>) -> Value {
+        let mut o = self.spec.options.clone();
+        if let (Some(Value::Object(base)), Some(Value::Object(mine))) =
+            (Some(&mut o), ctx.and_then(|c| c.engine_options).and_then(|m| m.get(&self.spec.name)))
+        {
+            for (k, v) in mine {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        o
+    }
+
+    fn forward_v2(
+        &self,
+        dir: &Path,
+        inputs: &Inputs,
+        wanted: &[String],
+        ctx: Option<&crate::engine::RunContext<'_>>,
+    ) -> Result<Outputs> {
         let files = protocol::write_inputs(dir, inputs, true)?;
         let out = dir.join(protocol::OUTPUT_DIR);
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, &e))?;
         let reply = self.request(json!({
             "op": "forward",
+            "case": ctx.map(|c| c.case),
             "inputs": files,
             "taps": protocol::request_taps(&self.spec, wanted),
             "output_dir": std::path::absolute(&out).unwrap_or(out.clone()),
             "dtype": self.spec.dtype.as_str(),
-            "options": self.spec.options,
+            "options": self.options(ctx),
         }))?;
         let wanted = self.record_not_produced(&reply, wanted.to_vec());
         let dims =
