@@ -419,8 +419,8 @@ pub struct Case {
 
 impl Case {
     /// What a run of this case tells the engine beyond its inputs.
-    pub fn run_context(&self) -> crate::engine::RunContext<'_> {
-        crate::engine::RunContext { case: &self.id, engine_options: Some(&self.engine_options) }
+    pub fn run_context(&self) -> harness_api::engine::RunContext<'_> {
+        harness_api::engine::RunContext { case: &self.id, engine_options: Some(&self.engine_options) }
     }
 }
 
