@@ -122,17 +122,18 @@ fn print_sample_report() {
     println!("{}", harness::report::terminal::render(&r));
 }
 
-/// An engine written here, independently of the detectors: the reference engine's every output
-/// rounded to bfloat16 or float16 (round to nearest even), as an engine with a reduced-precision
-/// step would give.
-struct Rounded {
+/// An engine written here, independently of the detectors: the reference engine's outputs with
+/// `alter(tap, index in the tap, last-axis width, value)` applied to every element.
+type Alter = fn(&str, usize, usize, f32) -> f32;
+
+struct Altered {
     name: &'static str,
-    round: fn(f32) -> f32,
+    alter: Alter,
 }
 
-struct RoundedModel(Box<dyn harness::engine::LoadedModel>, fn(f32) -> f32);
+struct AlteredModel(Box<dyn harness::engine::LoadedModel>, Alter);
 
-impl harness::engine::Engine for Rounded {
+impl harness::engine::Engine for Altered {
     fn name(&self) -> &str {
         self.name
     }
@@ -140,37 +141,37 @@ impl harness::engine::Engine for Rounded {
         false
     }
     fn load(&self, m: &harness::case::ModelSpec) -> harness::Result<Box<dyn harness::engine::LoadedModel>> {
-        Ok(Box::new(RoundedModel(ReferenceEngine::new().load(m)?, self.round)))
+        Ok(Box::new(AlteredModel(ReferenceEngine::new().load(m)?, self.alter)))
     }
 }
 
-impl harness::engine::LoadedModel for RoundedModel {
+impl harness::engine::LoadedModel for AlteredModel {
     fn run(&self, inputs: &harness::case::Inputs, taps: &[&str]) -> harness::Result<harness::engine::Outputs> {
         let out = self.0.run(inputs, taps)?;
         Ok(out
             .into_iter()
             .map(|(k, t)| {
                 let shape = t.shape().to_vec();
-                (k, Tensor::new(shape, t.data().iter().map(|&x| (self.1)(x)).collect()).unwrap())
+                let w = *shape.last().unwrap_or(&1);
+                let data = t.data().iter().enumerate().map(|(i, &x)| (self.1)(&k, i, w, x)).collect();
+                (k, Tensor::new(shape, data).unwrap())
             })
             .collect())
     }
 }
 
-fn bf16(x: f32) -> f32 {
+/// Every output rounded to bfloat16 (round to nearest even): a reduced-precision engine.
+fn bf16(_: &str, _: usize, _: usize, x: f32) -> f32 {
     half::bf16::from_f32(x).to_f32()
 }
 
 #[test]
 fn reduced_precision_is_named_as_such_and_not_as_a_position_bug() {
     // (float16 output rounding alone, 4.9e-4 relative, is within the default rtol 1e-3.)
-    for (name, round, case) in [
-        ("bf16-round", bf16 as fn(f32) -> f32, "llama/mha"),
-        ("bf16-round", bf16, "bert/sequence"),
-        ("bf16-round", bf16, "gpt2/sequence"),
-    ] {
+    for case in ["llama/mha", "bert/sequence", "gpt2/sequence"] {
+        let name = "bf16-round";
         let repo = TempRepo::with_cases(&[case]);
-        let r = repo.run(case, name, vec![Arc::new(Rounded { name, round })]);
+        let r = repo.run(case, name, vec![Arc::new(Altered { name, alter: bf16 })]);
         let text = harness::report::terminal::render(&r);
         assert_eq!(r.verdict, Verdict::Fail, "{text}");
         assert_eq!(r.hints[0].kind, harness::diagnose::HintKind::ReducedPrecision, "{name}: {text}");
@@ -191,47 +192,23 @@ fn reduced_precision_is_named_as_such_and_not_as_a_position_bug() {
     );
 }
 
-/// An engine whose error starts small: every tap from layer 0 on is scaled by 1 + 5e-5 (inside
-/// the tolerance, hundreds of times the float32 noise floor), from layer 1 on by 1 + 1e-2.
-struct Drift;
-struct DriftModel(Box<dyn harness::engine::LoadedModel>);
-
-impl harness::engine::Engine for Drift {
-    fn name(&self) -> &str {
-        "drift"
-    }
-    fn default_enabled(&self) -> bool {
-        false
-    }
-    fn load(&self, m: &harness::case::ModelSpec) -> harness::Result<Box<dyn harness::engine::LoadedModel>> {
-        Ok(Box::new(DriftModel(ReferenceEngine::new().load(m)?)))
-    }
-}
-
-impl harness::engine::LoadedModel for DriftModel {
-    fn run(&self, inputs: &harness::case::Inputs, taps: &[&str]) -> harness::Result<harness::engine::Outputs> {
-        let out = self.0.run(inputs, taps)?;
-        Ok(out
-            .into_iter()
-            .map(|(k, t)| {
-                let f = if k.starts_with("model.layers.0") {
-                    1.0 + 5e-5
-                } else if k.starts_with("model.embed") {
-                    1.0
-                } else {
-                    1.0 + 1e-2
-                };
-                let shape = t.shape().to_vec();
-                (k, Tensor::new(shape, t.data().iter().map(|&x| x * f).collect()).unwrap())
-            })
-            .collect())
-    }
+/// An error that starts small: every tap from layer 0 on is scaled by 1 + 5e-5 (inside the
+/// tolerance, hundreds of times the float32 noise floor), from layer 1 on by 1 + 1e-2.
+fn drift(tap: &str, _: usize, _: usize, x: f32) -> f32 {
+    let f = if tap.starts_with("model.layers.0") {
+        1.0 + 5e-5
+    } else if tap.starts_with("model.embed") {
+        1.0
+    } else {
+        1.0 + 1e-2
+    };
+    x * f
 }
 
 #[test]
 fn where_the_error_starts_is_noted_before_the_first_divergence() {
     let repo = TempRepo::with_cases(&["llama/mha"]);
-    let r = repo.run("llama/mha", "drift", vec![Arc::new(Drift)]);
+    let r = repo.run("llama/mha", "drift", vec![Arc::new(Altered { name: "drift", alter: drift })]);
     let text = harness::report::terminal::render(&r);
     assert_eq!(r.verdict, Verdict::Fail, "{text}");
     assert!(r.first_divergent_tap().unwrap().name.starts_with("model.layers.1"), "{text}");
@@ -296,54 +273,21 @@ fn a_position_table_off_by_one_is_named_on_the_position_tap() {
 /// A small error spread over every channel (0.9 of the tolerance, signs alternating) that
 /// crosses it in two channels only: no "only some channels are wrong, the others match" claim,
 /// since the others do not match.
-struct Spread;
-struct SpreadModel(Box<dyn harness::engine::LoadedModel>);
-
-impl harness::engine::Engine for Spread {
-    fn name(&self) -> &str {
-        "spread"
+fn spread(tap: &str, i: usize, w: usize, x: f32) -> f32 {
+    if tap.starts_with("model.embed") {
+        return x;
     }
-    fn default_enabled(&self) -> bool {
-        false
-    }
-    fn load(&self, m: &harness::case::ModelSpec) -> harness::Result<Box<dyn harness::engine::LoadedModel>> {
-        Ok(Box::new(SpreadModel(ReferenceEngine::new().load(m)?)))
-    }
-}
-
-impl harness::engine::LoadedModel for SpreadModel {
-    fn run(&self, inputs: &harness::case::Inputs, taps: &[&str]) -> harness::Result<harness::engine::Outputs> {
-        let out = self.0.run(inputs, taps)?;
-        Ok(out
-            .into_iter()
-            .map(|(k, t)| {
-                let shape = t.shape().to_vec();
-                let w = *shape.last().unwrap();
-                let data = t
-                    .data()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &x)| {
-                        if k.starts_with("model.embed") {
-                            return x;
-                        }
-                        let allowed = 1e-4 + 1e-3 * x.abs();
-                        let c = i % w;
-                        let size = if c == 3 || c == 17 { 1.5 } else { 0.9 };
-                        let sign = if (i * 2654435761usize) % 7 < 3 { -1.0 } else { 1.0 };
-                        x + sign * size * allowed
-                    })
-                    .collect();
-                (k, Tensor::new(shape, data).unwrap())
-            })
-            .collect())
-    }
+    let allowed = 1e-4 + 1e-3 * x.abs();
+    let c = i % w;
+    let size = if c == 3 || c == 17 { 1.5 } else { 0.9 };
+    let sign = if (i * 2654435761usize) % 7 < 3 { -1.0 } else { 1.0 };
+    x + sign * size * allowed
 }
 
 #[test]
 fn spread_drift_is_not_called_some_channels() {
     let repo = TempRepo::with_cases(&["llama/mha"]);
-    let r = repo.run("llama/mha", "spread", vec![Arc::new(Spread)]);
+    let r = repo.run("llama/mha", "spread", vec![Arc::new(Altered { name: "spread", alter: spread })]);
     let text = harness::report::terminal::render(&r);
     assert_eq!(r.verdict, Verdict::Fail, "{text}");
     assert!(
