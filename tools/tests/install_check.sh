@@ -19,6 +19,13 @@ mkdir "$work/src"
 tar -C "$repo" --exclude=tools/.venv --exclude=tools/build --exclude='*.egg-info' --exclude=__pycache__ -cf - tools \
   | tar -C "$work/src" -xf -
 
+# torch's Linux wheels pull CUDA libraries: the venv takes ~6 GB. Say so before pip fails halfway
+# with "No space left on device" (what a CI machine with a full disk printed).
+free_kb=$(df -Pk "$work" | awk 'NR == 2 { print $4 }')
+if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
+  echo "error: the install check needs ~8 GB free under ${TMPDIR:-/tmp}, $((free_kb / 1024)) MB are (hint: free disk space, or set TMPDIR to a larger disk)" >&2
+  exit 1
+fi
 "${PYTHON:-python3}" -m venv "$work/venv"
 start=$(date +%s)
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check "$work/src/tools"
