@@ -258,6 +258,9 @@ pub enum HintKind {
     TokenizerDivergence,
     /// Small, noise-like error spread over every element (fp16/bf16 rounding somewhere).
     ReducedPrecision,
+    /// The engine matches when a named input (`pixel_values`, ...) is given with its axes in
+    /// another memory order (NHWC for NCHW, frames for mel bins).
+    InputLayout,
 }
 
 impl HintKind {
@@ -265,7 +268,7 @@ impl HintKind {
     /// model's structure as well (`structure`), or running something again (`re-run`).
     pub fn evidence(self) -> &'static str {
         match self {
-            HintKind::KnownBug | HintKind::RopePairing | HintKind::NonDeterministic => "re-run",
+            HintKind::KnownBug | HintKind::RopePairing | HintKind::NonDeterministic | HintKind::InputLayout => "re-run",
             HintKind::LayerType | HintKind::DecodeStep => "structure",
             _ => "data",
         }

@@ -232,7 +232,6 @@ pub struct DecodeFile {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InputsFile {
     /// Token ids; or give `text` instead.
     #[serde(default)]
@@ -247,6 +246,9 @@ pub struct InputsFile {
     /// How `text` is tokenized (HF tokenizer arguments).
     #[serde(default)]
     pub tokenizer: Option<TokenizerOptions>,
+    /// Every other key: a named input of the forward (`pixel_values`, ...), see crate::named.
+    #[serde(flatten)]
+    pub named: BTreeMap<String, serde_norway::Value>,
 }
 
 /// A batch of rows of integers, or a single flat row (a batch of one).
@@ -373,7 +375,12 @@ impl Decode {
             data.extend_from_slice(p.row(b));
             data.extend_from_slice(&self.tokens.row(b)[..k]);
         }
-        Inputs { input_ids: IdMatrix { batch: p.batch, seq, data }, attention_mask: None, token_type_ids: None }
+        Inputs {
+            input_ids: IdMatrix { batch: p.batch, seq, data },
+            attention_mask: None,
+            token_type_ids: None,
+            named: prompt.named.clone(),
+        }
     }
 }
 
@@ -737,10 +744,10 @@ pub fn parse_case(root: &Path, mut doc: Doc, models: &mut BTreeMap<String, Resul
     let (inputs, text) = validate_inputs(&doc, &cf.inputs, &model)?;
     for need in model.structure.inputs.iter().filter(|i| i.required) {
         let given = match need.name.as_str() {
-            "input_ids" => true,
+            "input_ids" => inputs.has_ids(),
             "attention_mask" => inputs.attention_mask.is_some(),
             "token_type_ids" => inputs.token_type_ids.is_some(),
-            _ => false,
+            other => inputs.named(other).is_some(),
         };
         if !given {
             return Err(doc
@@ -915,12 +922,34 @@ fn validate_inputs(doc: &Doc, f: &InputsFile, model: &ModelSpec) -> Result<(Inpu
                 .err("inputs.text", "give either `input_ids` or `text`, not both")
                 .hint("`text` is tokenized with the model's tokenizer.json"));
         }
-        (None, None) => {
-            return Err(doc
-                .err("inputs", "`inputs` needs `input_ids` or `text`")
-                .hint("e.g. `input_ids: [[101, 7592, 102]]` or `text: \"hello world\"`"));
+        (None, None) if !f.named.is_empty() => {
+            for key in ["attention_mask", "token_type_ids", "tokenizer"] {
+                let given = match key {
+                    "attention_mask" => f.attention_mask.is_some(),
+                    "token_type_ids" => f.token_type_ids.is_some(),
+                    _ => f.tokenizer.is_some(),
+                };
+                if given {
+                    return Err(doc
+                        .err(&format!("inputs.{key}"), format!("`{key}` goes with token ids, and the case gives none"))
+                        .hint("give `input_ids` too, or remove it"));
+                }
+            }
+            let named = crate::named::validate(doc, &f.named, model)?;
+            let batch = named[0].shape[0];
+            let ids = IdMatrix { batch, seq: 0, data: vec![] };
+            return Ok((Inputs { input_ids: ids, named, ..Default::default() }, None));
         }
-        (None, Some(text)) => return text_inputs(doc, f, text, model).map(|(i, t)| (i, Some(t))),
+        (None, None) => {
+            return Err(doc.err("inputs", "`inputs` needs `input_ids`, `text` or a named input of the forward").hint(
+                "e.g. `input_ids: [[101, 7592, 102]]`, `text: \"hello world\"` or `pixel_values: {random: {...}}`",
+            ));
+        }
+        (None, Some(text)) => {
+            let (mut inputs, t) = text_inputs(doc, f, text, model)?;
+            inputs.named = named_with_batch(doc, f, model, inputs.batch())?;
+            return Ok((inputs, Some(t)));
+        }
         (Some(ids), None) => ids,
     };
     if f.tokenizer.is_some() {
@@ -981,7 +1010,27 @@ fn validate_inputs(doc: &Doc, f: &InputsFile, model: &ModelSpec) -> Result<(Inpu
             ));
         }
     }
-    Ok((Inputs { input_ids: ids, attention_mask: mask, token_type_ids: types }, None))
+    let named = named_with_batch(doc, f, model, ids.batch)?;
+    Ok((Inputs { input_ids: ids, attention_mask: mask, token_type_ids: types, named }, None))
+}
+
+/// The named inputs beside token ids (e.g. `decoder_input_ids`), with the ids' batch.
+fn named_with_batch(
+    doc: &Doc,
+    f: &InputsFile,
+    model: &ModelSpec,
+    batch: usize,
+) -> Result<Vec<harness_api::inputs::NamedInput>> {
+    let named = crate::named::validate(doc, &f.named, model)?;
+    if let Some(n) = named.iter().find(|n| n.shape[0] != batch) {
+        return Err(doc
+            .err(
+                &format!("inputs.{}", n.name),
+                format!("`{}` has a batch of {}, input_ids of {batch}", n.name, n.shape[0]),
+            )
+            .hint("every input has the same batch (first axis)"));
+    }
+    Ok(named)
 }
 
 /// `inputs.text`: tokenized by the harness (the model then runs on these ids); the same checks
@@ -1058,6 +1107,7 @@ fn text_inputs(doc: &Doc, f: &InputsFile, text: &Text, model: &ModelSpec) -> Res
         input_ids: enc.input_ids.clone(),
         attention_mask: Some(enc.attention_mask.clone()),
         token_type_ids: types,
+        named: vec![],
     };
     Ok((inputs, TextCase { tokenizer: std::sync::Arc::new(tokenizer), encoded: enc }))
 }

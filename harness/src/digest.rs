@@ -54,6 +54,24 @@ pub fn of_yaml(text: &str, keys: &[&str]) -> Option<String> {
     serde_norway::from_str::<Value>(text).ok().map(|v| golden_digest(&v, keys))
 }
 
+/// The case digest of a case file's text: [`CASE_KEYS`], with each named input read from a
+/// `.npy` (`inputs.<name>: {npy: f}`) given as `{npy: f, sha256: <of the file, or "missing">}`,
+/// `f` relative to `case_dir`, so that editing the file makes the goldens stale.
+pub fn of_case(text: &str, case_dir: &std::path::Path) -> Option<String> {
+    let mut v = serde_norway::from_str::<Value>(text).ok()?;
+    if let Some(inputs) = v.get_mut("inputs").and_then(Value::as_object_mut) {
+        for input in inputs.values_mut() {
+            let Some(m) = input.as_object_mut() else { continue };
+            let Some(f) = m.get("npy").and_then(Value::as_str) else { continue };
+            let sha = std::fs::read(case_dir.join(f))
+                .map(|b| Sha256::digest(&b).iter().map(|b| format!("{b:02x}")).collect())
+                .unwrap_or_else(|_| "missing".to_string());
+            m.insert("sha256".into(), Value::String(sha));
+        }
+    }
+    Some(golden_digest(&v, CASE_KEYS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub mod findings;
 pub mod golden;
 pub mod hub;
 pub mod metamorphic;
+pub mod named;
 pub mod project;
 pub mod report;
 pub mod runner;

@@ -40,7 +40,7 @@ fn reference_engine_produces_every_recorded_module() {
             seq: s,
             data: (0..(b * s) as i64).map(|i| (7 * i + 3) % vocab).collect(),
         };
-        let inputs = harness::case::Inputs { input_ids: ids, attention_mask: None, token_type_ids: None };
+        let inputs = harness::case::Inputs { input_ids: ids, ..Default::default() };
         let out = model.run(&inputs, &[]).unwrap_or_else(|e| panic!("model `{id}`: {e}"));
         let mut missing = Vec::new();
         // `similarity` is the harness's, computed from the engine's `sentence_embedding`.

@@ -36,7 +36,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("base: project file, YAML, digests, report views", &["digest", "hub", "project", "report", "yaml"]),
-    ("schema: cases and their inputs", &["case", "text"]),
+    ("schema: cases and their inputs", &["case", "named", "text"]),
     ("goldens store and external engines", &["engine", "golden"]),
     ("compare and diagnose", &["bisect", "catalogue", "decode", "diagnose", "expected", "tokenization", "trial"]),
     (

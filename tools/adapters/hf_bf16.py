@@ -95,7 +95,10 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     base = req_path.parent
-    inputs = {k: np.load(base / v["file"], allow_pickle=False).tolist() for k, v in req["inputs"].items()}
+    # Integer inputs as rows (hf.run makes them torch.long); float and bool ones (a case's named
+    # inputs: pixel_values, ...) as arrays, which keep their dtype.
+    inputs = {k: np.load(base / v["file"], allow_pickle=False) for k, v in req["inputs"].items()}
+    inputs = {k: a if a.dtype.kind in "fb" else a.tolist() for k, a in inputs.items()}
     wanted = [t["hf"] for t in req["taps"]]
     _, arrays = hf.run(model, inputs, wanted)
     out = {}

@@ -292,6 +292,20 @@ def _first(out):
     return out
 
 
+def as_tensor(v, model) -> torch.Tensor:
+    """One forward input: rows of ids (lists) as torch.long, as ever; a numpy array (a named
+    input) with its dtype (int64 -> long, bool -> bool), floats in the model's float dtype
+    (float32 as given; exact in the float64 run)."""
+    if not isinstance(v, np.ndarray):
+        return torch.tensor(v, dtype=torch.long)
+    t = torch.from_numpy(np.array(v, copy=True, order="C"))
+    if t.dtype.is_floating_point:
+        p = next(model.parameters(), None)
+        if p is not None and p.dtype.is_floating_point:
+            t = t.to(p.dtype)
+    return t
+
+
 def run(model, inputs: dict, taps: list[str] | None, cache: dict | None = None):
     """Forward `inputs` once. Returns (module_order, {tap: np.ndarray}).
 
@@ -320,7 +334,7 @@ def run(model, inputs: dict, taps: list[str] | None, cache: dict | None = None):
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n != ""]
     try:
         with torch.no_grad():
-            kwargs = {k: torch.tensor(v, dtype=torch.long) for k, v in inputs.items()}
+            kwargs = {k: as_tensor(v, model) for k, v in inputs.items()}
             if "use_cache" in inspect.signature(model.forward).parameters:
                 kwargs["use_cache"] = cache is not None
             if cache is not None and "past_key_values" in cache:

@@ -53,7 +53,7 @@ from pathlib import Path
 
 from . import gguf_export, hf, store, structure
 from .project import Project, ProjectError, find
-from .spec import Case, ModelSpec, SpecError, case_id, discover, expand_taps, files_sha256, gguf_files_sha256, load_case, sha256_bytes, sha256_file
+from .spec import Case, ModelSpec, SpecError, case_id, check_required, discover, expand_taps, files_sha256, gguf_files_sha256, load_case, sha256_bytes, sha256_file
 
 
 def progress(items, desc: str, quiet: bool):
@@ -144,10 +144,13 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
     model = hf.load(case.model, model_dir)
     declared = [n for n, _ in model.named_modules() if n] + hf.named_outputs(model, model_dir)
     modules = expand_taps(case.file, case.taps, declared)
+    # The case's inputs against the forward's (what structure.json records): named inputs it
+    # takes, and every one it requires.
+    check_required(case.file, case.model.family, case.inputs, case.text, structure.forward_inputs(type(model), model.config))
     tokenized = {}
     if case.text is not None:
         tokenized = hf.tokenize(model_dir, case.text, case.tokenizer, case.file)
-        case.inputs = tokenized
+        case.inputs = {**tokenized, **case.named}
     order, arrays = forward(model, case, modules, model_dir)
     # A glob may match modules that exist but never run (e.g. BERT's attention.self.dropout, whose
     # forward is replaced by a functional call); the Rust side does not list those, so drop them.
@@ -200,12 +203,24 @@ def case_files(case: Case, model_dir: Path) -> dict[str, bytes]:
         "module_order": order,
         "taps": entries,
     }
+    if case.named:
+        # The named inputs the forward ran on (random, .npy or inline): name, dtype, shape and
+        # the sha256 of the array's bytes (C order, little-endian; bool one byte each), sorted by
+        # name. Token rows are in the case file itself.
+        manifest["inputs"] = [named_input_entry(k, case.named[k]) for k in sorted(case.named)]
     if case.bisect:
         for entry, data in depth_goldens(case, model_dir):
             files[entry["file"]] = data
             entries.append(entry)
     files[store.MANIFEST] = store.manifest_bytes(manifest)
     return files
+
+
+def named_input_entry(name: str, a) -> dict:
+    """A named input as the manifest records it: {name, dtype, shape, sha256 of its bytes}."""
+    a = hf.np.ascontiguousarray(a)
+    data = a.astype(a.dtype.newbyteorder("<")).tobytes()
+    return {"name": name, "dtype": str(a.dtype), "shape": list(a.shape), "sha256": sha256_bytes(data)}
 
 
 def depth_goldens(case: Case, model_dir: Path):

@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .project import Project, as_project
@@ -94,9 +95,27 @@ def _canonical(v):
     return v
 
 
-def golden_digest(doc: dict, keys: tuple[str, ...]) -> str:
+def _with_npy_hashes(inputs: dict, base_dir: Path) -> dict:
+    """`inputs` with every `{npy: PATH}` value replaced by `{npy: PATH, sha256: HEX}` (the file's
+    bytes, resolved from `base_dir`; "missing" when it cannot be read): the goldens depend on the
+    file's content, not its name."""
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, dict) and isinstance(v.get("npy"), str):
+            try:
+                h = sha256_file(Path(base_dir) / v["npy"])
+            except OSError:
+                h = "missing"
+            v = {"npy": v["npy"], "sha256": h}
+        out[k] = v
+    return out
+
+
+def golden_digest(doc: dict, keys: tuple[str, ...], base_dir: Path | str | None = None) -> str:
     """sha256 of `keys` of a YAML document, canonicalized (taps by name: tolerances do not count;
-    `source.fetch` is a command, not content)."""
+    `source.fetch` is a command, not content). With `base_dir` (the case file's directory), each
+    `inputs.<name>: {npy: PATH}` counts as `{npy: PATH, sha256: <the file's sha256, or "missing">}`,
+    so that new content in the file makes the goldens stale."""
     out = {}
     for k in keys:
         v = doc.get(k)
@@ -106,6 +125,8 @@ def golden_digest(doc: dict, keys: tuple[str, ...]) -> str:
             v = [t.get("tap") if isinstance(t, dict) else t for t in v] if isinstance(v, list) else []
         elif k == "source" and isinstance(v, dict):
             v = {kk: vv for kk, vv in v.items() if kk != "fetch"}
+        elif k == "inputs" and isinstance(v, dict) and base_dir is not None:
+            v = _with_npy_hashes(v, Path(base_dir))
         out[k] = _canonical(v)
     text = json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -242,6 +263,281 @@ def resolve_hf(repo: str, revision: str | None) -> tuple[Path, str | None]:
     return snap, (h if snap.is_dir() else None)
 
 
+# ---------------------------------------------------------------------------------------------
+# Named inputs: `inputs.<name>` for any tensor a model's forward takes besides token rows
+# (pixel_values, input_features, decoder_input_ids, ...). harness/src/named.rs reads the same.
+
+# Keys of `inputs:` that are not named inputs.
+ROW_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+INPUT_OPTIONS = (*ROW_INPUTS, "text", "tokenizer")
+
+# Tensor parameters of `model.forward` the harness may give, with their dtype and rank:
+# structure.py records those of a model's forward in its structure.json (`inputs`).
+KNOWN_INPUTS = {
+    "input_ids": ("int64", 2),
+    "attention_mask": ("int64", 2),
+    "token_type_ids": ("int64", 2),
+    "position_ids": ("int64", 2),
+    "pixel_values": ("float32", 4),
+    "input_features": ("float32", 3),
+    "input_values": ("float32", 2),
+    "decoder_input_ids": ("int64", 2),
+    "decoder_attention_mask": ("int64", 2),
+}
+
+# The dtypes a named input can have, as numpy dtypes (little-endian, as .npy files store them).
+NAMED_DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8"), "bool": np.dtype("|b1")}
+# More elements than this in one named input are refused: a case is a small reproduction, not a
+# dataset (the same limit as harness/src/named.rs).
+MAX_NAMED_ELEMENTS = 1 << 24
+
+_GAMMA = 0x9E3779B97F4A7C15
+_U64 = (1 << 64) - 1
+_I64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def splitmix64(seed: int, n: int) -> np.ndarray:
+    """The first `n` outputs of splitmix64 seeded with `seed` (uint64): the state advances by
+    0x9E3779B97F4A7C15 before each output, which is the state mixed by
+    z = (z ^ z >> 30) * 0xBF58476D1CE4E5B9; z = (z ^ z >> 27) * 0x94D049BB133111EB; z ^ z >> 31,
+    all mod 2^64 (harness-api's SplitMix64, api/src/inputs.rs, computes the same)."""
+    with np.errstate(over="ignore"):
+        z = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GAMMA) + np.uint64(seed & _U64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def random_tensor(shape: list[int], dtype: str, seed: int, low=None, high=None) -> np.ndarray:
+    """`{random: {shape, dtype, seed, low, high}}`: one splitmix64 output per element, in C order.
+    float32: low + (high - low) * u in float64, u = (next >> 40) / 2^24, rounded to float32
+    (low, high default 0.0, 1.0); int64: low + next % (high - low) (high exclusive, u64 modulo);
+    bool: the top bit of next."""
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    z = splitmix64(seed, n)
+    if dtype == "float32":
+        lo = 0.0 if low is None else float(low)
+        hi = 1.0 if high is None else float(high)
+        u = (z >> np.uint64(40)).astype(np.float64) / float(1 << 24)
+        with np.errstate(over="ignore"):
+            v = (lo + (hi - lo) * u).astype(np.float32)
+    elif dtype == "int64":
+        r = z % np.uint64(int(high) - int(low))
+        with np.errstate(over="ignore"):
+            # low + r, wrapping in u64: it is in [low, high), so it fits an int64.
+            v = (r + np.uint64(int(low) & _U64)).view(np.int64)
+    elif dtype == "bool":
+        v = (z >> np.uint64(63)) == np.uint64(1)
+    else:
+        raise ValueError(f"no random {dtype}")
+    return np.ascontiguousarray(v.reshape(shape))
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_FORMS = "`{random: {shape: [..], dtype: float32|int64|bool, seed: N, low: X, high: Y}}`, `{npy: FILE}` or a nested list"
+
+
+def _random_input(file: Path, at: str, r) -> np.ndarray:
+    if not isinstance(r, dict):
+        raise SpecError(file, f"`{at}.random` must be a mapping {{shape, dtype, seed, low, high}}", at=f"{at}.random")
+    unknown = sorted(set(map(str, r)) - {"shape", "dtype", "seed", "low", "high"})
+    if unknown:
+        raise SpecError(file, f"unknown key `{unknown[0]}` in `{at}.random` (hint: it takes shape, dtype, seed, low, high)", at=f"{at}.random.{unknown[0]}")
+    for k in ("shape", "dtype", "seed"):
+        if k not in r:
+            raise SpecError(file, f"`{at}.random` needs `{k}`", at=f"{at}.random")
+    shape = r["shape"]
+    if not isinstance(shape, list) or not shape or not all(_int(d) and d >= 1 for d in shape):
+        raise SpecError(file, f"`{at}.random.shape` must be a non-empty list of positive sizes, not {shape!r}", at=f"{at}.random.shape")
+    if int(np.prod([float(d) for d in shape])) > MAX_NAMED_ELEMENTS:
+        raise SpecError(file, f"`{at}.random.shape` {shape} has more than {MAX_NAMED_ELEMENTS:,} elements", at=f"{at}.random.shape")
+    dtype = r["dtype"]
+    if dtype not in NAMED_DTYPES:
+        raise SpecError(file, f"`{at}.random.dtype` must be float32, int64 or bool, not {dtype!r}", at=f"{at}.random.dtype")
+    seed = r["seed"]
+    if not _int(seed) or not 0 <= seed <= _U64:
+        raise SpecError(file, f"`{at}.random.seed` must be an integer in [0, 2^64), not {seed!r}", at=f"{at}.random.seed")
+    low, high = r.get("low"), r.get("high")
+    if dtype == "float32":
+        for k, v in (("low", low), ("high", high)):
+            if v is not None and not (_number(v) and np.isfinite(float(v))):
+                raise SpecError(file, f"`{at}.random.{k}` must be a finite number, not {v!r}", at=f"{at}.random.{k}")
+        lo, hi = 0.0 if low is None else float(low), 1.0 if high is None else float(high)
+        if not lo < hi:
+            raise SpecError(file, f"`{at}.random` needs low < high, has {lo} and {hi}", at=f"{at}.random")
+    elif dtype == "int64":
+        for k, v in (("low", low), ("high", high)):
+            if v is None:
+                raise SpecError(file, f"`{at}.random` of int64 needs `{k}` (hint: values in [low, high), high exclusive)", at=f"{at}.random")
+            # An integral float (3.0) is the integer, as the Rust side reads it.
+            if not (_int(v) or (isinstance(v, float) and v.is_integer())) or not _I64[0] <= v <= _I64[1]:
+                raise SpecError(file, f"`{at}.random.{k}` must be an int64, not {v!r}", at=f"{at}.random.{k}")
+        low, high = int(low), int(high)
+        if high <= low:
+            raise SpecError(file, f"`{at}.random` needs integers low < high (high is exclusive), has {low} and {high}", at=f"{at}.random.high")
+    return random_tensor(shape, dtype, seed, low, high)
+
+
+def _npy_input(file: Path, at: str, path, base_dir: Path) -> np.ndarray:
+    if not isinstance(path, str) or not path:
+        raise SpecError(file, f"`{at}.npy` must be a path (relative to the case file's directory)", at=f"{at}.npy")
+    p = base_dir / path
+    if not p.is_file():
+        raise SpecError(file, f"`{at}.npy`: the file {path} does not exist ({p}) (hint: the path is relative to the case file's directory)", at=f"{at}.npy")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise SpecError(file, f"`{at}.npy`: {path} is not a readable .npy file: {e}", at=f"{at}.npy") from None
+    if not isinstance(a, np.ndarray):
+        raise SpecError(file, f"`{at}.npy`: {path} is not a .npy array (an .npz archive?)", at=f"{at}.npy")
+    if a.dtype not in NAMED_DTYPES.values():
+        raise SpecError(file, f"`{at}.npy`: {path} holds {a.dtype.str} ({a.dtype}); a named input is float32, int64 or bool, little-endian", at=f"{at}.npy")
+    return np.ascontiguousarray(a)
+
+
+def _nested_shape(file: Path, at: str, v) -> list[int]:
+    if not isinstance(v, list):
+        return []
+    if not v:
+        raise SpecError(file, f"`{at}` is an empty list", at=at)
+    shapes = [_nested_shape(file, f"{at}[{i}]", x) for i, x in enumerate(v)]
+    for i, s in enumerate(shapes):
+        if s != shapes[0]:
+            raise SpecError(file, f"ragged `{at}`: element {i} has shape {s}, element 0 has {shapes[0]} (hint: every row of a nested list has the same length)", at=f"{at}[{i}]")
+    return [len(v), *shapes[0]]
+
+
+def _leaves(v):
+    if isinstance(v, list):
+        for x in v:
+            yield from _leaves(x)
+    else:
+        yield v
+
+
+def _inline_input(file: Path, at: str, v: list, dtype: str) -> np.ndarray:
+    shape = _nested_shape(file, at, v)
+    flat = list(_leaves(v))
+    ok = {"float32": _number, "int64": lambda x: _int(x) and _I64[0] <= x <= _I64[1], "bool": lambda x: isinstance(x, bool)}[dtype]
+    for i, x in enumerate(flat):
+        if not ok(x):
+            where = at + "".join(f"[{j}]" for j in np.unravel_index(i, shape))
+            raise SpecError(file, f"`{where}` is {x!r}, but this input is {dtype} (hint: {'numbers' if dtype == 'float32' else 'integers' if dtype == 'int64' else 'true/false'})", at=where)
+    if dtype == "float32":
+        with np.errstate(over="ignore"):
+            a = np.array(flat, dtype=np.float64).astype(np.float32)
+    else:
+        a = np.array(flat, dtype=NAMED_DTYPES[dtype])
+    return a.reshape(shape)
+
+
+def _dtype_name(a: np.ndarray) -> str:
+    return next(k for k, d in NAMED_DTYPES.items() if a.dtype == d)
+
+
+def named_input(file: Path, name: str, v, dtype: str, base_dir: Path) -> np.ndarray:
+    """The tensor of `inputs.<name>` (`dtype`: the forward's dtype for it, which an inline list
+    takes), non-finite floats refused."""
+    at = f"inputs.{name}"
+    if isinstance(v, dict) and set(v) == {"random"}:
+        a = _random_input(file, at, v["random"])
+    elif isinstance(v, dict) and set(v) == {"npy"}:
+        a = _npy_input(file, at, v["npy"], base_dir)
+    elif isinstance(v, list):
+        a = _inline_input(file, at, v, dtype)
+    else:
+        raise SpecError(file, f"`{at}` must be {_FORMS}", at=at)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        i = np.unravel_index(int(np.argmin(np.isfinite(a).reshape(-1))), a.shape)
+        raise SpecError(file, f"`{at}` has a non-finite value {a[i]} at {list(map(int, i))} (hint: inputs must be finite)", at=at)
+    return a
+
+
+def recorded_inputs(root: Project | Path, spec: ModelSpec) -> list[dict] | None:
+    """`inputs` of the model's structure.json, when one recorded from this spec is there."""
+    f = as_project(root).goldens / "models" / spec.id / "structure.json"
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(d, dict) or d.get("spec_digest") != spec.digest or not isinstance(d.get("inputs"), list):
+        return None
+    return [i for i in d["inputs"] if isinstance(i, dict) and isinstance(i.get("name"), str)]
+
+
+def _known_inputs() -> list[dict]:
+    return [{"name": n, "dtype": d, "rank": r, "required": False} for n, (d, r) in KNOWN_INPUTS.items()]
+
+
+def named_inputs(file: Path, family: str, inputs_doc: dict, forward_inputs: list[dict] | None, base_dir: Path) -> dict[str, np.ndarray]:
+    """Every key of `inputs:` besides INPUT_OPTIONS, as a tensor checked against the forward's
+    inputs (structure.json's `inputs`; without one, KNOWN_INPUTS): its name, dtype and rank."""
+    meta = {i["name"]: i for i in (forward_inputs if forward_inputs is not None else _known_inputs())}
+    out = {}
+    for key, v in inputs_doc.items():
+        key = str(key)
+        if key in INPUT_OPTIONS:
+            continue
+        at = f"inputs.{key}"
+        if key not in meta:
+            accepted = [n for n in meta if n not in ROW_INPUTS]
+            whose = f"`{family}`'s forward" if forward_inputs is not None else "the harness"
+            raise SpecError(
+                file,
+                f"unknown input `{key}`: {whose} takes {', '.join(f'`{n}`' for n in accepted) or 'no other input'} "
+                f"besides {', '.join(f'`{n}`' for n in INPUT_OPTIONS)} (hint: name one of those)",
+                at=at,
+            )
+        want, rank = meta[key].get("dtype"), meta[key].get("rank")
+        a = named_input(file, key, v, want, base_dir)
+        got = _dtype_name(a)
+        if got != want:
+            raise SpecError(file, f"`{at}` is {got}, but `{family}`'s forward takes `{key}` as {want} (hint: give it as {want})", at=at)
+        if a.ndim != rank:
+            raise SpecError(file, f"`{at}` has rank {a.ndim} (shape {list(a.shape)}), but `{key}` has rank {rank} in `{family}`'s forward", at=at)
+        out[key] = a
+    return out
+
+
+def check_batch(file: Path, inputs: dict, text) -> None:
+    """Every input's batch (its first axis; rows of `text`) is the same."""
+    batches = []
+    if text is not None:
+        batches.append(("text", 1 if isinstance(text, str) else len(text)))
+    for k, v in inputs.items():
+        batches.append((k, int(v.shape[0]) if isinstance(v, np.ndarray) else len(v)))
+    for k, b in batches[1:]:
+        if b != batches[0][1]:
+            raise SpecError(file, f"`inputs.{k}` has batch {b} (its first axis), but `inputs.{batches[0][0]}` has {batches[0][1]} (hint: every input has the same batch)", at=f"inputs.{k}")
+
+
+def check_required(file: Path, family: str, inputs: dict, text, forward_inputs: list[dict]) -> None:
+    """Every input the forward requires (structure.json's `required`) is given; `text` gives the
+    tokenizer's outputs. Named inputs must be the forward's."""
+    given = set(inputs) | (set(ROW_INPUTS) if text is not None else set())
+    names = [i["name"] for i in forward_inputs]
+    for k in inputs:
+        if k not in ROW_INPUTS and k not in names:
+            accepted = [n for n in names if n not in ROW_INPUTS]
+            raise SpecError(
+                file,
+                f"unknown input `{k}`: `{family}`'s forward takes {', '.join(f'`{n}`' for n in accepted) or 'no other input'} "
+                f"besides {', '.join(f'`{n}`' for n in INPUT_OPTIONS)} (hint: name one of those)",
+                at=f"inputs.{k}",
+            )
+    for i in forward_inputs:
+        if i.get("required") and i["name"] not in given:
+            what = "(or `inputs.text`)" if i["name"] == "input_ids" else f"({i['dtype']}, rank {i['rank']}: {_FORMS})"
+            raise SpecError(file, f"`{family}`'s forward needs `inputs.{i['name']}` {what}, which the case does not give", at="inputs")
+
+
 @dataclass
 class Case:
     id: str
@@ -262,6 +558,8 @@ class Case:
     tokenizer: dict = field(default_factory=dict)
     # `reference: {engine: NAME}`: compared against that engine's outputs, so it has no goldens.
     reference_engine: str | None = None
+    # The named inputs (`inputs.<name>` besides the token rows), also in `inputs`.
+    named: dict = field(default_factory=dict)
 
 
 def _load_yaml(file: Path) -> tuple[dict, bytes]:
@@ -340,18 +638,29 @@ def load_case(root: Project | Path, file: Path, models: dict[str, ModelSpec]) ->
     if mid not in models:
         models[mid] = load_model(root, mid)
     inputs_doc = doc.get("inputs") or {}
+    if not isinstance(inputs_doc, dict):
+        raise SpecError(file, "`inputs` must be a mapping", at="inputs")
     inputs = {}
-    for key in ("input_ids", "attention_mask", "token_type_ids"):
+    for key in ROW_INPUTS:
         if key in inputs_doc and inputs_doc[key] is not None:
             inputs[key] = _rows(file, key, inputs_doc[key])
+    spec = models[mid]
+    # Named inputs are checked against the model's structure.json when one recorded from this
+    # spec is there (else against KNOWN_INPUTS; regen checks them again on the fresh structure).
+    forward_inputs = recorded_inputs(root, spec)
+    named = named_inputs(file, spec.family, inputs_doc, forward_inputs, file.parent)
     text = inputs_doc.get("text")
     if text is not None:
         if inputs:
             raise SpecError(file, "give either `inputs.text` or token ids, not both")
         if not isinstance(text, (str, list)) or not text:
             raise SpecError(file, "`inputs.text` must be a string, a list of strings, or a list of pairs")
-    elif "input_ids" not in inputs:
-        raise SpecError(file, "`inputs.input_ids` (or `inputs.text`) is required")
+    elif "input_ids" not in inputs and not named:
+        raise SpecError(file, "`inputs.input_ids` (or `inputs.text`, or a named input such as `pixel_values`) is required")
+    inputs.update(named)
+    check_batch(file, inputs, text)
+    if forward_inputs is not None:
+        check_required(file, spec.family, inputs, text, forward_inputs)
     tokenizer = inputs_doc.get("tokenizer") or {}
     unknown = set(tokenizer) - {"add_special_tokens", "padding", "truncation", "max_length"}
     if unknown:
@@ -375,13 +684,14 @@ def load_case(root: Project | Path, file: Path, models: dict[str, ModelSpec]) ->
         model=models[mid],
         inputs=inputs,
         taps=taps,
-        digest=golden_digest(doc, CASE_KEYS),
+        digest=golden_digest(doc, CASE_KEYS, file.parent),
         raw=doc,
         decode=decode,
         text=text,
         tokenizer=dict(tokenizer),
         bisect=bool(doc.get("bisect", False)),
         reference_engine=reference_engine,
+        named=named,
     )
 
 

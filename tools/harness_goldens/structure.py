@@ -1,10 +1,12 @@
 """What the harness needs to know about an HF architecture, recorded from HF itself.
 
 `record(spec, model_dir)` loads the model and runs its forward with hooks on probe inputs
-(seeded random token ids): two runs of different (batch, seq) to find each module's batch and
-sequence axes, and a third with the last token of every row changed to measure whether the
-model is causal. The result is written as goldens/models/<id>/structure.json (format below, see
-docs/families.md, "What is recorded: `structure.json`"); the Rust side reads it instead of knowing module lists by hand.
+(seeded random token ids; images, audio features and decoder ids for models that take them, see
+MAKERS): two runs of different (batch, seq) to find each module's batch and sequence axes, and,
+for a model whose main input is token ids, a third with the last token of every row changed to
+measure whether the model is causal. The result is written as goldens/models/<id>/structure.json
+(format below, see docs/families.md, "What is recorded: `structure.json`"); the Rust side reads
+it instead of knowing module lists by hand.
 
 `check_class(spec, model_dir)` checks that the declared class fits the config before anything is
 built or written: the class exists, its config class accepts the config, `model_type` /
@@ -25,39 +27,95 @@ from pathlib import Path
 import numpy as np
 
 from . import hf, store
-from .spec import ModelSpec, SpecError, sha256_bytes
+from .spec import KNOWN_INPUTS, ModelSpec, SpecError, sha256_bytes
 
 FORMAT = 1
 FILE = "structure.json"
 
 # Two probe runs of different (batch, seq): an axis whose size is the batch in both runs is the
 # batch axis, one that is the sequence length in both the sequence axis. Sizes differ between
-# runs, so no fixed dimension of a config can equal them in both.
+# runs, so no fixed dimension of a config can equal them in both. Inputs of a fixed length
+# (images, audio features) keep it in both runs: their per-patch outputs [batch, patches, ...]
+# have no sequence axis and come out as kind `rows`.
 PROBES = ((2, 5), (3, 7))
 PROBE_SEED = 0
 
-# Tensor parameters of `model.forward` the harness may give, with their dtype and rank. A probe
-# can make only those in MAKERS; a class whose forward needs another raises a SpecError naming
-# it. Vision (pixel_values), audio (input_features, input_values) and encoder-decoder
-# (decoder_input_ids) models need a maker here and the Rust side's support.
-KNOWN_INPUTS = {
-    "input_ids": ("int64", 2),
-    "attention_mask": ("int64", 2),
-    "token_type_ids": ("int64", 2),
-    "position_ids": ("int64", 2),
-    "pixel_values": ("float32", 4),
-    "input_features": ("float32", 3),
-    "input_values": ("float32", 2),
-    "decoder_input_ids": ("int64", 2),
-    "decoder_attention_mask": ("int64", 2),
-}
+# KNOWN_INPUTS (spec.py): the tensor parameters of `model.forward` the harness may give, with
+# their dtype and rank, recorded as `inputs`. A probe can make only those in MAKERS; a class whose
+# forward requires another raises a SpecError naming it.
 
 
-def _make_ids(rng: np.random.Generator, vocab: int, batch: int, seq: int) -> list[list[int]]:
+@dataclasses.dataclass
+class Probe:
+    """What the makers read: the model's config, and the vocabulary of its (text) input ids."""
+
+    config: object
+    vocab: int | None
+
+
+def _make_ids(rng: np.random.Generator, probe: Probe, batch: int, seq: int) -> list[list[int]]:
+    return rng.integers(0, probe.vocab, size=(batch, seq)).tolist()
+
+
+def _uniform(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """float32 uniform in [-1, 1)."""
+    return rng.random(shape, dtype=np.float32) * np.float32(2) - np.float32(1)
+
+
+def _vision_config(config):
+    return getattr(config, "vision_config", None) or config
+
+
+def _make_pixels(rng: np.random.Generator, probe: Probe, batch: int, seq: int) -> np.ndarray:
+    """[batch, num_channels, image_size, image_size] (image_size an int or a pair)."""
+    v = _vision_config(probe.config)
+    size = getattr(v, "image_size", None)
+    h, w = (size, size) if isinstance(size, int) else tuple(size or (None, None))
+    channels = getattr(v, "num_channels", 3)
+    if not all(isinstance(x, int) and x > 0 for x in (h, w, channels)):
+        raise ValueError(f"no image size in the config (image_size {size!r}, num_channels {channels!r})")
+    return _uniform(rng, (batch, channels, h, w))
+
+
+def _make_features(rng: np.random.Generator, probe: Probe, batch: int, seq: int) -> np.ndarray:
+    """[batch, num_mel_bins, 2 * max_source_positions] (Whisper-like: the encoder's convolutions
+    halve the frames to its positions)."""
+    c = probe.config
+    bins, positions = getattr(c, "num_mel_bins", None), getattr(c, "max_source_positions", None)
+    if not (isinstance(bins, int) and isinstance(positions, int)):
+        raise ValueError(f"no num_mel_bins / max_source_positions in the config ({bins!r}, {positions!r})")
+    return _uniform(rng, (batch, bins, 2 * positions))
+
+
+def _decoder_vocab(probe: Probe) -> int | None:
+    c = probe.config
+    v = getattr(c, "decoder_vocab_size", None)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    get = getattr(c, "get_text_config", None)
+    if callable(get):
+        try:
+            v = getattr(get(decoder=True), "vocab_size", None)
+        except TypeError:
+            v = None
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return probe.vocab
+
+
+def _make_decoder_ids(rng: np.random.Generator, probe: Probe, batch: int, seq: int) -> list[list[int]]:
+    vocab = _decoder_vocab(probe)
+    if vocab is None:
+        raise ValueError("no vocab_size for the decoder in the config")
     return rng.integers(0, vocab, size=(batch, seq)).tolist()
 
 
-MAKERS = {"input_ids": _make_ids}
+MAKERS = {
+    "input_ids": _make_ids,
+    "pixel_values": _make_pixels,
+    "input_features": _make_features,
+    "decoder_input_ids": _make_decoder_ids,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +370,7 @@ def _one_line(e: Exception) -> str:
 # Recording the structure
 
 
-def _forward_inputs(cls, config) -> list[dict]:
+def forward_inputs(cls, config) -> list[dict]:
     """The KNOWN_INPUTS among `cls.forward`'s parameters, in signature order. Required: the main
     input, the decoder's ids of an encoder-decoder, and parameters without a default."""
     main = cls.main_input_name
@@ -397,20 +455,28 @@ def _position_offset(model) -> int:
     return 0
 
 
-def _probe(spec: ModelSpec, inputs_meta: list[dict], vocab: int):
-    """The probe inputs of each run: {name: rows} for every input a probe can make."""
+def _probe(spec: ModelSpec, inputs_meta: list[dict], probe: Probe):
+    """The probe inputs of each run: {name: rows or array} for every input the forward requires."""
     rng = np.random.default_rng(PROBE_SEED)
     missing = [i["name"] for i in inputs_meta if i["required"] and i["name"] not in MAKERS]
     if missing:
         raise SpecError(
             spec.file,
             f"`{spec.family}`'s forward needs {', '.join(f'`{m}`' for m in missing)}, which the harness cannot give yet "
-            f"(hint: only token-id models are supported so far; the structure probe needs a maker for {missing[0]})",
+            f"(hint: the structure probe makes {', '.join(MAKERS)} so far; {missing[0]} needs a maker in harness_goldens/structure.py)",
             at="family",
         )
     runs = []
     for batch, seq in PROBES:
-        runs.append({i["name"]: MAKERS[i["name"]](rng, vocab, batch, seq) for i in inputs_meta if i["required"]})
+        run = {}
+        for i in inputs_meta:
+            if not i["required"]:
+                continue
+            try:
+                run[i["name"]] = MAKERS[i["name"]](rng, probe, batch, seq)
+            except ValueError as e:
+                raise SpecError(spec.file, f"cannot make a probe `{i['name']}` for `{spec.family}`: {e} (hint: check the config)", at="config") from None
+        runs.append(run)
     return runs
 
 
@@ -435,11 +501,13 @@ def record(spec: ModelSpec, model_dir: Path) -> dict:
     model = hf.load(spec, model_dir)
     config = model.config
     text = _text_config(config)
-    inputs_meta = _forward_inputs(cls, config)
+    inputs_meta = forward_inputs(cls, config)
     vocab = _first_attr(text, ["vocab_size"])
-    if vocab is None:
-        raise SpecError(spec.file, f"`{spec.family}`'s config has no vocab_size (hint: only token-id models are supported so far)")
-    runs = _probe(spec, inputs_meta, vocab)
+    # Token ids need a vocabulary; a model whose forward takes no ids (ViT: pixel_values) has none.
+    takes_ids = model.main_input_name == "input_ids" or any(i["name"] == "input_ids" and i["required"] for i in inputs_meta)
+    if vocab is None and takes_ids:
+        raise SpecError(spec.file, f"`{spec.family}`'s config has no vocab_size (hint: its forward takes token ids, which need one)")
+    runs = _probe(spec, inputs_meta, Probe(config, vocab))
     results = [_run(model, spec, r) for r in runs]
     outputs = set(hf.named_outputs(model, model_dir))
     sentence = [n for n in hf.SENTENCE_TAPS if n in outputs]
@@ -475,21 +543,12 @@ def record(spec: ModelSpec, model_dir: Path) -> dict:
     ]
     not_run = sorted(n for n in modules_by_name if n and n not in counts)
 
-    # Causal: change the last token of every row of the first run; a causal model leaves every
-    # earlier position of last_hidden_state bit-identical (logits when there is no
-    # last_hidden_state: a head that calls a part of the base model, as OPT's calls its decoder,
-    # never runs the base model's forward).
-    changed = {k: [list(row) for row in v] for k, v in runs[0].items()}
-    for row in changed["input_ids"]:
-        row[-1] = (row[-1] + 1) % vocab
-    _, arrays3 = _run(model, spec, changed)
-    measured = [t for t in ("last_hidden_state", "logits") if t in arrays and t in arrays3 and arrays[t].shape[:2] == tuple(PROBES[0])]
-    if not measured:
-        raise SpecError(spec.file, f"cannot tell whether `{spec.family}` is causal: its forward gives no [batch, seq, ...] last_hidden_state or logits (hint: the harness supports token models so far)")
-    h1, h3 = arrays[measured[0]], arrays3[measured[0]]
-    causal = bool(
-        h1.shape == h3.shape and h1[:, :-1].tobytes() == h3[:, :-1].tobytes() and h1[:, -1:].tobytes() != h3[:, -1:].tobytes()
-    )
+    causal = False
+    if model.main_input_name == "input_ids":
+        causal = _measure_causal(model, spec, runs[0], arrays, vocab)
+    # Else (vision, audio: the main input is pixel_values, input_features, ...) `causal: false`
+    # is recorded without measuring: the measurement changes a token id, and such a model has
+    # none to change (an encoder-decoder's decoder is not measured either).
 
     return {
         "format": FORMAT,
@@ -512,6 +571,24 @@ def record(spec: ModelSpec, model_dir: Path) -> dict:
         "repeated": repeated,
         "not_run": not_run,
     }
+
+
+def _measure_causal(model, spec: ModelSpec, run: dict, arrays: dict, vocab: int) -> bool:
+    """Change the last token of every row of the first run; a causal model leaves every earlier
+    position of last_hidden_state bit-identical (logits when there is no last_hidden_state: a
+    head that calls a part of the base model, as OPT's calls its decoder, never runs the base
+    model's forward)."""
+    changed = {k: ([list(row) for row in v] if isinstance(v, list) else v) for k, v in run.items()}
+    for row in changed["input_ids"]:
+        row[-1] = (row[-1] + 1) % vocab
+    _, arrays3 = _run(model, spec, changed)
+    measured = [t for t in ("last_hidden_state", "logits") if t in arrays and t in arrays3 and arrays[t].shape[:2] == tuple(PROBES[0])]
+    if not measured:
+        raise SpecError(spec.file, f"cannot tell whether `{spec.family}` is causal: its forward gives no [batch, seq, ...] last_hidden_state or logits (hint: the harness supports token models so far)")
+    h1, h3 = arrays[measured[0]], arrays3[measured[0]]
+    return bool(
+        h1.shape == h3.shape and h1[:, :-1].tobytes() == h3[:, :-1].tobytes() and h1[:, -1:].tobytes() != h3[:, -1:].tobytes()
+    )
 
 
 def structure_bytes(d: dict) -> bytes:

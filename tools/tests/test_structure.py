@@ -83,6 +83,38 @@ config:
   decoder_ffn_dim: 32
   max_position_embeddings: 32
 """
+WAV2VEC2 = """
+family: Wav2Vec2Model
+source: {random: {seed: 6}}
+config: {vocab_size: 32, hidden_size: 8, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 16, conv_dim: [8], conv_stride: [5], conv_kernel: [10], num_conv_pos_embeddings: 4, num_conv_pos_embedding_groups: 2}
+"""
+VIT = """
+family: ViTForImageClassification
+source: {random: {seed: 7}}
+config: {hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 32, image_size: [8, 12], patch_size: 4, num_channels: 3, num_labels: 3}
+"""
+WHISPER = """
+family: WhisperModel
+source: {random: {seed: 8}}
+config:
+  vocab_size: 64
+  d_model: 16
+  encoder_layers: 1
+  decoder_layers: 1
+  encoder_attention_heads: 2
+  decoder_attention_heads: 2
+  encoder_ffn_dim: 32
+  decoder_ffn_dim: 32
+  num_mel_bins: 8
+  max_source_positions: 6
+  max_target_positions: 16
+  pad_token_id: 0
+  bos_token_id: 1
+  eos_token_id: 2
+  decoder_start_token_id: 1
+  suppress_tokens: []
+  begin_suppress_tokens: []
+"""
 CASE = """
 model: {model}
 inputs:
@@ -229,13 +261,59 @@ class Record(unittest.TestCase):
     def test_an_input_the_probe_cannot_make_is_named(self):
         repo = Repo()
         try:
-            spec, d = repo.build("bart", BART)
+            spec, d = repo.build("wav2vec2", WAV2VEC2)
             with self.assertRaises(SpecError) as e:
                 structure.record(spec, d)
-            self.assertIn("`decoder_input_ids`", str(e.exception))
-            self.assertIn("bart.yaml", str(e.exception))
+            self.assertIn("`input_values`, which the harness cannot give yet", str(e.exception))
+            self.assertIn("wav2vec2.yaml", str(e.exception))
         finally:
             repo.close()
+
+
+class NonTokenModels(unittest.TestCase):
+    """Probes for models whose forward takes more than token ids: images (pixel_values), audio
+    features (input_features), an encoder-decoder's decoder ids (decoder_input_ids)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.repo = Repo()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.repo.close()
+
+    def module(self, s, path):
+        return next(m for m in s["modules"] if m["path"] == path)
+
+    def test_vision_has_no_vocab_and_is_not_measured_causal(self):
+        spec, d = self.repo.build("vit", VIT)
+        s = structure.record(spec, d)
+        self.assertEqual((s["main_input"], s["vocab_size"], s["causal"], s["max_positions"]), ("pixel_values", None, False, None))
+        self.assertEqual(s["inputs"][0], {"name": "pixel_values", "dtype": "float32", "rank": 4, "required": True})
+        # image_size [8, 12], patch 4: 2 x 3 patches and [CLS]. The patch count does not vary
+        # between the probe runs, so per-patch outputs are `rows` (batch axis only).
+        emb = self.module(s, "vit.embeddings")
+        self.assertEqual((emb["kind"], emb["batch_axis"], emb["seq_axis"], emb["shape"]), ("rows", 0, None, [None, 7, 16]))
+        self.assertEqual(self.module(s, "logits")["shape"], [None, 3])
+        self.assertEqual(s["layers"]["count"], 2)
+        self.assertEqual(structure.structure_bytes(structure.record(spec, d)), structure.structure_bytes(s))
+
+    def test_encoder_decoder_gets_decoder_ids(self):
+        spec, d = self.repo.build("bart", BART)
+        s = structure.record(spec, d)
+        self.assertTrue(s["is_encoder_decoder"])
+        self.assertEqual([(i["name"], i["required"]) for i in s["inputs"] if i["required"]], [("input_ids", True), ("decoder_input_ids", True)])
+        self.assertEqual(self.module(s, "decoder")["kind"], "tokens")
+        self.assertFalse(s["causal"])  # the last encoder token reaches every decoder position
+
+    def test_audio_features(self):
+        spec, d = self.repo.build("whisper", WHISPER)
+        s = structure.record(spec, d)
+        self.assertEqual((s["main_input"], s["causal"]), ("input_features", False))
+        self.assertEqual(s["inputs"][0], {"name": "input_features", "dtype": "float32", "rank": 3, "required": True})
+        # 2 * max_source_positions frames, halved by the encoder's second convolution.
+        self.assertEqual(self.module(s, "encoder")["shape"], [None, 6, 16])
+        self.assertEqual(self.module(s, "decoder")["kind"], "tokens")
 
 
 class Stale(unittest.TestCase):

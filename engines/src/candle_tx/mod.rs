@@ -25,11 +25,18 @@ pub mod causal;
 pub mod config;
 pub mod encoders;
 pub mod gguf;
+pub mod vision;
 
 pub const NAME: &str = "candle-transformers";
 
-const CLASSES: [&str; 5] =
-    ["BertModel", "DistilBertForSequenceClassification", "ModernBertModel", "LlamaForCausalLM", "Qwen3ForCausalLM"];
+const CLASSES: [&str; 6] = [
+    "BertModel",
+    "DistilBertForSequenceClassification",
+    "ModernBertModel",
+    "LlamaForCausalLM",
+    "Qwen3ForCausalLM",
+    "ViTForImageClassification",
+];
 
 /// candle-transformers 0.11's models for the families it has.
 pub struct CandleTxEngine;
@@ -61,6 +68,9 @@ impl Engine for CandleTxEngine {
                 Box::new(encoders::Encoder::distilbert(&cfg.json, ckpt.var_builder(), &file)?)
             }
             "ModernBertModel" => Box::new(encoders::Encoder::modernbert(&cfg.json, ckpt.var_builder(), &file)?),
+            "ViTForImageClassification" => {
+                Box::new(vision::Vit::image_classification(&cfg.json, ckpt.var_builder(), &file)?)
+            }
             other => return Err(Error::engine(format!("candle-transformers has no model for `{other}` here"))),
         };
         if let Some(n) = ckpt.unread_note() {

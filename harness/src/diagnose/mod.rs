@@ -89,12 +89,17 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// Runs the engine under test on given inputs.
+pub type RunOn<'a> = &'a dyn Fn(&crate::case::Inputs) -> Result<Outputs>;
+
 /// Optional probes that run things again.
 pub struct Reruns<'a> {
     /// Runs the engine under test again on the same inputs.
     pub engine: Option<&'a dyn Fn() -> Result<Outputs>>,
     /// The reference engine with known bugs injected.
     pub variants: Option<&'a dyn probes::Variants>,
+    /// Runs the engine under test on other inputs (the case's, altered by a probe).
+    pub engine_on: Option<RunOn<'a>>,
 }
 
 /// Hints for the first divergence of a failing trial, best first.
@@ -113,6 +118,9 @@ pub fn diagnose(ctx: &mut Ctx<'_>, reruns: &Reruns<'_>) -> Vec<Hint> {
     }
     if let Some(v) = reruns.variants {
         probes::known_bugs(ctx, v, &mut out);
+    }
+    if let Some(run) = reruns.engine_on {
+        probes::input_layout(ctx, run, &mut out);
     }
     rank(out)
 }

@@ -84,3 +84,120 @@ pub fn known_bugs(ctx: &mut Ctx<'_>, variants: &dyn Variants, out: &mut Vec<Hint
         }
     }
 }
+
+/// Names of the axes of well-known named inputs, for the hint's wording.
+fn axis_names(input: &str, rank: usize) -> Vec<String> {
+    let known: &[&str] = match (input, rank) {
+        ("pixel_values", 4) => &["B", "C", "H", "W"],
+        ("pixel_values", 5) => &["B", "T", "C", "H", "W"],
+        ("input_features", 3) => &["B", "mel", "frames"],
+        _ => &[],
+    };
+    if known.is_empty() {
+        (0..rank).map(|i| format!("axis{i}")).collect()
+    } else {
+        known.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// All orders of `1..rank` (the batch stays first), identity excluded; none past rank 5.
+fn permutations(rank: usize) -> Vec<Vec<usize>> {
+    fn go(rest: Vec<usize>, cur: Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if rest.is_empty() {
+            out.push(cur);
+            return;
+        }
+        for (i, &a) in rest.iter().enumerate() {
+            let mut r = rest.clone();
+            r.remove(i);
+            let mut c = cur.clone();
+            c.push(a);
+            go(r, c, out);
+        }
+    }
+    if !(3..=5).contains(&rank) {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    go((1..rank).collect(), vec![0], &mut out);
+    out.retain(|p| p.iter().enumerate().any(|(i, &a)| i != a));
+    out
+}
+
+/// `data` (C order, `shape`) with its axes in the order `perm`, laid out in C order of the
+/// permuted shape: the bytes an engine that reads layout `perm` needs to see the same tensor.
+fn transpose(data: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
+    let rank = shape.len();
+    let mut strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    let pshape: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
+    let mut idx = vec![0usize; rank];
+    let mut out = Vec::with_capacity(data.len());
+    for _ in 0..data.len() {
+        out.push(data[idx.iter().zip(perm).map(|(&i, &a)| i * strides[a]).sum::<usize>()]);
+        for d in (0..rank).rev() {
+            idx[d] += 1;
+            if idx[d] < pshape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+/// A named float input of rank 3-5 (an image, a spectrogram) read in another memory layout: give
+/// the engine the case's input transposed to each other order of its non-batch axes, declared
+/// shape unchanged; an order that makes the first divergent tap match the goldens is the layout
+/// the engine reads (NHWC for NCHW, frames-major for mel-major).
+pub fn input_layout(ctx: &mut Ctx<'_>, run: &dyn Fn(&crate::case::Inputs) -> Result<Outputs>, out: &mut Vec<Hint>) {
+    use harness_api::inputs::InputData;
+    let name = ctx.taps[ctx.first].name.clone();
+    let kind = ctx.kind_of(&name);
+    let Some(golden) = ctx.golden(&name) else { return };
+    for (k, input) in ctx.case.inputs.named.iter().enumerate() {
+        let InputData::F32(data) = &input.data else { continue };
+        for perm in permutations(input.shape.len()) {
+            let mut inputs = ctx.case.inputs.clone();
+            inputs.named[k].data = InputData::F32(transpose(data, &input.shape, &perm));
+            let Ok(outs) = run(&inputs) else { continue };
+            let Some(v) = outs.get(&name) else { continue };
+            if v.shape() != golden.shape()
+                || !within_tolerance(ctx.case, &ctx.taps[ctx.first], kind, v.data(), golden.data()).1
+            {
+                continue;
+            }
+            let axes = axis_names(&input.name, input.shape.len());
+            let declared = axes.join(", ");
+            let read = perm.iter().map(|&a| axes[a].as_str()).collect::<Vec<_>>().join(", ");
+            out.push(Hint {
+                kind: HintKind::InputLayout,
+                tap: name.clone(),
+                score: 0.9,
+                message: format!(
+                    "the engine reads `{}` as [{read}], not [{declared}]: given the input transposed to \
+                     [{read}] it matches the goldens at `{name}` — it expects another memory layout (NHWC vs NCHW, \
+                     frames vs mel bins); transpose the input, or fix the layout the engine assumes",
+                    input.name
+                ),
+            });
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_to_nhwc_puts_channels_last() {
+        // [1, 2, 1, 2] (B, C, H, W): channel 0 = [1, 2], channel 1 = [3, 4].
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(transpose(&x, &[1, 2, 1, 2], &[0, 2, 3, 1]), [1.0, 3.0, 2.0, 4.0]);
+        assert_eq!(permutations(4).len(), 5);
+        assert!(permutations(2).is_empty());
+    }
+}

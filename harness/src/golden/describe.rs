@@ -38,7 +38,7 @@ pub fn show(store: &Store, case_id: &str, case: Option<&Case>) -> Result<String>
     if let Some(c) = case
         && let Ok(b) = std::fs::read_to_string(&c.file)
     {
-        let now = crate::digest::of_yaml(&b, crate::digest::CASE_KEYS);
+        let now = crate::digest::of_case(&b, c.file.parent().unwrap_or(std::path::Path::new(".")));
         let _ = write!(s, " ({} {})", matches(now.as_deref() == Some(&m.case_digest)), display_path(&c.file));
     }
     let _ = writeln!(s);

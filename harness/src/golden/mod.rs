@@ -38,6 +38,32 @@ pub struct Manifest {
     pub module_order: Vec<String>,
     /// The compared taps, in forward order.
     pub taps: Vec<TapEntry>,
+    /// The named inputs (`pixel_values`, ...) the forward ran on, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputEntry>,
+}
+
+/// A named input as the goldens tool built it: the harness checks that it builds the same.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct InputEntry {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Of the array's bytes: C order, little-endian, a bool one byte.
+    pub sha256: String,
+}
+
+/// sha256 of a named input's bytes as numpy lays them out (C order, little-endian).
+pub fn input_sha256(n: &harness_api::inputs::NamedInput) -> String {
+    use harness_api::inputs::InputData;
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match &n.data {
+        InputData::F32(v) => v.iter().for_each(|x| h.update(x.to_le_bytes())),
+        InputData::I64(v) => v.iter().for_each(|x| h.update(x.to_le_bytes())),
+        InputData::Bool(v) => v.iter().for_each(|&x| h.update([x as u8])),
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -181,7 +207,9 @@ impl Store {
         // Only what the goldens depend on counts: editing a description, `engines:` or a
         // tolerance leaves them fresh.
         let case_text = std::fs::read_to_string(&case.file).map_err(|e| Error::io(&case.file, &e))?;
-        if crate::digest::of_yaml(&case_text, crate::digest::CASE_KEYS).as_deref() != Some(&manifest.case_digest) {
+        if crate::digest::of_case(&case_text, case.file.parent().unwrap_or(Path::new("."))).as_deref()
+            != Some(&manifest.case_digest)
+        {
             return Err(stale(&format!(
                 "the case file {} (its model, inputs, taps, decode, bisect or compare_padding)",
                 crate::error::display_path(&case.file)
@@ -202,6 +230,25 @@ impl Store {
                 show(&manifest.model.revision),
                 show(&case.model.revision)
             )));
+        }
+        // The generator and readers of named inputs exist twice (Rust, Python): the goldens were
+        // made on the tensor the goldens tool built, and the engine must get the same one.
+        for e in &manifest.inputs {
+            let same = case
+                .inputs
+                .named(&e.name)
+                .is_some_and(|n| n.data.dtype() == e.dtype && n.shape == e.shape && input_sha256(n) == e.sha256);
+            if !same {
+                return Err(Error::golden(format!(
+                    "the harness builds another `{}` than the goldens were made on ({} {:?}, sha256 {})",
+                    e.name,
+                    e.dtype,
+                    e.shape,
+                    &e.sha256[..e.sha256.len().min(12)]
+                ))
+                .file(&mpath)
+                .hint("the Rust and Python readers of named inputs disagree: report it with the case file"));
+            }
         }
         let weights = case.model.dir.join("model.safetensors");
         if weights.exists() && !self.weights_match(&weights, &manifest.model.weights_sha256)? {
@@ -272,6 +319,7 @@ impl Goldens {
             },
             module_order: taps.iter().map(|(n, _, _)| n.clone()).collect(),
             taps: entries,
+            inputs: vec![],
         };
         let memory = taps.into_iter().map(|(n, t, _)| (n, t)).collect();
         Goldens {

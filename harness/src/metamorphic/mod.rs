@@ -219,7 +219,7 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
         file: file.to_path_buf(),
         description: mf.description,
         model,
-        inputs: Inputs { input_ids: one, attention_mask: None, token_type_ids: None },
+        inputs: Inputs { input_ids: one, ..Default::default() },
         taps,
         engine_positions: (0..mf.engines.as_ref().map_or(0, |e| e.len()))
             .map(|i| doc.pos(&format!("engines[{i}]")))

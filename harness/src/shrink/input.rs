@@ -191,6 +191,7 @@ impl Candidate {
             input_ids: m(ids),
             attention_mask: (layout.mask || padded).then(|| m(mask)),
             token_type_ids: with_types.then(|| m(types)),
+            named: vec![],
         };
         let decode = self.prompt.map(|p| {
             let steps = self.steps();

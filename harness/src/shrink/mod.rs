@@ -261,6 +261,14 @@ pub fn shrink_case(
     progress: bool,
 ) -> Result<Shrunk> {
     let model = suite.model(engine, &case.model)?;
+    if let Some(n) = case.inputs.named.first() {
+        return Err(Error::input(format!(
+            "case `{}` gives `{}` (a named input): shrinking covers token ids only, so it is not shrunk",
+            case.id, n.name
+        ))
+        .file(&case.file)
+        .hint("cut the batch by hand: a case with one row of the failing input is the smallest reproduction"));
+    }
     if case.taps.iter().any(|t| t.tolerance.noise.is_some()) && *oracle != OracleChoice::Prefix {
         return Err(Error::input(format!(
             "case `{}` has `noise:` tolerances, which need the goldens' noise floors; the oracle `{oracle}` has none",

@@ -17,6 +17,7 @@ use crate::case::{IdMatrix, Inputs, ModelSpec};
 use crate::engine::Outputs;
 use crate::error::{Error, Result, display_path};
 use crate::tensor::{Tensor, parse_npy_bytes};
+use harness_api::inputs::{InputData, NamedInput};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const REQUEST_FILE: &str = "request.json";
@@ -27,8 +28,8 @@ pub struct Request<'a> {
     pub protocol: u32,
     pub engine: &'a str,
     pub model: RequestModel<'a>,
-    /// `input_ids`, and `attention_mask` / `token_type_ids` when the case gives them.
-    pub inputs: BTreeMap<&'static str, InputFile>,
+    /// `input_ids`, `attention_mask` / `token_type_ids` when the case gives them, and named inputs.
+    pub inputs: BTreeMap<String, InputFile>,
     /// The tensors wanted, in forward order.
     pub taps: Vec<RequestTap>,
     /// Where to write the outputs (exists, empty).
@@ -53,7 +54,8 @@ pub struct RequestModel<'a> {
 pub struct InputFile {
     /// File name in the request directory.
     pub file: String,
-    pub shape: [usize; 2],
+    pub shape: Vec<usize>,
+    /// numpy's name: `int64`, `float32`, `bool`.
     pub dtype: &'static str,
 }
 
@@ -102,31 +104,39 @@ pub fn write_request(
     Ok(path)
 }
 
-/// Write the inputs as int64 `.npy` files into `dir`, by input name. `absolute`: name each file
-/// by its absolute path (protocol 2, where requests are lines, not a directory). Protocol 2 also
+/// Write the inputs as `.npy` files into `dir`, by input name: token ids, masks and types as
+/// int64, named inputs (`pixel_values`, ...) in their own dtype. `absolute`: name each file by
+/// its absolute path (protocol 2, where requests are lines, not a directory). Protocol 2 also
 /// gets `position_ids`: `0..seq` on every row, what HF used for the goldens (a forward without
-/// position ids), padding included.
-pub fn write_inputs(dir: &Path, inputs: &Inputs, absolute_paths: bool) -> Result<BTreeMap<&'static str, InputFile>> {
+/// position ids), padding included. A case without token ids sends none.
+pub fn write_inputs(dir: &Path, inputs: &Inputs, absolute_paths: bool) -> Result<BTreeMap<String, InputFile>> {
     let mut files = BTreeMap::new();
-    let mut add = |key: &'static str, m: &IdMatrix| -> Result<()> {
-        let name = format!("{key}.npy");
-        let path = dir.join(&name);
-        write_npy_i64(&path, m)?;
-        let file = if absolute_paths { absolute(&path).to_string_lossy().into_owned() } else { name };
-        files.insert(key, InputFile { file, shape: m.shape(), dtype: "int64" });
-        Ok(())
-    };
-    add("input_ids", &inputs.input_ids)?;
-    if let Some(m) = &inputs.attention_mask {
-        add("attention_mask", m)?;
+    let mut add =
+        |key: &str, shape: Vec<usize>, dtype: &'static str, write: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
+            let name = format!("{key}.npy");
+            let path = dir.join(&name);
+            write(&path)?;
+            let file = if absolute_paths { absolute(&path).to_string_lossy().into_owned() } else { name };
+            files.insert(key.to_string(), InputFile { file, shape, dtype });
+            Ok(())
+        };
+    let mut ids = |key: &str, m: &IdMatrix| add(key, m.shape().to_vec(), "int64", &|p| write_npy_i64(p, m));
+    if inputs.has_ids() {
+        ids("input_ids", &inputs.input_ids)?;
+        if let Some(m) = &inputs.attention_mask {
+            ids("attention_mask", m)?;
+        }
+        if let Some(m) = &inputs.token_type_ids {
+            ids("token_type_ids", m)?;
+        }
+        if absolute_paths {
+            let (b, s) = (inputs.input_ids.batch, inputs.input_ids.seq);
+            let data = (0..b).flat_map(|_| 0..s as i64).collect();
+            ids("position_ids", &IdMatrix { batch: b, seq: s, data })?;
+        }
     }
-    if let Some(m) = &inputs.token_type_ids {
-        add("token_type_ids", m)?;
-    }
-    if absolute_paths {
-        let (b, s) = (inputs.input_ids.batch, inputs.input_ids.seq);
-        let data = (0..b).flat_map(|_| 0..s as i64).collect();
-        add("position_ids", &IdMatrix { batch: b, seq: s, data })?;
+    for n in &inputs.named {
+        add(&n.name, n.shape.clone(), n.data.dtype(), &|p| write_npy_named(p, n))?;
     }
     Ok(files)
 }
@@ -149,6 +159,32 @@ pub fn write_npy_i64(path: &Path, m: &IdMatrix) -> Result<()> {
         .map_err(io)?;
     w.extend(m.data.iter().copied()).map_err(io)?;
     w.finish().map_err(io)
+}
+
+/// Write a named input as `.npy` of its own dtype.
+pub fn write_npy_named(path: &Path, n: &NamedInput) -> Result<()> {
+    use npyz::WriterBuilder;
+    let io = |e: std::io::Error| Error::io(path, &e);
+    let file = std::fs::File::create(path).map_err(io)?;
+    let shape: Vec<u64> = n.shape.iter().map(|&d| d as u64).collect();
+    let out = std::io::BufWriter::new(file);
+    match &n.data {
+        InputData::F32(v) => {
+            let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(out).begin_nd().map_err(io)?;
+            w.extend(v.iter().copied()).map_err(io)?;
+            w.finish().map_err(io)
+        }
+        InputData::I64(v) => {
+            let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(out).begin_nd().map_err(io)?;
+            w.extend(v.iter().copied()).map_err(io)?;
+            w.finish().map_err(io)
+        }
+        InputData::Bool(v) => {
+            let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(out).begin_nd().map_err(io)?;
+            w.extend(v.iter().copied()).map_err(io)?;
+            w.finish().map_err(io)
+        }
+    }
 }
 
 /// Where an engine tensor was found.
