@@ -84,7 +84,8 @@ pub struct Inputs {
 impl Inputs {
     /// True where the position holds a real token (mask 1, or no mask at all).
     pub fn is_real(&self, b: usize, s: usize) -> bool {
-        self.attention_mask.as_ref().is_none_or(|m| m.data[b * m.seq + s] != 0)
+        // Positions past the mask (a decoder's, longer than the encoder's ids) have no padding.
+        self.attention_mask.as_ref().is_none_or(|m| s >= m.seq || m.data[b * m.seq + s] != 0)
     }
     pub fn batch(&self) -> usize {
         self.input_ids.batch

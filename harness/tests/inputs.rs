@@ -11,11 +11,19 @@ use harness::diagnose::HintKind;
 use harness::engine::{Engine, LoadedModel, Outputs};
 use harness::engines::candle_tx::CandleTxEngine;
 use harness::report::Verdict;
-use harness_api::inputs::InputData;
+use harness_api::inputs::{InputData, NamedInput};
 
-/// candle-transformers' ViT behind an input-handling bug, written here independently of the
-/// detectors: `bug` rewrites `pixel_values` (C order, [B, C, H, W]) before the model sees it.
-type Bug = fn(&[usize], &[f32]) -> Vec<f32>;
+/// The float values of input `name`, when `n` is it.
+fn floats<'a>(n: &'a mut NamedInput, name: &str) -> Option<(Vec<usize>, &'a mut Vec<f32>)> {
+    match &mut n.data {
+        InputData::F32(v) if n.name == name => Some((n.shape.clone(), v)),
+        _ => None,
+    }
+}
+
+/// A candle-transformers model behind an input-handling bug, written here independently of the
+/// detectors: `bug` rewrites named inputs (C order) before the model sees them.
+type Bug = fn(&mut NamedInput);
 
 struct Buggy {
     name: &'static str,
@@ -39,11 +47,7 @@ impl Engine for Buggy {
 impl LoadedModel for BuggyModel {
     fn run(&self, inputs: &Inputs, taps: &[&str]) -> harness::Result<Outputs> {
         let mut inputs = inputs.clone();
-        for n in inputs.named.iter_mut().filter(|n| n.name == "pixel_values") {
-            if let InputData::F32(v) = &n.data {
-                n.data = InputData::F32((self.1)(&n.shape, v));
-            }
-        }
+        inputs.named.iter_mut().for_each(self.1);
         self.0.run(&inputs, taps)
     }
     fn taps(&self) -> Option<Vec<String>> {
@@ -53,7 +57,8 @@ impl LoadedModel for BuggyModel {
 
 /// The port takes the buffer it is given as [B, H, W, C] (an image library's layout) and
 /// transposes it to the model's [B, C, H, W].
-fn reads_nhwc(shape: &[usize], v: &[f32]) -> Vec<f32> {
+fn reads_nhwc(n: &mut NamedInput) {
+    let Some((shape, v)) = floats(n, "pixel_values") else { return };
     let (b, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
     let mut out = vec![0.0; v.len()];
     for bi in 0..b {
@@ -65,17 +70,51 @@ fn reads_nhwc(shape: &[usize], v: &[f32]) -> Vec<f32> {
             }
         }
     }
-    out
+    *v = out;
 }
 
 /// The port normalizes again an image that is already normalized: (x - 0.5) / 0.5.
-fn normalizes_twice(_: &[usize], v: &[f32]) -> Vec<f32> {
-    v.iter().map(|x| (x - 0.5) / 0.5).collect()
+fn normalizes_twice(n: &mut NamedInput) {
+    if let Some((_, v)) = floats(n, "pixel_values") {
+        v.iter_mut().for_each(|x| *x = (*x - 0.5) / 0.5);
+    }
+}
+
+/// The port's feature extractor writes the spectrogram frame-major, [B, frames, mel], and the
+/// model reads it as [B, mel, frames].
+fn frames_major(n: &mut NamedInput) {
+    let Some((shape, v)) = floats(n, "input_features") else { return };
+    let (b, mel, frames) = (shape[0], shape[1], shape[2]);
+    let mut out = vec![0.0; v.len()];
+    for bi in 0..b {
+        for m in 0..mel {
+            for f in 0..frames {
+                out[(bi * mel + m) * frames + f] = v[(bi * frames + f) * mel + m];
+            }
+        }
+    }
+    *v = out;
+}
+
+/// The port drops the decoder's start token and appends an end token (its own "shift"): every
+/// decoder position sees the next token.
+fn decoder_shifted(n: &mut NamedInput) {
+    if let (InputData::I64(v), "decoder_input_ids") = (&mut n.data, n.name.as_str()) {
+        let seq = n.shape[1];
+        for row in v.chunks_mut(seq) {
+            row.rotate_left(1);
+            row[seq - 1] = 2;
+        }
+    }
+}
+
+fn run_on(case: &str, bug: Bug, name: &'static str) -> harness::report::TrialReport {
+    let repo = TempRepo::with_cases(&[case]);
+    repo.run(case, name, vec![Arc::new(Buggy { name, bug })])
 }
 
 fn run(bug: Bug, name: &'static str) -> harness::report::TrialReport {
-    let repo = TempRepo::with_cases(&["vit/pixels"]);
-    repo.run("vit/pixels", name, vec![Arc::new(Buggy { name, bug })])
+    run_on("vit/pixels", bug, name)
 }
 
 #[test]
@@ -154,4 +193,25 @@ fn an_input_other_than_the_goldens_one_is_an_error() {
     let r = repo.run("vit/pixels", "candle-transformers", vec![]);
     assert_eq!(r.verdict, Verdict::Error);
     assert!(r.error.as_deref().unwrap_or("").contains("builds another `pixel_values`"), "{:?}", r.error);
+}
+
+#[test]
+fn a_frame_major_spectrogram_is_caught_in_the_encoder_and_named_as_a_layout() {
+    let r = run_on("whisper/features-tanh", frames_major, "frames-major");
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.verdict, Verdict::Fail, "{text}");
+    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.encoder.layer_norm", "{text}");
+    assert_eq!(r.hints[0].kind, HintKind::InputLayout, "{text}");
+    assert!(r.hints[0].message.contains("`input_features` as [B, frames, mel]"), "{text}");
+}
+
+#[test]
+fn shifted_decoder_tokens_leave_the_encoder_exact_and_fail_the_decoder() {
+    let r = run_on("whisper/features-tanh", decoder_shifted, "decoder-shifted");
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.verdict, Verdict::Fail, "{text}");
+    let enc = r.taps.iter().find(|t| t.name == "model.encoder.layer_norm").unwrap();
+    assert!(enc.status.is_pass(), "{text}");
+    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.decoder.layer_norm", "{text}");
+    assert!(!r.hints.iter().any(|h| h.kind == HintKind::InputLayout), "{text}");
 }

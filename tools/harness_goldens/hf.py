@@ -123,12 +123,25 @@ def randomize_constants(model, seed: int, std: float) -> None:
                 p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * std)
 
 
+def tied_keys(model) -> dict:
+    """{tied: source} of the model and of every sub-model it holds, with full paths: a sub-model's
+    own `_tied_weights_keys` count too (BartForConditionalGeneration ties `lm_head` itself, but
+    the encoder's and decoder's `embed_tokens` to `model.shared` through BartModel's). A list
+    (older transformers) gives keys without a source (None)."""
+    own = getattr(model, "_tied_weights_keys", None) or {}
+    tied = dict(own) if isinstance(own, dict) else dict.fromkeys(own)
+    expand = getattr(model, "get_expanded_tied_weights_keys", None)
+    if callable(expand):
+        try:
+            tied.update(expand(all_submodels=True))
+        except (TypeError, ValueError):  # an older signature, or a pattern that matches nothing
+            pass
+    return tied
+
+
 def _tied_copies(model, state: dict) -> list[str]:
-    """Keys of `_tied_weights_keys` ({tied: source}) that share memory with their source."""
-    tied = getattr(model, "_tied_weights_keys", None) or {}
-    if not isinstance(tied, dict):
-        return []
-    return [k for k, src in tied.items() if k in state and src in state and state[k].data_ptr() == state[src].data_ptr()]
+    """Keys of `tied_keys` ({tied: source}) that share memory with their source."""
+    return [k for k, src in tied_keys(model).items() if k in state and src in state and state[k].data_ptr() == state[src].data_ptr()]
 
 
 def load(spec: ModelSpec, model_dir: Path, dtype: torch.dtype = torch.float32, layers: int | None = None):
@@ -159,7 +172,7 @@ def load(spec: ModelSpec, model_dir: Path, dtype: torch.dtype = torch.float32, l
     # Old checkpoints carry buffers the model rebuilds itself (BERT's embeddings.position_ids).
     buffers = {n for n, _ in model.named_buffers()}
     unexpected = [u for u in unexpected if u not in buffers]
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    tied = set(tied_keys(model))
     missing = [m for m in missing if m not in tied and not _is_tied(model, m)]
     if missing or unexpected:
         raise SpecError(weights, f"weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")

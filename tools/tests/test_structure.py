@@ -316,6 +316,30 @@ class NonTokenModels(unittest.TestCase):
         self.assertEqual(self.module(s, "decoder")["kind"], "tokens")
 
 
+class TiedThroughASubModel(unittest.TestCase):
+    """BartForConditionalGeneration ties lm_head to model.shared itself, but the encoder's and
+    decoder's embed_tokens through BartModel's own `_tied_weights_keys`: every copy is stored
+    once, under model.shared (as save_pretrained does; safetensors refuses tensors sharing
+    memory), and loading ties them again."""
+
+    def test_stored_once_and_loaded_tied(self):
+        import safetensors.torch
+        import torch
+
+        repo = Repo()
+        try:
+            spec, d = repo.build("bart", BART.replace("family: BartModel", "family: BartForConditionalGeneration"))
+            stored = safetensors.torch.load_file(str(d / "model.safetensors"))
+            embeddings = sorted(k for k in stored if "shared" in k or "embed_tokens" in k or k.startswith("lm_head"))
+            self.assertEqual(embeddings, ["model.shared.weight"])
+            model = hf.load(spec, d)
+            for k in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"):
+                self.assertTrue(torch.equal(model.get_parameter(k), stored["model.shared.weight"]), k)
+            self.assertEqual(structure.record(spec, d)["class"], "BartForConditionalGeneration")
+        finally:
+            repo.close()
+
+
 class Stale(unittest.TestCase):
     def test_missing_spec_or_config_change_makes_it_stale(self):
         repo = Repo()

@@ -45,6 +45,21 @@ fn translate(class: &str, mut json: Map<String, Value>, file: &std::path::Path) 
             // Its qwen3.rs refuses them ("sliding window is not supported").
             return Err(err("candle-transformers' Qwen3 has no sliding-window layers".into()));
         }
+        "WhisperForConditionalGeneration" => {
+            // Its whisper/model.rs sizes every MLP as 4 * d_model (OpenAI's layout) and reads no
+            // ffn key: another size fails at load with a shape mismatch.
+            let d = json.get("d_model").and_then(Value::as_u64).unwrap_or(0);
+            for key in ["encoder_ffn_dim", "decoder_ffn_dim"] {
+                if let Some(f) = json.get(key).and_then(Value::as_u64)
+                    && f != 4 * d
+                {
+                    return Err(err(format!(
+                        "candle-transformers' Whisper assumes {key} = 4 x d_model ({}); this config has {f}",
+                        4 * d
+                    )));
+                }
+            }
+        }
         _ => {}
     }
     match class {

@@ -1,6 +1,6 @@
 //! candle-transformers as an engine under test: a real engine this project did not write.
 //!
-//! Its BERT, DistilBERT, ModernBERT, Llama and Qwen3 models load our checkpoints (config.json,
+//! Its BERT, DistilBERT, ModernBERT, Llama, Qwen3, ViT and Whisper models load our checkpoints (config.json,
 //! translated where candle-transformers 0.11 reads other keys than transformers 5 writes, see
 //! [`config`]) and run the case's inputs through its public API. That API exposes final outputs
 //! only, so [`LoadedModel::taps`] lists those and trials compare just them; depth bisection
@@ -21,6 +21,7 @@ use harness_api::inputs::{IdMatrix, Inputs};
 use harness_api::model::ModelSpec;
 use harness_api::tensor::Tensor;
 
+pub mod audio;
 pub mod causal;
 pub mod config;
 pub mod encoders;
@@ -29,13 +30,14 @@ pub mod vision;
 
 pub const NAME: &str = "candle-transformers";
 
-const CLASSES: [&str; 6] = [
+const CLASSES: [&str; 7] = [
     "BertModel",
     "DistilBertForSequenceClassification",
     "ModernBertModel",
     "LlamaForCausalLM",
     "Qwen3ForCausalLM",
     "ViTForImageClassification",
+    "WhisperForConditionalGeneration",
 ];
 
 /// candle-transformers 0.11's models for the families it has.
@@ -68,6 +70,9 @@ impl Engine for CandleTxEngine {
                 Box::new(encoders::Encoder::distilbert(&cfg.json, ckpt.var_builder(), &file)?)
             }
             "ModernBertModel" => Box::new(encoders::Encoder::modernbert(&cfg.json, ckpt.var_builder(), &file)?),
+            "WhisperForConditionalGeneration" => {
+                Box::new(audio::Whisper::conditional_generation(&cfg.json, ckpt.var_builder(), &file)?)
+            }
             "ViTForImageClassification" => {
                 Box::new(vision::Vit::image_classification(&cfg.json, ckpt.var_builder(), &file)?)
             }

@@ -172,7 +172,10 @@ fn reduced_precision(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
         tap: name,
         score: 0.7,
         message: format!(
-            "the error looks like reduced-precision rounding: SQNR {:.1} dB, cosine {:.6}, {:.0}% of the elements              differ, uncorrelated with the values (correlation {corr:.2}): an fp16/bf16 step at or before this tap              (KV cache, matmul accumulation, flash attention, weights); if that is intended, give the engine a              precision tolerance (e.g. `tolerance: {{cosine: 0.999, sqnr_db: 30}}` in its engine file)",
+            "the error looks like reduced-precision rounding: SQNR {:.1} dB, cosine {:.6}, {:.0}% of the elements \
+             differ, uncorrelated with the values (correlation {corr:.2}): an fp16/bf16 step at or before this tap \
+             (KV cache, matmul accumulation, flash attention, weights); if that is intended, give the engine a \
+             precision tolerance (e.g. `tolerance: {{cosine: 0.999, sqnr_db: 30}}` in its engine file)",
             m.sqnr_db,
             m.cosine,
             100.0 * spread

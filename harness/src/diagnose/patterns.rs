@@ -128,7 +128,8 @@ fn onset(tap: &str, errs: &RowErrors, causal: bool) -> Option<Hint> {
     // a key projection, a reduced-precision KV cache) is exact there: an onset at 1 says little.
     if causal && same && k == 1 {
         let msg = format!(
-            "{msg}; but in a causal model position 0 attends only to itself, so any error on the query/key side              (RoPE, the key or query projection, KV-cache precision) also starts at position 1"
+            "{msg}; but in a causal model position 0 attends only to itself, so any error on the query/key side \
+             (RoPE, the key or query projection, KV-cache precision) also starts at position 1"
         );
         return Some(hint(HintKind::ErrorOnsetAtPosition, tap, 0.4, msg));
     }

@@ -460,15 +460,24 @@ impl ExternalModel {
     /// A tap's leading axes are fixed by its kind (`[batch, seq, ...]` for token taps): a tensor
     /// whose leading axes differ is in the wrong layout, whatever the rest of its shape.
     fn check_leading_axes(&self, hf: &str, kind: TapKind, shape: &[usize], inputs: &Inputs) -> Result<()> {
-        let (b, s) = (inputs.input_ids.batch, inputs.input_ids.seq);
+        let b = inputs.input_ids.batch;
+        // A token tap follows one of the token sequences: the encoder's ids or, in an
+        // encoder-decoder, the decoder's (`decoder_input_ids`, a named int64 [batch, seq] input).
+        let mut seqs: Vec<usize> = inputs.has_ids().then_some(inputs.input_ids.seq).into_iter().collect();
+        seqs.extend(
+            inputs.named.iter().filter(|n| n.data.dtype() == "int64" && n.shape.len() == 2).map(|n| n.shape[1]),
+        );
+        let s = seqs.first().copied().unwrap_or(0);
         let (want, what): (Vec<usize>, String) = match kind {
-            TapKind::Tokens => (vec![b, s], format!("[batch={b}, seq={s}, ...]")),
-            TapKind::Positions => (vec![1, s], format!("[1, seq={s}, ...]")),
+            TapKind::Tokens => (vec![b, s], format!("[batch={b}, seq={}, ...]", join(&seqs))),
+            TapKind::Positions => (vec![1, s], format!("[1, seq={}, ...]", join(&seqs))),
             TapKind::Rows => (vec![b], format!("[batch={b}, ...]")),
             // No fixed leading axes: the shape comparison at the tap says what differs.
             TapKind::Whole => return Ok(()),
         };
-        if shape.len() >= want.len() && shape[..want.len()] == want[..] {
+        let fits = |want: &[usize]| shape.len() >= want.len() && shape[..want.len()] == want[..];
+        let seq_axis = usize::from(kind != TapKind::Rows);
+        if fits(&want) || (seq_axis == 1 && seqs.iter().any(|&s| fits(&[want[0], s]))) {
             return Ok(());
         }
         let name = self.spec.rules.to_engine(hf).unwrap_or_else(|| hf.to_string());
@@ -488,6 +497,11 @@ impl ExternalModel {
         .file(&self.spec.file)
         .hint(hint))
     }
+}
+
+/// `5` or `7 or 5`.
+fn join(seqs: &[usize]) -> String {
+    seqs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" or ")
 }
 
 /// `harness diff A B --engine NAME`: B is that engine's dump, named and laid out its way.
