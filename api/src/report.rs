@@ -261,6 +261,10 @@ pub enum HintKind {
     /// The engine matches when a named input (`pixel_values`, ...) is given with its axes in
     /// another memory order (NHWC for NCHW, frames for mel bins).
     InputLayout,
+    /// The error is one constant per channel at every token (a bias dropped or doubled).
+    ChannelOffset,
+    /// Each channel is the golden times its own factor (`w` vs `1 + w`, a scale vector).
+    ChannelScale,
 }
 
 impl HintKind {

@@ -298,3 +298,48 @@ fn spread_drift_is_not_called_some_channels() {
         "{text}"
     );
 }
+
+/// A bias dropped at one projection: every token of `o_proj` off by the same per-channel amount.
+fn bias_dropped(tap: &str, i: usize, w: usize, x: f32) -> f32 {
+    if tap == "model.layers.0.self_attn.o_proj" { x - 0.02 * (((i % w) * 7 % 11) as f32 - 5.0) } else { x }
+}
+
+/// A norm weight applied as `w` instead of `1 + w`: each channel scaled by its own factor.
+fn norm_weight_wrong(tap: &str, i: usize, w: usize, x: f32) -> f32 {
+    if tap == "model.layers.0.input_layernorm" { x * (0.6 + 0.8 * ((i % w) * 5 % 13) as f32 / 13.0) } else { x }
+}
+
+#[test]
+fn per_channel_offsets_and_scales_are_named() {
+    let repo = TempRepo::with_cases(&["llama/mha"]);
+    for (name, alter, kind, tap) in [
+        (
+            "bias-dropped",
+            bias_dropped as Alter,
+            harness::diagnose::HintKind::ChannelOffset,
+            "model.layers.0.self_attn.o_proj",
+        ),
+        (
+            "norm-w",
+            norm_weight_wrong as Alter,
+            harness::diagnose::HintKind::ChannelScale,
+            "model.layers.0.input_layernorm",
+        ),
+    ] {
+        let r = repo.run("llama/mha", name, vec![Arc::new(Altered { name, alter })]);
+        let text = harness::report::terminal::render(&r);
+        assert_eq!(r.verdict, Verdict::Fail, "{text}");
+        assert_eq!(r.taps[r.first_divergence.unwrap()].name, tap, "{text}");
+        assert_eq!(r.hints[0].kind, kind, "{name}: {text}");
+    }
+    // bf16 rounding is noise, not a per-channel pattern.
+    let r = repo.run("llama/mha", "bf16-round", vec![Arc::new(Altered { name: "bf16-round", alter: bf16 })]);
+    assert!(
+        !r.hints.iter().any(|h| matches!(
+            h.kind,
+            harness::diagnose::HintKind::ChannelOffset | harness::diagnose::HintKind::ChannelScale
+        )),
+        "{}",
+        harness::report::terminal::render(&r)
+    );
+}

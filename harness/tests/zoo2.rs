@@ -89,7 +89,9 @@ fn zoo() -> Vec<Bug> {
             patch: "bias_drop:model.layers.*.self_attn.q_proj;bias_drop:model.layers.*.self_attn.k_proj;bias_drop:model.layers.*.self_attn.v_proj",
             tap: "model.layers.0.self_attn.q_proj",
             localizable: true,
-            hints: &[KnownBug, SomeChannels],
+            // ChannelOffset added at stop 22, after the detector was written for this class (not
+            // frozen before measuring; see docs/diagnosis.md).
+            hints: &[KnownBug, SomeChannels, ChannelOffset],
         },
         Bug {
             bug: "attention mask ignored (left padding attended to)",
@@ -131,7 +133,8 @@ fn zoo() -> Vec<Bug> {
             patch: "norm_plus_one:model.layers.*.*_layernorm;norm_plus_one:model.norm",
             tap: "model.layers.0.input_layernorm",
             localizable: true,
-            hints: &[KnownBug],
+            // ChannelScale added at stop 22, as ChannelOffset above.
+            hints: &[KnownBug, ChannelScale],
         },
         Bug {
             bug: "attention scaled by head_dim^-0.5, not query_pre_attn_scalar^-0.5",

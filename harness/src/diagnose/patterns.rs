@@ -71,6 +71,91 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     out.extend(grows_with_position(&name, &a, &e, ctx));
     out.extend(token_misalignment(&name, &a, &e, &errs, tol, ctx));
     out.extend(channels_and_heads(ctx, &name, &a, &e, &errs, tol));
+    out.extend(per_channel(&name, &a, &e, &errs));
+}
+
+/// How much of the error's energy a per-channel model explains, and its constants.
+type Fit = (f64, Vec<f64>);
+
+/// Least-squares fit of the error `a - e` over the real rows by one constant per channel
+/// (offset: `a = e + d[c]`) and by one factor per channel (scale: `a = k[c] * e`); returns the
+/// fraction of the error's energy each explains, with the fitted constants.
+fn channel_fits(a: &Rows<'_>, e: &Rows<'_>, errs: &RowErrors) -> Option<(Fit, Fit)> {
+    let w = a.width;
+    let (mut n, mut sum_d, mut sum_ae, mut sum_ee) = (0usize, vec![0f64; w], vec![0f64; w], vec![0f64; w]);
+    let rows =
+        || (0..a.batch).flat_map(|b| (0..a.seq).map(move |s| (b, s))).filter(|&(b, s)| errs.ratio[b][s].is_some());
+    for (b, s) in rows() {
+        n += 1;
+        for (c, (&x, &y)) in a.row(b, s).iter().zip(e.row(b, s)).enumerate() {
+            let (x, y) = (x as f64, y as f64);
+            sum_d[c] += x - y;
+            sum_ae[c] += x * y;
+            sum_ee[c] += y * y;
+        }
+    }
+    if n < 4 {
+        return None;
+    }
+    let offset: Vec<f64> = sum_d.iter().map(|d| d / n as f64).collect();
+    let scale: Vec<f64> = sum_ae.iter().zip(&sum_ee).map(|(ae, ee)| if *ee > 0.0 { ae / ee } else { 1.0 }).collect();
+    let (mut total, mut res_off, mut res_scale) = (0f64, 0f64, 0f64);
+    for (b, s) in rows() {
+        for (c, (&x, &y)) in a.row(b, s).iter().zip(e.row(b, s)).enumerate() {
+            let (x, y) = (x as f64, y as f64);
+            total += (x - y).powi(2);
+            res_off += (x - y - offset[c]).powi(2);
+            res_scale += (x - scale[c] * y).powi(2);
+        }
+    }
+    if total.is_nan() || total <= 0.0 {
+        return None;
+    }
+    Some(((1.0 - res_off / total, offset), (1.0 - res_scale / total, scale)))
+}
+
+/// The error is one constant per channel at every token (a bias dropped or added twice), or one
+/// factor per channel (a norm weight applied as `w` instead of `1 + w`, a missing scale vector).
+fn per_channel(tap: &str, a: &Rows<'_>, e: &Rows<'_>, errs: &RowErrors) -> Option<Hint> {
+    const EXPLAINED: f64 = 0.95;
+    if a.width < 4 {
+        return None;
+    }
+    let ((off_fit, offset), (scale_fit, scale)) = channel_fits(a, e, errs)?;
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    };
+    if off_fit >= EXPLAINED && off_fit >= scale_fit {
+        let (lo, hi) = spread(&offset);
+        return Some(hint(
+            HintKind::ChannelOffset,
+            tap,
+            0.75,
+            format!(
+                "the error is a constant per channel, the same at every token ({:.0}% of it; offsets {lo:.3e} to \
+                 {hi:.3e}): a bias vector dropped, added twice or taken from another layer at or before this tap",
+                100.0 * off_fit
+            ),
+        ));
+    }
+    let (lo, hi) = spread(&scale);
+    // One factor for every channel is a uniform scale, named by its own detector.
+    if scale_fit >= EXPLAINED && (hi - lo) > 0.05 * hi.abs().max(lo.abs()) {
+        return Some(hint(
+            HintKind::ChannelScale,
+            tap,
+            0.75,
+            format!(
+                "each channel is the golden times its own factor, the same at every token ({:.0}% of the error; \
+                 factors {lo:.3} to {hi:.3}): a per-channel weight applied wrong (a norm's `w` for `1 + w`, a \
+                 scale vector missing or doubled) at or before this tap",
+                100.0 * scale_fit
+            ),
+        ));
+    }
+    None
 }
 
 fn padded_rows_only(ctx: &Ctx<'_>, tap: &str, errs: &RowErrors) -> Option<Hint> {
