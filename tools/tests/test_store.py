@@ -110,10 +110,14 @@ class KilledWriter(unittest.TestCase):
             rng = random.Random(7)
             seen_pending = 0
             for _ in range(12):
-                p = subprocess.Popen([sys.executable, "-c", WRITER, str(d), str(TOOLS)], stdout=subprocess.DEVNULL)
-                time.sleep(rng.uniform(0.1, 0.6))
+                p = subprocess.Popen([sys.executable, "-c", WRITER, str(d), str(TOOLS)], stdout=subprocess.PIPE)
+                # Kill only once the writer is in its loop (its first write done): a fixed delay
+                # from the start lands before it on a loaded machine (a CI run saw 12 of 12 do so).
+                p.stdout.readline()
+                time.sleep(rng.uniform(0.0, 0.3))
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait()
+                p.stdout.close()
                 store.recover(Path(t))
                 self.assertEqual(accepted(d), {**old, store.MANIFEST: manifest(old)}, "accepted files changed")
                 marker = d / f"{store.MANIFEST}{store.PENDING}"
