@@ -63,9 +63,7 @@ pub fn of_case(text: &str, case_dir: &std::path::Path) -> Option<String> {
         for input in inputs.values_mut() {
             let Some(m) = input.as_object_mut() else { continue };
             let Some(f) = m.get("npy").and_then(Value::as_str) else { continue };
-            let sha = std::fs::read(case_dir.join(f))
-                .map(|b| Sha256::digest(&b).iter().map(|b| format!("{b:02x}")).collect())
-                .unwrap_or_else(|_| "missing".to_string());
+            let sha = harness_api::hash::sha256_file(&case_dir.join(f)).unwrap_or_else(|_| "missing".to_string());
             m.insert("sha256".into(), Value::String(sha));
         }
     }

@@ -56,14 +56,15 @@ pub struct InputEntry {
 /// sha256 of a named input's bytes as numpy lays them out (C order, little-endian).
 pub fn input_sha256(n: &harness_api::inputs::NamedInput) -> String {
     use harness_api::inputs::InputData;
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    match &n.data {
-        InputData::F32(v) => v.iter().for_each(|x| h.update(x.to_le_bytes())),
-        InputData::I64(v) => v.iter().for_each(|x| h.update(x.to_le_bytes())),
-        InputData::Bool(v) => v.iter().for_each(|&x| h.update([x as u8])),
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    use std::io::Write;
+    let mut h = harness_api::hash::Sha256Writer::default();
+    // Writing to a hasher cannot fail.
+    let _ = match &n.data {
+        InputData::F32(v) => v.iter().try_for_each(|x| h.write_all(&x.to_le_bytes())),
+        InputData::I64(v) => v.iter().try_for_each(|x| h.write_all(&x.to_le_bytes())),
+        InputData::Bool(v) => v.iter().try_for_each(|&x| h.write_all(&[x as u8])),
+    };
+    h.hex()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

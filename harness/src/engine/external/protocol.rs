@@ -148,43 +148,32 @@ pub fn request_taps(spec: &EngineSpec, taps: &[String]) -> Vec<RequestTap> {
 
 /// Write an int64 matrix as `.npy`.
 pub fn write_npy_i64(path: &Path, m: &IdMatrix) -> Result<()> {
-    use npyz::WriterBuilder;
-    let io = |e: std::io::Error| Error::io(path, &e);
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[m.batch as u64, m.seq as u64])
-        .writer(std::io::BufWriter::new(file))
-        .begin_nd()
-        .map_err(io)?;
-    w.extend(m.data.iter().copied()).map_err(io)?;
-    w.finish().map_err(io)
+    write_npy_values(path, &[m.batch, m.seq], &m.data)
 }
 
 /// Write a named input as `.npy` of its own dtype.
 pub fn write_npy_named(path: &Path, n: &NamedInput) -> Result<()> {
+    match &n.data {
+        InputData::F32(v) => write_npy_values(path, &n.shape, v),
+        InputData::I64(v) => write_npy_values(path, &n.shape, v),
+        InputData::Bool(v) => write_npy_values(path, &n.shape, v),
+    }
+}
+
+/// `values` (C order) as a little-endian `.npy` of `shape`, in numpy's dtype for `T`.
+fn write_npy_values<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], values: &[T]) -> Result<()> {
     use npyz::WriterBuilder;
     let io = |e: std::io::Error| Error::io(path, &e);
     let file = std::fs::File::create(path).map_err(io)?;
-    let shape: Vec<u64> = n.shape.iter().map(|&d| d as u64).collect();
-    let out = std::io::BufWriter::new(file);
-    match &n.data {
-        InputData::F32(v) => {
-            let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(out).begin_nd().map_err(io)?;
-            w.extend(v.iter().copied()).map_err(io)?;
-            w.finish().map_err(io)
-        }
-        InputData::I64(v) => {
-            let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(out).begin_nd().map_err(io)?;
-            w.extend(v.iter().copied()).map_err(io)?;
-            w.finish().map_err(io)
-        }
-        InputData::Bool(v) => {
-            let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(out).begin_nd().map_err(io)?;
-            w.extend(v.iter().copied()).map_err(io)?;
-            w.finish().map_err(io)
-        }
-    }
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .map_err(io)?;
+    w.extend(values.iter().copied()).map_err(io)?;
+    w.finish().map_err(io)
 }
 
 /// Where an engine tensor was found.
