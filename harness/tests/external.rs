@@ -533,6 +533,50 @@ fn one_tensor_feeds_several_taps_and_layout_ops_run_in_order() -> Outcome {
     Ok(())
 }
 
+/// Depth bisection of an external engine runs it on model files cut to k layers: llama.cpp reads
+/// its layer count from the GGUF, so a lowered config alone would still run every layer and every
+/// depth would look divergent. With one weight of layer 1 perturbed in the GGUF and only `logits`
+/// exposed, bisection must name layer 1.
+fn depth_bisection_gives_an_external_engine_files_cut_to_k_layers() -> Outcome {
+    let python = common::repo_root().join("tools/.venv/bin/python");
+    let have =
+        std::process::Command::new(&python).args(["-c", "import llama_cpp"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        return Err(Skip(format!(
+            "llama-cpp-python is not installed in {} (hint: tools/.venv/bin/pip install -r \
+             tools/adapters/requirements-llama-cpp.txt; .ci/run installs it)",
+            python.display()
+        )));
+    }
+    let case = "llama/gguf-f32";
+    let repo = TempRepo::with_cases(&[case]);
+    std::os::unix::fs::symlink(common::repo_root().join("tools"), repo.path("tools")).unwrap();
+    // The shipped engine file with only `logits` exposed: an outputs-only engine.
+    let text = std::fs::read_to_string(common::repo_root().join("cases/engines/llama-cpp.yaml")).unwrap();
+    let (head, rest) = text.split_once("\ntaps:\n").unwrap();
+    let names = rest.find("\nnames:").unwrap();
+    repo.write("cases/engines/llama-cpp.yaml", &format!("{head}\ntaps: [logits]{}", &rest[names..]));
+    let clean = repo.run(case, "llama-cpp", vec![]);
+    assert_eq!(clean.verdict, Verdict::Pass, "{}", terminal::render(&clean));
+    // Perturb one element of blk.1.ffn_down.weight (F32) in place.
+    let gguf = repo.path("goldens/models/llama-tiny-gguf/model.f32.gguf");
+    let mut f = std::fs::File::open(&gguf).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let info = &content.tensor_infos["blk.1.ffn_down.weight"];
+    let at = (content.tensor_data_offset + info.offset) as usize + 4 * 3;
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let v = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) + 0.5;
+    bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    std::fs::write(&gguf, bytes).unwrap();
+    let r = repo.run(case, "llama-cpp", vec![]);
+    assert_eq!(r.verdict, Verdict::Fail, "{}", terminal::render(&r));
+    let b = r.bisection.as_ref().expect("an outputs-only external engine is bisected");
+    assert_eq!(b.first_divergent_layer.as_deref(), Some("model.layers.1"), "{}", b.describe());
+    let passed: Vec<usize> = b.probes.iter().filter(|p| p.pass).map(|p| p.depth).collect();
+    assert_eq!(passed, [1], "depth 1 runs layer 0 only and matches its golden: {:?}", b.probes);
+    Ok(())
+}
+
 tests!(
     one_tensor_feeds_several_taps_and_layout_ops_run_in_order,
     protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1,
@@ -554,4 +598,5 @@ tests!(
     engine_vs_engine_localizes_and_hints_a_mutant,
     engine_vs_engine_excludes_the_reference_and_checks_its_name,
     diff_applies_an_engines_rules,
+    depth_bisection_gives_an_external_engine_files_cut_to_k_layers,
 );

@@ -5,7 +5,7 @@
     HARNESS_PROTOCOL=2 tools/.venv/bin/python tools/adapters/llama_cpp.py  # protocol 2 (JSON lines)
 
 Install: tools/.venv/bin/pip install -r tools/adapters/requirements-llama-cpp.txt. Engine files:
-tools/adapters/engines/llama-cpp.yaml (exact settings) and llama-cpp-defaults.yaml (llama.cpp's own
+cases/engines/llama-cpp.yaml (exact settings) and llama-cpp-defaults.yaml (llama.cpp's own
 defaults). Notes, name mapping and measurements: tools/adapters/LLAMA_CPP_NOTES.md.
 
 It loads `<model dir>/model.<gguf>.gguf` (written by tools/harness_goldens/gguf_export.py), runs each batch

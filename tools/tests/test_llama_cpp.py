@@ -1,9 +1,8 @@
 """llama.cpp as an external engine (tools/adapters/llama_cpp.py), end to end over protocol 2.
 
 The adapter runs as a persistent subprocess speaking JSON lines (load, forward, decode, shutdown),
-its tensors are mapped through the engine files' rules (cases/engines/llama-cpp.yaml and the draft
-tools/adapters/engines/llama-cpp-defaults.yaml, read by
-tools/adapters/engine_check.py) and compared with committed goldens. Skipped when llama-cpp-python
+its tensors are mapped through the engine files' rules (cases/engines/llama-cpp.yaml and
+llama-cpp-defaults.yaml, read by tools/adapters/engine_check.py) and compared with committed goldens. Skipped when llama-cpp-python
 is not installed (tools/adapters/requirements-llama-cpp.txt builds it from source).
 """
 

@@ -183,29 +183,36 @@ fn onset(tap: &str, errs: &RowErrors, causal: bool) -> Option<Hint> {
     if errs.seq < 3 {
         return None;
     }
+    // Positions count from each row's first real token: a left-padded row whose error starts at
+    // its second real token has the same onset as a full row wrong from position 1.
     let mut firsts = Vec::new();
+    let mut shifted = false;
     for b in 0..errs.batch {
         let fail = errs.failing(b);
         let Some(&first) = fail.first() else { continue };
+        let start = (0..errs.seq).find(|&s| errs.ratio[b][s].is_some()).unwrap_or(0);
         let real_after = (first..errs.seq).filter(|&s| errs.ratio[b][s].is_some()).count();
-        if first == 0 || (fail.len() as f64) < 0.6 * real_after as f64 {
+        if first == start || (fail.len() as f64) < 0.6 * real_after as f64 {
             return None;
         }
-        firsts.push((b, first));
+        shifted |= start > 0;
+        firsts.push((b, first - start));
     }
     let (_, k) = *firsts.first()?;
     let same = firsts.iter().all(|&(_, f)| f == k);
+    let counted = if shifted { " (positions counted from each row's first real token)" } else { "" };
     let msg = if same {
         format!(
-            "exact up to position {} and wrong from position {k} on{}: something changes at that position \
-             (a sliding window or attention mask boundary, a cache slot, a position-embedding offset)",
+            "exact up to position {} and wrong from position {k} on{}{counted}: something changes at that \
+             position (a sliding window or attention mask boundary, a cache slot, a position-embedding offset)",
             k - 1,
             if errs.batch > 1 { " in every wrong sequence" } else { "" }
         )
     } else {
         let v: Vec<String> = firsts.iter().map(|(b, f)| format!("row {b}: {f}")).collect();
         format!(
-            "each sequence is exact up to some position and wrong after it ({}): check position-dependent masking",
+            "each sequence is exact up to some position and wrong after it ({}){counted}: check position-dependent \
+             masking",
             v.join(", ")
         )
     };

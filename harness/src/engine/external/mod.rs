@@ -25,6 +25,7 @@ pub mod protocol;
 pub mod rules;
 pub mod session;
 pub mod spec;
+pub mod truncate;
 
 pub use rules::{Dims, Rules};
 pub use spec::{EngineSpec, OutputDtype};
@@ -87,6 +88,13 @@ impl Engine for ExternalEngine {
         self.spec.tolerance.clone()
     }
     fn load(&self, model: &ModelSpec) -> Result<Box<dyn LoadedModel>> {
+        // Depth bisection's truncated specs: the engine reads files, so give it files with that
+        // many layers.
+        let cut = truncate::files_for(model)?;
+        let mut model = model.clone();
+        if let Some(dir) = &cut {
+            model.dir = dir.path().to_path_buf();
+        }
         let all = &model.structure.modules;
         let kinds = all.iter().map(|m| (m.path.clone(), m.kind)).collect();
         let modules: Vec<String> = all.iter().map(|m| m.path.clone()).collect();
@@ -104,6 +112,7 @@ impl Engine for ExternalEngine {
             session: None,
             capabilities: session::Capabilities::default(),
             not_produced: Mutex::new(BTreeMap::new()),
+            _cut: cut,
         };
         if self.spec.protocol == 2 {
             let s = session::Session::start(&self.spec, m.model_json(), &self.spec.options)?;
@@ -154,6 +163,9 @@ pub struct ExternalModel {
     capabilities: session::Capabilities,
     /// Taps the engine said it did not produce, with its reason (protocol 2).
     not_produced: Mutex<BTreeMap<String, String>>,
+    /// The model's files cut to fewer layers (depth bisection); last, so that it is removed
+    /// after the engine's process is stopped.
+    _cut: Option<tempfile::TempDir>,
 }
 
 impl LoadedModel for ExternalModel {
