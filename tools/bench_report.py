@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run the performance benchmarks and print the "Benchmarks" table of docs/performance.md.
 
-    tools/.venv/bin/python tools/bench_report.py            # everything, ~5 min
-    tools/.venv/bin/python tools/bench_report.py --quick    # fewer samples
+    tools/.venv/bin/python tools/bench_report.py            # everything, ~35 min
+    tools/.venv/bin/python tools/bench_report.py --quick    # fewer samples, ~18 min
 
 It runs, in this order and in one go:
 1. `cargo bench -p harness --bench compare` (divan): plain read vs metrics at 16/64/256 Mi
@@ -11,7 +11,11 @@ It runs, in this order and in one go:
 2. tools/bench_numpy.py on the same files (median of --runs);
 3. `cargo bench -p harness --bench peak_memory` (high-water RSS of comparing a 1 GiB tap);
 4. the tiny-model suite with `--timings --test-threads 1`, debug (`cargo test`) and release,
-   several times (median of the harness's share of wall time).
+   several times (median of the harness's share of wall time);
+5. `cargo bench -p harness --bench protocol` (a persistent external engine that computes
+   nothing: the harness's cost per forward, and bytes per second read back from it);
+6. tools/bench_protocol.py (the onnxruntime suite through protocol 2 and protocol 1, side by
+   side; needs tools/adapters/requirements-onnx.txt and the release CLI).
 Then it prints the machine, the load average before and after, and the table (markdown).
 """
 
@@ -90,6 +94,9 @@ def main():
     n_suite = 3 if args.quick else 7
     dev_share, dev_wall = suite_share(False, n_suite)
     rel_share, rel_wall = suite_share(True, n_suite)
+    proto = json.loads(run(["cargo", "bench", "-q", "-p", "harness", "--bench", "protocol"]).strip().splitlines()[-1])
+    run(["cargo", "build", "-q", "--release", "-p", "harness-cli"])
+    ort = json.loads(run([sys.executable, "tools/bench_protocol.py", "--reps", "1" if args.quick else "3"]).strip().splitlines()[-1])
     load_after = os.getloadavg()
 
     rows = []
@@ -114,6 +121,15 @@ def main():
                  f"{over:+.0f} MiB vs golden + output", "golden + output + < 64 MiB", ok(over < 64)))
     rows.append(("suite overhead (`cargo test`, debug)", f"wall {dev_wall:.1f} ms", f"{dev_share:.1f}%", "< 10%", ok(dev_share < 10)))
     rows.append(("suite overhead (`cargo test --release`)", f"wall {rel_wall:.1f} ms", f"{rel_share:.1f}%", "< 10%", ok(rel_share < 10)))
+    h = proto["tiny_harness_ms"]
+    rows.append((f"external engine (protocol 2), harness side per forward, {proto['tiny_taps']} taps of llama/mha",
+                 f"{h:.2f} ms (wall {proto['tiny_wall_ms']:.2f} ms)", "-", "<= 5 ms", ok(h <= 5)))
+    g = proto["transfer_gb_per_s"]
+    rows.append((f"external engine output read back, {proto['transfer_bytes'] / 2**20:.0f} MiB float32",
+                 f"{proto['transfer_harness_ms']:.1f} ms", f"{g:.2f} GB/s", ">= 1 GB/s", ok(g >= 1)))
+    r = ort["ratio"]
+    rows.append(("onnxruntime suite (2 cases + 2 metamorphic), protocol 2 vs one process per forward",
+                 f"{ort['v2_s']:.2f} s vs {ort['v1_s']:.1f} s", f"{r:.0f}x", ">= 20x", ok(r >= 20)))
 
     kernel = re.search(r"metrics kernel: (\S+)", bench)
     print(f"Machine: {machine()}; metrics kernel: {kernel.group(1) if kernel else '?'}; numpy {numpy['numpy']}.")

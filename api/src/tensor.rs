@@ -16,7 +16,7 @@ use memmap2::Mmap;
 #[cfg(feature = "npy")]
 mod npy;
 #[cfg(feature = "npy")]
-pub use npy::{parse_npy_bytes, read_npy, read_npy_bytes, read_npy_deferred};
+pub use npy::{parse_npy_bytes, read_npy, read_npy_bytes, read_npy_deferred, read_npy_owned};
 
 pub struct Tensor {
     shape: Vec<usize>,

@@ -22,7 +22,8 @@ pub enum Phase {
     LoadGolden,
     /// Metrics and tolerance checks of every tap.
     Compare,
-    /// Diagnosing a failing trial, including the engine reruns it asks for.
+    /// Diagnosing a failing trial, with the reference engine's probes; the engine under test's
+    /// reruns count as forward passes.
     Diagnose,
 }
 
@@ -33,7 +34,7 @@ const PHASES: [(Phase, &str); 7] = [
     (Phase::Forward, "engine: forward passes"),
     (Phase::LoadGolden, "goldens: map and verify"),
     (Phase::Compare, "compare: metrics and tolerances"),
-    (Phase::Diagnose, "diagnose failures (with reruns)"),
+    (Phase::Diagnose, "diagnose failures"),
 ];
 
 static NANOS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
@@ -46,12 +47,23 @@ fn slot(p: Phase) -> usize {
 
 /// Run `f`, adding its duration to `phase`.
 pub fn time<T>(phase: Phase, f: impl FnOnce() -> T) -> T {
+    // Exclusive time: a timed call inside another (an engine rerun during diagnosis, a load
+    // during bisection) counts in its own phase only, so the phases add up to at most the wall.
+    let outer = NESTED.with(|c| c.replace(0));
     let start = Instant::now();
     let out = f();
+    let total = start.elapsed().as_nanos() as u64;
+    let inner = NESTED.with(|c| c.get());
+    NESTED.with(|c| c.set(outer + total));
     let i = slot(phase);
-    NANOS[i].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    NANOS[i].fetch_add(total.saturating_sub(inner), Ordering::Relaxed);
     COUNTS[i].fetch_add(1, Ordering::Relaxed);
     out
+}
+
+thread_local! {
+    /// Time spent in timed calls nested in the current one, on this thread.
+    static NESTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Print the breakdown at the end of this run.
@@ -116,6 +128,16 @@ mod tests {
         let before = NANOS[slot(Phase::Diagnose)].load(Ordering::Relaxed);
         time(Phase::Diagnose, || std::thread::sleep(Duration::from_millis(5)));
         assert!(NANOS[slot(Phase::Diagnose)].load(Ordering::Relaxed) - before >= 5_000_000);
+        // Nested: the inner call counts in its own phase only.
+        let (d0, f0) =
+            (NANOS[slot(Phase::Diagnose)].load(Ordering::Relaxed), NANOS[slot(Phase::Forward)].load(Ordering::Relaxed));
+        time(Phase::Diagnose, || {
+            std::thread::sleep(Duration::from_millis(5));
+            time(Phase::Forward, || std::thread::sleep(Duration::from_millis(30)));
+        });
+        let d = NANOS[slot(Phase::Diagnose)].load(Ordering::Relaxed) - d0;
+        let f = NANOS[slot(Phase::Forward)].load(Ordering::Relaxed) - f0;
+        assert!(f >= 30_000_000 && (5_000_000..30_000_000).contains(&d), "forward {f} ns, diagnose {d} ns");
         let text = render(Duration::from_millis(100), 1);
         assert!(text.contains("diagnose failures") && text.contains("harness: wall - forward passes"), "{text}");
         assert!(text.contains("other: runner"), "{text}");

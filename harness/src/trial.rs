@@ -287,9 +287,11 @@ pub fn assess(
         report.hints = vec![hint];
     } else if let Some(first) = report.first_divergence {
         report.verdict = Verdict::Fail;
-        let again = || run_case(case, model, &names);
+        let again = || timings::time(Phase::Forward, || run_case(case, model, &names));
         // Other inputs: only for a forward without decode (layout probes alter named inputs).
-        let on = |inputs: &crate::case::Inputs| model.run_for(&case.run_context(), inputs, &names);
+        let on = |inputs: &crate::case::Inputs| {
+            timings::time(Phase::Forward, || model.run_for(&case.run_context(), inputs, &names))
+        };
         let engine_on: Option<crate::diagnose::RunOn<'_>> =
             (case.decode.is_none() && !case.inputs.named.is_empty()).then_some(&on as _);
         let mut ctx = Ctx::new(case, expected, &outputs, &report.taps, first);

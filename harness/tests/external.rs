@@ -474,6 +474,43 @@ fn protocol_2_taps_an_engine_does_not_produce_are_noted_not_failed() -> Outcome 
     Ok(())
 }
 
+/// Block runs (protocol 2's optional `block` op) give external engines the `added` column: with
+/// layer 0's output off, layer 1's output is off too, but run alone on the golden of its input it
+/// adds nothing (the replay engine answers block requests with the reference's tensors).
+fn protocol_2_block_runs_fill_the_added_column() -> Outcome {
+    let blocks = r#"[{"path": "model.layers.1", "input": "model.layers.0"}]"#;
+    let repo = replay2_repo(&[("REPLAY2_BLOCKS", blocks), ("REPLAY2_BLOCK_DIR", "clean")], "");
+    let dir = repo.path("replay");
+    std::fs::create_dir_all(repo.path("clean")).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, repo.path("clean").join(p.file_name().unwrap())).unwrap();
+    }
+    for name in ["blk.0", "blk.1"] {
+        let p = dir.join(format!("{name}.npy"));
+        let t = harness::tensor::read_npy(&p, None).unwrap();
+        let off: Vec<f32> = t.data().iter().map(|v| v + 1e-2).collect();
+        write_npy(&p, &Tensor::new(t.shape().to_vec(), off).unwrap()).unwrap();
+    }
+    let r = run_on(&repo, "replay2");
+    assert_eq!(r.verdict, Verdict::Fail, "{}", terminal::render(&r));
+    let tap = |n: &str| r.taps.iter().find(|t| t.name == n).unwrap();
+    assert!(!tap("model.layers.1").status.is_pass());
+    let log0 = std::fs::read_to_string(repo.path("requests.jsonl")).unwrap();
+    let added = tap("model.layers.1")
+        .added
+        .as_ref()
+        .unwrap_or_else(|| panic!("layer 1 was run alone: {}", &log0[log0.len().saturating_sub(1500)..]));
+    assert!(added.within_tolerance && added.max_abs < 1e-5, "{added:?}");
+    assert!(tap("model.layers.0").added.is_none(), "no block announced for layer 0");
+    let log = std::fs::read_to_string(repo.path("requests.jsonl")).unwrap();
+    let block: serde_json::Value =
+        serde_json::from_str(log.lines().find(|l| l.contains("\"block\"")).expect("a block request")).unwrap();
+    assert_eq!(block["block"], "model.layers.1");
+    assert_eq!(block["input"]["shape"], serde_json::json!(tap("model.layers.0").shape));
+    Ok(())
+}
+
 fn protocol_2_a_crash_fails_that_request_and_the_next_one_restarts_the_engine() -> Outcome {
     let repo = replay2_repo(&[("REPLAY2_CRASH_ON", "2")], "");
     let case = repo.load(CASE).unwrap();
@@ -581,6 +618,7 @@ tests!(
     one_tensor_feeds_several_taps_and_layout_ops_run_in_order,
     protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1,
     protocol_2_taps_an_engine_does_not_produce_are_noted_not_failed,
+    protocol_2_block_runs_fill_the_added_column,
     protocol_2_a_crash_fails_that_request_and_the_next_one_restarts_the_engine,
     protocol_2_a_silent_engine_is_killed_at_its_timeout,
     generic_engine_with_a_planted_bug_fails_at_that_tap,

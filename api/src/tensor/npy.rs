@@ -63,6 +63,63 @@ pub fn read_npy_deferred(path: &Path, declared: Option<&str>) -> Result<Tensor> 
     }
 }
 
+/// From this size on, [`read_npy_owned`] reads into memory advised for huge pages.
+const HUGE_OUTPUT: usize = 8 << 20;
+
+/// Read a `.npy` file into memory the process owns (an external engine's output: the engine may
+/// still hold or rewrite its files, so they are not mapped). A float32 little-endian C-order file
+/// is read straight into its `f32` buffer, one copy from the page cache; anything else is parsed
+/// as [`read_npy_bytes`] does.
+pub fn read_npy_owned(path: &Path, declared: Option<&str>) -> Result<Tensor> {
+    use std::io::Read;
+    let direct = || -> Option<Tensor> {
+        let mut file = std::fs::File::open(path).ok()?;
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        let mut head = vec![0u8; len.min(4096)];
+        file.read_exact(&mut head).ok()?;
+        let (fortran, dims, ts, offset) = simple_header(&head).or_else(|| npyz_header(&head).ok())?;
+        let shape: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+        let count = numel(&shape)?;
+        let f32_le =
+            ts.type_char() == TypeChar::Float && ts.size_field() == 4 && ts.endianness() != npyz::Endianness::Big;
+        let ok = !fortran
+            && f32_le
+            && cfg!(target_endian = "little")
+            && offset <= head.len()
+            && count.checked_mul(4)?.checked_add(offset)? == len
+            && declared.is_none_or(|d| d == "float32");
+        if !ok {
+            return None;
+        }
+        let have = head.len() - offset;
+        let fill = |bytes: &mut [u8], file: &mut std::fs::File| -> Option<()> {
+            bytes[..have].copy_from_slice(&head[offset..]);
+            file.read_exact(&mut bytes[have..]).ok()
+        };
+        let storage = if count * 4 >= HUGE_OUTPUT {
+            // Most of reading a large output into fresh memory is page faults (one per 4 KiB);
+            // anonymous memory advised for huge pages takes one per 2 MiB where the kernel allows.
+            let mut map = memmap2::MmapMut::map_anon(count * 4).ok()?;
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
+            fill(&mut map, &mut file)?;
+            Storage::Mapped { map: map.make_read_only().ok()?, offset: 0, len: count }
+        } else {
+            let mut values = vec![0f32; count];
+            fill(bytemuck::cast_slice_mut::<f32, u8>(&mut values), &mut file)?;
+            Storage::Owned(values)
+        };
+        Some(Tensor { shape, storage, source_dtype: "float32".into() })
+    };
+    match direct() {
+        Some(t) => Ok(t),
+        None => {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, &e))?;
+            parse_npy_bytes(&bytes, declared).map_err(|e| e.file(path))
+        }
+    }
+}
+
 /// Parse the bytes of the `.npy` file `path`, already read (small goldens: one read serves
 /// parsing and hashing, and copying a few kilobytes is cheaper than mapping them).
 pub fn read_npy_bytes(path: &Path, bytes: &[u8], declared: Option<&str>) -> Result<Tensor> {
@@ -362,6 +419,34 @@ mod tests {
 
     fn f32s(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn owned_reads_float32_directly_and_every_other_file_as_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        // A float32 file longer than the first read (4 KiB), so the rest is read into place.
+        let p = dir.path().join("a.npy");
+        let values: Vec<f32> = (0..5000).map(|i| i as f32 * 0.5).collect();
+        write_npy(&p, &Tensor::new(vec![2, 2500], values.clone()).unwrap()).unwrap();
+        let t = read_npy_owned(&p, None).unwrap();
+        assert_eq!((t.shape(), t.data(), t.source_dtype.as_str()), (&[2, 2500][..], &values[..], "float32"));
+        assert!(!t.is_mapped());
+        // Past 8 MiB, into anonymous memory (not a map of the file, which the engine may rewrite).
+        let big: Vec<f32> = (0..(3 << 20)).map(|i| (i % 977) as f32).collect();
+        write_npy(&p, &Tensor::new(vec![3 << 20], big.clone()).unwrap()).unwrap();
+        let t = read_npy_owned(&p, None).unwrap();
+        std::fs::write(&p, b"rewritten").unwrap();
+        assert_eq!(t.data(), &big[..]);
+        let q = dir.path().join("b.npy");
+        std::fs::write(&q, npy("<f8", false, "(2,)", &[1f64.to_le_bytes(), 2f64.to_le_bytes()].concat())).unwrap();
+        let t = read_npy_owned(&q, None).unwrap();
+        assert_eq!((t.data(), t.source_dtype.as_str()), (&[1f32, 2.][..], "float64"));
+        // Cut short: the same error as parsing the bytes, with the file.
+        write_npy(&p, &Tensor::new(vec![2, 2500], values).unwrap()).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&q, &bytes[..bytes.len() - 4]).unwrap();
+        let e = read_npy_owned(&q, None).unwrap_err();
+        assert!(e.msg.contains("truncated"), "{e}");
     }
 
     #[test]

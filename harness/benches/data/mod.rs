@@ -113,15 +113,21 @@ pub fn goldens_1gib(verifier: Verifier) -> Goldens {
         std::fs::write(&side, format!("{h}\n{stamp}")).unwrap();
         h
     });
-    let manifest: Manifest = serde_json::from_value(serde_json::json!({
-        "format": 1, "case": "bench/1gib", "case_sha256": "", "module_order": ["x"],
-        "model": {"id": "bench", "class": "none", "spec_sha256": "", "weights_sha256": ""},
-        "generator": {"tool": "benches/data", "python": "", "torch": "", "transformers": "", "numpy": "",
-                      "dtype": "float32", "attn_implementation": ""},
-        "taps": [{"name": "x", "file": file.file_name().unwrap().to_str().unwrap(), "shape": [GIB],
-                  "dtype": "float32", "sha256": sha}],
-    }))
-    .unwrap();
+    // A committed manifest with one 1 GiB tap in place of its taps: it keeps every field the
+    // format has.
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../goldens/llama/mha/manifest.json");
+    let mut manifest: Manifest = serde_json::from_str(&std::fs::read_to_string(real).unwrap()).unwrap();
+    manifest.case = "bench/1gib".into();
+    manifest.module_order = vec!["x".into()];
+    manifest.inputs.clear();
+    manifest.taps = vec![harness::golden::TapEntry {
+        name: "x".into(),
+        file: file.file_name().unwrap().to_str().unwrap().into(),
+        shape: vec![GIB],
+        dtype: "float32".into(),
+        sha256: sha.clone(),
+        noise: None,
+    }];
     Goldens::new(dir(), manifest, Arc::new(verifier))
 }
 

@@ -2,7 +2,8 @@
 //! square projection `y = x Wᵀ + b` (an attention output projection, usually), the golden and
 //! the engine outputs can be pulled back through it to the projection's input `x`. There the
 //! heads are still separate (so "only some heads are wrong" becomes visible), and the golden `x`
-//! pushed through the weight *untransposed* says whether the port transposed it.
+//! pushed through the weight the other way round says whether the port transposed it (either
+//! convention: nn.Linear's `[out, in]` or GPT-2 Conv1D's `[in, out]`).
 
 use std::path::Path;
 
@@ -128,31 +129,45 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
         return;
     }
     let Some((proj, w, b)) = projection(ctx, &name, width) else { return };
-    let wt: Vec<f64> = w.iter().map(|&x| x as f64).collect();
-    let Some(lu) = Lu::new(wt, width) else { return };
-    let xg = pull_back(&lu, golden.data(), b.as_deref(), width);
-    let xe = pull_back(&lu, actual.data(), b.as_deref(), width);
-
-    // The weight used untransposed: y' = x W + b.
-    let mut y_t = Vec::with_capacity(xg.len());
-    for row in xg.chunks(width) {
-        for j in 0..width {
-            let s: f64 = (0..width).map(|i| row[i] * w[i * width + j] as f64).sum();
-            y_t.push((s + b.as_ref().map_or(0.0, |b| b[j] as f64)) as f32);
+    // The weight as applied, `y = x Mᵀ + b`: M = W for nn.Linear ([out, in]); M = Wᵀ for GPT-2's
+    // Conv1D ([in, out], y = x W + b). A square weight does not say which, so both are tried:
+    // the golden pulled back through M, then pushed through M untransposed, is what a port that
+    // transposed the weight computes.
+    let wt: Vec<f32> = (0..width * width).map(|k| w[(k % width) * width + k / width]).collect();
+    let mut pulled = None;
+    for (m, conv1d) in [(&w, false), (&wt, true)] {
+        let Some(lu) = Lu::new(m.iter().map(|&x| x as f64).collect(), width) else { continue };
+        let xg = pull_back(&lu, golden.data(), b.as_deref(), width);
+        let mut y_t = Vec::with_capacity(xg.len());
+        for row in xg.chunks(width) {
+            for j in 0..width {
+                let s: f64 = (0..width).map(|i| row[i] * m[i * width + j] as f64).sum();
+                y_t.push((s + b.as_ref().map_or(0.0, |b| b[j] as f64)) as f32);
+            }
+        }
+        if within_tolerance(ctx.case, &ctx.taps[first], kind, &y_t, actual.data()).1 {
+            let how = if conv1d {
+                "x·Wᵀ instead of x·W: a Conv1D weight ([in, out], GPT-2 style) read as an nn.Linear one"
+            } else {
+                "x·W instead of x·Wᵀ"
+            };
+            out.push(Hint {
+                kind: HintKind::TransposedWeight,
+                tap: name.clone(),
+                score: 0.92,
+                message: format!(
+                    "the engine's `{name}` equals the golden input of `{proj}` times its weight the other way \
+                     round ({how}): `{proj}.weight` is used transposed"
+                ),
+            });
+            return;
+        }
+        if !conv1d {
+            let xe = pull_back(&lu, actual.data(), b.as_deref(), width);
+            pulled = Some((xg, xe));
         }
     }
-    if within_tolerance(ctx.case, &ctx.taps[first], kind, &y_t, actual.data()).1 {
-        out.push(Hint {
-            kind: HintKind::TransposedWeight,
-            tap: name.clone(),
-            score: 0.92,
-            message: format!(
-                "the engine's `{name}` equals the golden input of `{proj}` times its weight untransposed \
-                 (x·W instead of x·Wᵀ): `{proj}.weight` is used transposed"
-            ),
-        });
-        return;
-    }
+    let Some((xg, xe)) = pulled else { return };
 
     // Per-head error at the projection's input.
     let Some(hd) = ctx.head_dim() else { return };

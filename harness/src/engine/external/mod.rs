@@ -292,6 +292,7 @@ impl ExternalModel {
         let xfile = dir.path().join("block_input.npy");
         crate::tensor::write_npy(&xfile, input)?;
         let out = dir.path().join(protocol::OUTPUT_DIR);
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, &e))?;
         let wanted = self.wanted(taps);
         let reply = self.request(json!({
             "op": "block",

@@ -307,6 +307,9 @@ pub fn read_outputs(out: &Path, spec: &EngineSpec, wanted: &[String], dims: &Dim
 }
 
 fn read_npy_output(p: &Path, dtype: OutputDtype) -> Result<Tensor> {
+    if dtype != OutputDtype::Bfloat16 {
+        return crate::tensor::read_npy_owned(p, None);
+    }
     let bytes = std::fs::read(p).map_err(|e| Error::io(p, &e))?;
     match parse_npy_bytes(&bytes, None) {
         // numpy has no bfloat16: a declared bfloat16 engine writes `<u2` bit patterns.
