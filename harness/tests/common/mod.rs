@@ -46,6 +46,28 @@ pub struct TempRepo {
     pub dir: tempfile::TempDir,
 }
 
+/// The case text with its `engines:` list cut to the built-in engines: a temporary repository
+/// has no engine files (cases/engines/), and a test that wants one writes it (a list of only
+/// engine files is kept as it is). Editing `engines:` leaves the goldens fresh.
+fn builtin_engines_only(src: &Path, text: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix("engines: [").and_then(|l| l.strip_suffix(']')) {
+            Some(list) => {
+                let kept: Vec<&str> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !src.join(format!("cases/engines/{n}.yaml")).exists())
+                    .collect();
+                // Only engine files: the test writes the ones it runs.
+                if kept.is_empty() { line.to_string() } else { format!("engines: [{}]", kept.join(", ")) }
+            }
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
 impl TempRepo {
     pub fn with_cases(case_ids: &[&str]) -> TempRepo {
         let src = repo_root();
@@ -55,7 +77,7 @@ impl TempRepo {
         std::fs::create_dir_all(root.join("goldens/models")).unwrap();
         for id in case_ids {
             let case_file = src.join("cases").join(format!("{id}.yaml"));
-            let text = std::fs::read_to_string(&case_file).unwrap();
+            let text = builtin_engines_only(&src, &std::fs::read_to_string(&case_file).unwrap());
             let dst = root.join("cases").join(format!("{id}.yaml"));
             std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
             std::fs::write(&dst, &text).unwrap();
