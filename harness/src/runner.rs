@@ -481,6 +481,7 @@ impl Suite {
 
     /// One trial per metamorphic case (`cases/metamorphic/`) and engine.
     fn metamorphic_trials(self: &Arc<Self>) -> Vec<Trial> {
+        let ci = crate::golden::pending::ci_is_set();
         let mut models = BTreeMap::new();
         let mut trials = Vec::new();
         for file in crate::metamorphic::discover(&self.root) {
@@ -497,6 +498,11 @@ impl Suite {
                         let (suite, meta) = (self.clone(), meta.clone());
                         trials.push(Trial::ignorable_test(format!("{}::{}", engine.name(), meta.id), move || {
                             if let Some(reason) = suite.cannot_run(&meta.base, &engine) {
+                                return Ok(Completion::ignored_with(reason));
+                            }
+                            // As for golden trials: a missing engine is ignored with the reason
+                            // outside CI, and fails in CI.
+                            if !ci && let Some(reason) = suite.unavailable(&meta.base, &engine) {
                                 return Ok(Completion::ignored_with(reason));
                             }
                             let model = suite.model(&engine, &meta.base.model);

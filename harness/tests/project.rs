@@ -196,8 +196,32 @@ fn run_takes_several_filters_and_skip() -> Outcome {
     Ok(())
 }
 
+/// An engine that is not installed makes its trials ignored with the reason outside CI and failed
+/// under CI, for metamorphic cases as for golden ones.
+fn a_metamorphic_trial_of_an_engine_not_installed_is_ignored_outside_ci() -> Outcome {
+    let repo = TempRepo::with_cases(&["llama/mha"]);
+    repo.write(
+        "cases/engines/absent.yaml",
+        "command: [tools/.venv/bin/no-such-python, x.py]\nprotocol: 2\nfamilies: [LlamaForCausalLM]\nsetup: make venv\n",
+    );
+    repo.write(
+        "cases/metamorphic/absent.yaml",
+        "model: llama-tiny-mha\nmetamorphic: [determinism]\ngenerate: {cases: 1, seed: 1, rows: [1, 1], tokens: [2, 3]}\n\
+         taps: [logits]\nengines: [absent]\n",
+    );
+    let o = harness(repo.root()).args(["run", "--exact", "absent::metamorphic/absent"]).output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("absent::metamorphic/absent ... ignored (engine `absent` is not installed here"), "{out}");
+    let o =
+        harness(repo.root()).env("CI", "true").args(["run", "--exact", "absent::metamorphic/absent"]).output().unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    Ok(())
+}
+
 tests!(
     run_takes_several_filters_and_skip,
+    a_metamorphic_trial_of_an_engine_not_installed_is_ignored_outside_ci,
     init_writes_a_project_and_never_overwrites,
     init_then_goldens_then_run_is_green,
     goldens_come_from_a_remote_store_over_http_verified_and_cached,
