@@ -227,6 +227,14 @@ impl Suite {
         slot.get_or_init(|| engine.load(spec).map(Arc::from)).clone()
     }
 
+    /// Drop every loaded model: external engines get `shutdown`, their processes stop and their
+    /// temporary files go. The end of a run calls it, because `harness run` ends with
+    /// `process::exit`, which runs no destructors (each run left a directory in the temp dir).
+    pub fn release_models(&self) {
+        let slots: Vec<ModelSlot> = self.models.lock().unwrap().drain().map(|(_, s)| s).collect();
+        drop(slots);
+    }
+
     /// The engines that run `case`: its `engines:` list (each may still be unable to run the
     /// model: see [`Suite::cannot_run`]), else every default engine that runs the model (except
     /// the case's reference engine, if it has one).
@@ -691,6 +699,7 @@ fn run_project(
         }
     }
     let conclusion = libtest_mimic::run(args, trials);
+    suite.release_models();
     if timings::enabled() && !args.list {
         let threads = args.test_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         println!("\n{}", timings::render(start.elapsed(), threads));

@@ -464,6 +464,36 @@ fn protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1() -> O
     Ok(())
 }
 
+fn a_run_stops_its_engines_and_removes_their_session_files() -> Outcome {
+    let repo = replay2_repo(&[], "default: true\n");
+    // A name of its own: session directories are named after the engine.
+    std::fs::rename(repo.path("cases/engines/replay2.yaml"), repo.path("cases/engines/replay2-ends.yaml")).unwrap();
+    let prefix = "harness-replay2-ends-session-";
+    let sessions = || -> Vec<String> {
+        let names =
+            std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok());
+        names.filter(|n| n.starts_with(prefix)).collect()
+    };
+    let before = sessions();
+    let args = libtest_mimic::Arguments::from_iter(["cases", "--test-threads", "1", "--quiet"]);
+    let (suite, conclusion) =
+        harness::Harness::new().root(repo.root()).filters(vec!["replay2-ends::".into()]).run_with(&args).unwrap();
+    assert_eq!((conclusion.num_passed, conclusion.num_failed), (1, 0));
+    // Still holding the suite, as `harness run` does up to its `process::exit`.
+    let log = std::fs::read_to_string(repo.path("requests.jsonl")).unwrap();
+    assert!(log.lines().last().unwrap().contains("shutdown"), "the engine was not stopped: {log}");
+    let pid: u32 = std::fs::read_to_string(repo.path("starts.txt")).unwrap().trim().parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while process_state(pid).is_some_and(|s| s != 'Z') && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(process_state(pid).is_none_or(|s| s == 'Z'), "engine process {pid} still runs");
+    let left: Vec<String> = sessions().into_iter().filter(|n| !before.contains(n)).collect();
+    assert!(left.is_empty(), "session directories left behind: {left:?}");
+    drop(suite);
+    Ok(())
+}
+
 fn protocol_2_taps_an_engine_does_not_produce_are_noted_not_failed() -> Outcome {
     let repo = replay2_repo(&[("REPLAY2_NOT_PRODUCED", "model.layers.0.self_attn.o_proj")], "");
     let r = run_on(&repo, "replay2");
@@ -618,6 +648,7 @@ tests!(
     one_tensor_feeds_several_taps_and_layout_ops_run_in_order,
     protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1,
     protocol_2_taps_an_engine_does_not_produce_are_noted_not_failed,
+    a_run_stops_its_engines_and_removes_their_session_files,
     protocol_2_block_runs_fill_the_added_column,
     protocol_2_a_crash_fails_that_request_and_the_next_one_restarts_the_engine,
     protocol_2_a_silent_engine_is_killed_at_its_timeout,
