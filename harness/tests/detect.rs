@@ -343,3 +343,118 @@ fn per_channel_offsets_and_scales_are_named() {
         harness::report::terminal::render(&r)
     );
 }
+
+/// An engine written here, independently of the detectors: the reference engine's outputs with
+/// one tap recomputed from others (`rewire`), as a port that wires a module wrongly computes it.
+type Rewire = fn(&harness::case::ModelSpec, &mut harness::engine::Outputs);
+
+struct Rewired {
+    name: &'static str,
+    rewire: Rewire,
+}
+
+struct RewiredModel(Box<dyn harness::engine::LoadedModel>, harness::case::ModelSpec, Rewire);
+
+impl harness::engine::Engine for Rewired {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn default_enabled(&self) -> bool {
+        false
+    }
+    fn load(&self, m: &harness::case::ModelSpec) -> harness::Result<Box<dyn harness::engine::LoadedModel>> {
+        Ok(Box::new(RewiredModel(ReferenceEngine::new().load(m)?, m.clone(), self.rewire)))
+    }
+}
+
+impl harness::engine::LoadedModel for RewiredModel {
+    fn run(&self, inputs: &harness::case::Inputs, taps: &[&str]) -> harness::Result<harness::engine::Outputs> {
+        let mut out = self.0.run(inputs, taps)?;
+        (self.2)(&self.1, &mut out);
+        Ok(out)
+    }
+}
+
+fn tensor(out: &harness::engine::Outputs, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = &out[name];
+    (t.shape().to_vec(), t.data().to_vec())
+}
+
+/// Llama's post-attention norm skipped: it passes on its input, `x + attention(x)`.
+fn norm_skipped(_: &harness::case::ModelSpec, out: &mut harness::engine::Outputs) {
+    let (shape, x) = tensor(out, "model.layers.0");
+    let (_, a) = tensor(out, "model.layers.1.self_attn");
+    let stream = x.iter().zip(&a).map(|(x, a)| x + a).collect();
+    out.insert("model.layers.1.post_attention_layernorm".into(), Tensor::new(shape, stream).unwrap());
+}
+
+/// Gemma 3's per-head query norm skipped: it passes on the query projection, split into heads
+/// (`[b, s, h*d]` to `[b, h, s, d]`).
+fn q_norm_skipped(_: &harness::case::ModelSpec, out: &mut harness::engine::Outputs) {
+    let (shape, q) = tensor(out, "model.layers.0.self_attn.q_proj");
+    let (heads_shape, _) = tensor(out, "model.layers.0.self_attn.q_norm");
+    let (s, h, d) = (shape[1], heads_shape[1], heads_shape[3]);
+    let mut split = vec![0f32; q.len()];
+    for t in 0..s {
+        for head in 0..h {
+            for i in 0..d {
+                split[(head * s + t) * d + i] = q[t * h * d + head * d + i];
+            }
+        }
+    }
+    out.insert("model.layers.0.self_attn.q_norm".into(), Tensor::new(heads_shape, split).unwrap());
+}
+
+/// BERT's pooler fed the last token instead of [CLS]: `dense(encoder[:, -1])`.
+fn pooler_last(m: &harness::case::ModelSpec, out: &mut harness::engine::Outputs) {
+    let bytes = std::fs::read(m.dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |n: &str| -> Vec<f32> {
+        st.tensor(n).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    let (w, b) = (f32s("pooler.dense.weight"), f32s("pooler.dense.bias"));
+    let (shape, h) = tensor(out, "encoder");
+    let (s, n) = (shape[1], shape[2]);
+    let last = &h[(s - 1) * n..s * n];
+    let y = (0..n).map(|o| b[o] + (0..n).map(|i| w[o * n + i] * last[i]).sum::<f32>()).collect();
+    out.insert("pooler.dense".into(), Tensor::new(vec![1, n], y).unwrap());
+}
+
+#[test]
+fn a_skipped_module_and_a_pooler_on_the_wrong_token_are_named_from_the_data() {
+    use harness::diagnose::HintKind;
+    for (case, name, rewire, tap, kind, says) in [
+        (
+            "llama/mha",
+            "norm-skipped",
+            norm_skipped as Rewire,
+            "model.layers.1.post_attention_layernorm",
+            HintKind::ModuleSkipped,
+            "`model.layers.0` + `model.layers.1.self_attn` (the residual stream",
+        ),
+        (
+            "gemma3/sequence",
+            "q-norm-skipped",
+            q_norm_skipped as Rewire,
+            "model.layers.0.self_attn.q_norm",
+            HintKind::ModuleSkipped,
+            "equals the golden `model.layers.0.self_attn.q_proj` split into heads",
+        ),
+        (
+            "bert/sequence",
+            "pooler-last",
+            pooler_last as Rewire,
+            "pooler.dense",
+            HintKind::TokenMisalignment,
+            "applied to the last token of `encoder`, the golden to the first token ([CLS])",
+        ),
+    ] {
+        let repo = TempRepo::with_cases(&[case]);
+        let r = repo.run(case, name, vec![Arc::new(Rewired { name, rewire })]);
+        let text = harness::report::terminal::render(&r);
+        assert_eq!(r.verdict, Verdict::Fail, "{text}");
+        assert_eq!(r.taps[r.first_divergence.unwrap()].name, tap, "{text}");
+        assert_eq!(r.hints[0].kind, kind, "{name}: {text}");
+        assert!(r.hints[0].message.contains(says), "{name}: {text}");
+    }
+}

@@ -63,6 +63,9 @@ fn lin(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Li
 impl Decoder {
     pub fn new(spec: &ModelSpec, w: Weights, mutation: Option<Mutation>) -> Result<Self> {
         let d = DecoderDims::from_config(&spec.class, &spec.config)?;
+        if mutation == Some(Mutation::AttentionScaleHeadDim) && d.attn_scale == (d.head_dim as f64).powf(-0.5) {
+            return Err(Error::engine("the attention scale is 1/sqrt(head_dim) already: nothing to mutate"));
+        }
         let (h, hd) = (d.hidden, d.head_dim);
         let (qo, kvo) = (d.heads * hd, d.kv_heads * hd);
         let mut layers = Vec::with_capacity(d.layers);
@@ -224,7 +227,13 @@ impl Decoder {
             };
             biases.push((*w, attention_bias(allowed, b, s, total, &dev)?));
         }
-        let scale = if self.mutated(&Mutation::NoAttentionScale) { 1.0 } else { d.attn_scale };
+        let scale = if self.mutated(&Mutation::NoAttentionScale) {
+            1.0
+        } else if self.mutated(&Mutation::AttentionScaleHeadDim) {
+            (d.head_dim as f64).powf(-0.5)
+        } else {
+            d.attn_scale
+        };
         let n_rep = d.heads / d.kv_heads;
         // Decode steps only (the prompt is written correctly): the new token lands one slot late.
         let cache_skew = usize::from(past > 0 && self.mutated(&Mutation::KvCacheWrongPosition));

@@ -109,6 +109,9 @@ pub enum Mutation {
     NoSoftcap,
     /// GELU with erf where the model uses the tanh approximation (`gelu_new`).
     GeluErf,
+    /// Attention scaled by 1/sqrt(head_dim) where the config sets another scale (Gemma's
+    /// `query_pre_attn_scalar`). Only loads where the two differ.
+    AttentionScaleHeadDim,
 }
 
 impl Mutation {
@@ -142,6 +145,11 @@ impl Mutation {
             Mutation::NoQkvBias => "the q/k/v projection biases are dropped".into(),
             Mutation::NoSoftcap => "attention / final logit soft-capping is skipped".into(),
             Mutation::GeluErf => "GELU uses erf instead of the tanh approximation".into(),
+            Mutation::AttentionScaleHeadDim => {
+                "attention scores are scaled by 1/sqrt(head_dim) instead of the config's scale \
+                 (query_pre_attn_scalar^-0.5)"
+                    .into()
+            }
         }
     }
 
@@ -172,6 +180,7 @@ impl Mutation {
             Mutation::NoQkvBias,
             Mutation::NoSoftcap,
             Mutation::GeluErf,
+            Mutation::AttentionScaleHeadDim,
         ];
         let module = tap.split('@').next().unwrap_or(tap);
         v.push(Mutation::TransposedWeight(format!("{module}.weight")));
@@ -222,6 +231,9 @@ impl Engine for ReferenceEngine {
             w.transpose(name)?;
         }
         let m = self.mutation.clone();
+        if m == Some(Mutation::AttentionScaleHeadDim) && !dims::decoder::CLASSES.contains(&spec.class.as_str()) {
+            return Err(Error::engine("the attention scale is 1/sqrt(head_dim) already: nothing to mutate"));
+        }
         match spec.class.as_str() {
             c if dims::decoder::CLASSES.contains(&c) => Ok(Box::new(decoder::Decoder::new(spec, w, m)?)),
             bert::CLASS => Ok(Box::new(bert::Bert::new(spec, w, m)?)),

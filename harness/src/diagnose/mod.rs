@@ -113,6 +113,7 @@ pub fn diagnose(ctx: &mut Ctx<'_>, reruns: &Reruns<'_>) -> Vec<Hint> {
     transforms::blame(ctx, &mut out);
     transforms::activations(ctx, &mut out);
     weights::analyze(ctx, &mut out);
+    weights::pooling(ctx, &mut out);
     if let Some(rerun) = reruns.engine {
         probes::nondeterminism(ctx, rerun, &mut out);
     }

@@ -111,18 +111,63 @@ pub fn blame(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     earlier_taps(ctx, &name, kind, &a, &e, out);
 }
 
+/// An earlier tap's golden laid out as `shape`: as it is when the shapes agree; else when it
+/// holds the same values split into heads (`[b, s, h*d]` as `[b, s, h, d]`, or as `[b, h, s, d]`
+/// as attention transposes them before a per-head norm). Every reading that fits.
+fn as_shape(g: &[f32], from: &[usize], shape: &[usize]) -> Vec<Vec<f32>> {
+    if from == shape {
+        return vec![g.to_vec()];
+    }
+    let (&[b, s, hd], &[b2, x, y, d]) = (from, shape) else { return vec![] };
+    let mut out = Vec::new();
+    if b2 != b || d == 0 || hd % d != 0 {
+        return out;
+    }
+    if x == s && y * d == hd {
+        out.push(g.to_vec());
+    }
+    if y == s && x * d == hd {
+        let mut t = Vec::with_capacity(g.len());
+        for bi in 0..b {
+            for hi in 0..x {
+                for si in 0..s {
+                    let at = (bi * s + si) * hd + hi * d;
+                    t.extend_from_slice(&g[at..at + d]);
+                }
+            }
+        }
+        out.push(t);
+    }
+    out
+}
+
+/// Equal to named earlier goldens: no fitted parameter, so above the fitted transforms (a
+/// skipped RMSNorm with unit weights is also "a factor per token", the less specific reading).
+const EXACT_INPUT: f64 = 0.93;
+
 /// The engine equals an earlier tap's golden (module skipped / residual missing), or adding one
 /// earlier golden fixes it (residual missing).
 fn earlier_taps(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, a: &[f32], e: &[f32], out: &mut Vec<Hint>) {
     let first = ctx.first;
     let shape = ctx.taps[first].shape.clone();
-    let earlier: Vec<String> =
-        ctx.taps[..first].iter().rev().filter(|t| t.shape == shape).take(8).map(|t| t.name.clone()).collect();
-    for prev in earlier {
-        let Some(g) = ctx.golden(&prev) else { continue };
-        let g = g.data().to_vec();
+    let earlier: Vec<(String, Vec<usize>)> = ctx.taps[..first]
+        .iter()
+        .rev()
+        .filter(|t| t.shape.iter().product::<usize>() == shape.iter().product::<usize>())
+        .take(8)
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    let readings: Vec<(String, Vec<usize>, Vec<f32>)> = earlier
+        .into_iter()
+        .flat_map(|(prev, from)| {
+            let gs = ctx.golden(&prev).map(|g| as_shape(g.data(), &from, &shape)).unwrap_or_default();
+            gs.into_iter().map(move |g| (prev.clone(), from.clone(), g))
+        })
+        .collect();
+    for (prev, from, g) in &readings {
+        let split = if *from == shape { "" } else { " split into heads" };
         let child = prev.starts_with(&format!("{name}."));
-        if within_tolerance(ctx.case, &ctx.taps[first], kind, a, &g).1 {
+        if within_tolerance(ctx.case, &ctx.taps[first], kind, a, g).1 {
             let (k, msg) = if child {
                 (
                     HintKind::ResidualMissing,
@@ -134,24 +179,47 @@ fn earlier_taps(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, a: &[f32], e: &[f3
             } else {
                 (
                     HintKind::ModuleSkipped,
-                    format!("the engine's `{name}` equals the golden `{prev}`, its input: the module looks skipped"),
+                    format!(
+                        "the engine's `{name}` equals the golden `{prev}`{split}, its input: the module looks skipped"
+                    ),
                 )
             };
-            out.push(Hint { kind: k, tap: name.to_string(), score: 0.9, message: msg });
+            out.push(Hint { kind: k, tap: name.to_string(), score: EXACT_INPUT, message: msg });
             return;
         }
-        let sum: Vec<f32> = a.iter().zip(&g).map(|(x, y)| x + y).collect();
-        if !child && within_tolerance(ctx.case, &ctx.taps[first], kind, &sum, e).1 {
+        let sum: Vec<f32> = a.iter().zip(g).map(|(x, y)| x + y).collect();
+        if !child && *from == shape && within_tolerance(ctx.case, &ctx.taps[first], kind, &sum, e).1 {
             out.push(Hint {
                 kind: HintKind::ResidualMissing,
                 tap: name.to_string(),
-                score: 0.9,
+                score: EXACT_INPUT,
                 message: format!(
                     "the engine's `{name}` plus the golden `{prev}` equals the golden: a residual connection \
                      (adding `{prev}`) is missing"
                 ),
             });
             return;
+        }
+    }
+    // A pre-norm's input is the residual stream, the sum of two earlier outputs (the layer's
+    // input and its attention output): a skipped norm passes that sum on.
+    let streams: Vec<&(String, Vec<usize>, Vec<f32>)> =
+        readings.iter().filter(|(p, f, _)| f == &shape && !p.starts_with(&format!("{name}."))).collect();
+    for (i, (p, _, x)) in streams.iter().enumerate() {
+        for (q, _, y) in &streams[i + 1..] {
+            let sum: Vec<f32> = x.iter().zip(y).map(|(u, v)| u + v).collect();
+            if within_tolerance(ctx.case, &ctx.taps[first], kind, a, &sum).1 {
+                out.push(Hint {
+                    kind: HintKind::ModuleSkipped,
+                    tap: name.to_string(),
+                    score: EXACT_INPUT,
+                    message: format!(
+                        "the engine's `{name}` equals the golden `{q}` + `{p}` (the residual stream, its input): \
+                         the module looks skipped"
+                    ),
+                });
+                return;
+            }
         }
     }
 }
@@ -248,6 +316,20 @@ fn layout_from_shape(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, out: &mut Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_projection_reads_as_its_heads_for_a_per_head_module() {
+        // [1, 2 tokens, 2 heads * 2]: token t, head h, dim i = 100 t + 10 h + i.
+        let g = [0.0, 1.0, 10.0, 11.0, 100.0, 101.0, 110.0, 111.0];
+        assert_eq!(as_shape(&g, &[1, 2, 4], &[1, 2, 4]), vec![g.to_vec()]);
+        // [b, h, s, d]: head 0 of both tokens first.
+        let t = as_shape(&g, &[1, 2, 4], &[1, 2, 2, 2]);
+        assert_eq!(t.len(), 2, "2 heads of 2 tokens fits both readings");
+        assert_eq!(t[1], [0.0, 1.0, 100.0, 101.0, 10.0, 11.0, 110.0, 111.0]);
+        assert_eq!(as_shape(&g, &[1, 2, 4], &[1, 4, 2, 1]).len(), 1);
+        assert!(as_shape(&g, &[1, 2, 4], &[1, 8]).is_empty());
+        assert!(as_shape(&g, &[1, 2, 4], &[1, 3, 2, 2]).is_empty());
+    }
 
     #[test]
     fn permute_reverses_dims() {
