@@ -138,6 +138,9 @@ impl TempRepo {
 /// between `<!-- NAME:start -->` and `<!-- NAME:end -->`) equal to `content`;
 /// `HARNESS_UPDATE_README=1` rewrites it instead of failing.
 pub fn check_generated_section(file: &str, name: &str, content: &str) {
+    // Tests of one binary may rewrite sections of the same file at once.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = repo_root().join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
     let (start, end) = (format!("<!-- {name}:start -->\n"), format!("<!-- {name}:end -->"));
