@@ -474,8 +474,12 @@ const NOT_CAUGHT: &[(&str, &str)] = &[(
      atol 1e-4 (distilbert/sharp exists for that)",
 )];
 
-/// The same for the third zoo (none known before its first run).
-const NOT_CAUGHT_3: &[(&str, &str)] = &[];
+/// The same for the third zoo (none known before its first run; this is what it found).
+const NOT_CAUGHT_3: &[(&str, &str)] = &[(
+    "bias_drop:distilbert.transformer.layer.0.ffn.lin1",
+    "distilbert-tiny's biases are all zero (HF initialises biases to 0 and the model is not generated \
+     with `every_weight`), so dropping one changes nothing: the bug cannot show on this model",
+)];
 
 /// The engine file of HF in float32 with `patch` planted (none: the unpatched engine).
 fn engine_yaml(patch: Option<&str>) -> String {
@@ -807,7 +811,27 @@ fn scorecard(zoo_name: &str, bugs: Vec<Bug>, not_caught: &[(&str, &str)]) -> Out
         benign_rows.join(", "),
         if uncaught.is_empty() { String::new() } else { format!("\nNot caught: {}.\n", uncaught.join("; ")) },
     );
-    println!("{table}");
+    let title = match zoo_name {
+        "zoo3" => "third zoo (blind)",
+        "zoo2" => "second zoo",
+        other => other,
+    };
+    let summary = format!(
+        "| {title}: {n} bugs, {} families | caught | localized | right hint first | in the top 3 | first, without \
+         re-runs | first, data detectors alone | hints on {} benign trials |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n\
+         | measured | {} | {} | {} | {} | {} | {} | {benign_hints} |\n\
+         | target | 100% | 100% | >= 80% | >= 90% | | >= 70% | 0 |\n",
+        families.len(),
+        benign.len(),
+        pct(caught_n, n),
+        pct(localized_n, n),
+        pct(first_with, n),
+        pct(top3_with, n),
+        pct(first_without, n),
+        pct(first_data, n),
+    );
+    println!("{table}\n{summary}");
     for (i, m) in measured.iter().enumerate() {
         if let Some(m) = m {
             println!("{}: {:.1} s ({})", bug_engine(zoo_name, i), m.seconds, m.phases);
@@ -817,6 +841,7 @@ fn scorecard(zoo_name: &str, bugs: Vec<Bug>, not_caught: &[(&str, &str)]) -> Out
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     if only.is_none() {
         common::check_generated_section("docs/diagnosis.md", &format!("{zoo_name}-scorecard"), &table);
+        common::check_generated_section("README.md", &format!("{zoo_name}-summary"), &summary);
     }
     Ok(())
 }

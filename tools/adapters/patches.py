@@ -307,7 +307,8 @@ def _window(model, name, m, arg):
     c = getattr(m, "config", None)
     if c is None or not hasattr(c, "sliding_window"):
         raise ValueError(f"{ENV}: window: `{name or type(m).__name__}` has no config with a sliding_window")
-    c.sliding_window = None if v.lower() == "none" else int(v)
+    # `none`: a window wider than any input (Gemma 3's mask functions refuse `None`).
+    c.sliding_window = 1 << 20 if v.lower() == "none" else int(v)
 
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
