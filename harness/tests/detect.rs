@@ -190,6 +190,15 @@ fn reduced_precision_is_named_as_such_and_not_as_a_position_bug() {
         "{}",
         harness::report::terminal::render(&r)
     );
+    assert_eq!(r.hints[0].kind, harness::diagnose::HintKind::RowScale, "{}", harness::report::terminal::render(&r));
+    // GPT-2's LayerNorms have biases (random in gpt2-tiny): a factor per token only once the
+    // bias is taken out.
+    let repo = TempRepo::with_cases(&["gpt2/sequence"]);
+    let eps = Arc::new(ReferenceEngine::mutant("mutant", Mutation::LayerNormEps(1e-2)));
+    let r = repo.run("gpt2/sequence", "mutant", vec![eps]);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.hints[0].kind, harness::diagnose::HintKind::RowScale, "{text}");
+    assert!(r.hints[0].message.contains("with `transformer.h.0.ln_1.bias` taken out"), "{text}");
 }
 
 /// An error that starts small: every tap from layer 0 on is scaled by 1 + 5e-5 (inside the
@@ -455,6 +464,46 @@ fn a_skipped_module_and_a_pooler_on_the_wrong_token_are_named_from_the_data() {
         assert_eq!(r.verdict, Verdict::Fail, "{text}");
         assert_eq!(r.taps[r.first_divergence.unwrap()].name, tap, "{text}");
         assert_eq!(r.hints[0].kind, kind, "{name}: {text}");
+        assert!(r.hints[0].message.contains(says), "{name}: {text}");
+    }
+}
+
+/// A rotary cos table (`[1, seq, d]`, HF's half-split layout) computed here with `theta`,
+/// frequencies times `scale`, pairs `interleaved` or not; other taps untouched.
+fn rope_cos(tap: &str, i: usize, d: usize, x: f32, theta: f64, scale: f64, interleaved: bool) -> f32 {
+    if tap != "model.rotary_emb" {
+        return x;
+    }
+    let (p, j) = ((i / d) as f64, i % d);
+    let k = if interleaved { j / 2 } else { j % (d / 2) };
+    (p * scale * theta.powf(-2.0 * k as f64 / d as f64)).cos() as f32
+}
+
+fn rope_base_10k(t: &str, i: usize, d: usize, x: f32) -> f32 {
+    rope_cos(t, i, d, x, 1e4, 1.0, false)
+}
+
+fn rope_scaled(t: &str, i: usize, d: usize, x: f32) -> f32 {
+    rope_cos(t, i, d, x, 1e6, 0.25, false)
+}
+
+fn rope_interleaved(t: &str, i: usize, d: usize, x: f32) -> f32 {
+    rope_cos(t, i, d, x, 1e6, 1.0, true)
+}
+
+#[test]
+fn a_rotary_table_names_its_base_its_scaling_or_its_pair_layout() {
+    // qwen3-tiny-gqa: rope_theta 1e6, head_dim 16.
+    let repo = TempRepo::with_cases(&["qwen3/sequence"]);
+    for (name, alter, says) in [
+        ("rope-10k", rope_base_10k as Alter, "base theta ~ 10000 where the golden's is ~ 1000000"),
+        ("rope-scaled", rope_scaled as Alter, "the golden's times 0.2500: a linear RoPE scaling factor"),
+        ("rope-interleaved", rope_interleaved as Alter, "the RoPE pairs are interleaved"),
+    ] {
+        let r = repo.run("qwen3/sequence", name, vec![Arc::new(Altered { name, alter })]);
+        let text = harness::report::terminal::render(&r);
+        assert_eq!(r.taps[r.first_divergence.unwrap()].name, "model.rotary_emb", "{text}");
+        assert_eq!(r.hints[0].kind, harness::diagnose::HintKind::ErrorGrowsWithPosition, "{name}: {text}");
         assert!(r.hints[0].message.contains(says), "{name}: {text}");
     }
 }

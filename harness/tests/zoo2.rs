@@ -812,7 +812,7 @@ fn scorecard(zoo_name: &str, bugs: Vec<Bug>, not_caught: &[(&str, &str)]) -> Out
         if uncaught.is_empty() { String::new() } else { format!("\nNot caught: {}.\n", uncaught.join("; ")) },
     );
     let title = match zoo_name {
-        "zoo3" => "third zoo (blind)",
+        "zoo3" => "third zoo",
         "zoo2" => "second zoo",
         other => other,
     };

@@ -109,11 +109,13 @@ pub fn diagnose(ctx: &mut Ctx<'_>, reruns: &Reruns<'_>) -> Vec<Hint> {
     decode_step(ctx, &mut out);
     layer_type(ctx, &mut out);
     patterns::analyze(ctx, &mut out);
+    patterns::rope_table(ctx, &mut out);
     reduced_precision(ctx, &mut out);
     transforms::blame(ctx, &mut out);
     transforms::activations(ctx, &mut out);
     weights::analyze(ctx, &mut out);
     weights::pooling(ctx, &mut out);
+    weights::affine_row_scale(ctx, &mut out);
     if let Some(rerun) = reruns.engine {
         probes::nondeterminism(ctx, rerun, &mut out);
     }

@@ -228,6 +228,96 @@ fn onset(tap: &str, errs: &RowErrors, causal: bool) -> Option<Hint> {
     Some(hint(HintKind::ErrorOnsetAtPosition, tap, if same { 0.8 } else { 0.6 }, msg))
 }
 
+/// Angular frequency of each column of a RoPE cos table (`[.., seq, d]`, row p = cos(p * f)),
+/// read at the largest position where p * f stays below pi (acos is exact there).
+fn frequencies(rows: &[&[f32]]) -> Vec<f64> {
+    let d = rows[0].len();
+    (0..d)
+        .map(|j| {
+            let f1 = (rows[1][j] as f64).clamp(-1.0, 1.0).acos();
+            let p = if f1 > 0.0 { ((3.0 / f1) as usize).clamp(1, rows.len() - 1) } else { rows.len() - 1 };
+            (rows[p][j] as f64).clamp(-1.0, 1.0).acos() / p as f64
+        })
+        .collect()
+}
+
+/// The base `theta` of `f_j = theta^(-2j/d)`, from the median over the columns that resolve.
+fn rope_base(f: &[f64], d: usize) -> Option<f64> {
+    let mut logs: Vec<f64> =
+        (1..d / 2).filter(|&j| f[j] > 1e-4 && f[j] < 3.0).map(|j| -f[j].ln() * d as f64 / (2.0 * j as f64)).collect();
+    if logs.is_empty() {
+        return None;
+    }
+    logs.sort_by(f64::total_cmp);
+    Some(logs[logs.len() / 2].exp())
+}
+
+/// A rotary table (`*rotary_emb`, HF's cos table: `[1, seq, d]`, the two halves equal) with
+/// other frequencies than the golden's: the base `theta` read from each, or one factor for all
+/// (linear RoPE scaling, scaled position ids), or pairs laid out interleaved.
+pub fn rope_table(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
+    let name = ctx.taps[ctx.first].name.clone();
+    if ctx.kind_of(&name) != TapKind::Positions || !name.split('@').next().unwrap_or("").ends_with("rotary_emb") {
+        return;
+    }
+    let (Some(actual), Some(golden)) = (ctx.actual(&name), ctx.golden(&name)) else { return };
+    let shape = golden.shape().to_vec();
+    if actual.shape() != shape.as_slice() || shape.len() != 3 || shape[1] < 3 || shape[2] < 4 || shape[2] % 2 != 0 {
+        return;
+    }
+    let (s, d) = (shape[1], shape[2]);
+    let rows = |t: &[f32]| -> Vec<Vec<f32>> { (0..s).map(|p| t[p * d..(p + 1) * d].to_vec()).collect() };
+    let (ge, ee) = (rows(golden.data()), rows(actual.data()));
+    let h = d / 2;
+    // HF's table at position 0 is all ones, and its halves repeat: a cos table.
+    let is_table = |r: &Vec<Vec<f32>>| r[0].iter().all(|&v| (v - 1.0).abs() < 1e-6);
+    if !is_table(&ge) || ge.iter().any(|r| (0..h).any(|j| (r[j] - r[j + h]).abs() > 1e-6)) || !is_table(&ee) {
+        return;
+    }
+    let gr: Vec<&[f32]> = ge.iter().map(|r| r.as_slice()).collect();
+    let er: Vec<&[f32]> = ee.iter().map(|r| r.as_slice()).collect();
+    let (fg, fe) = (frequencies(&gr), frequencies(&er));
+    let interleaved = ee.iter().all(|r| (0..h).all(|i| (r[2 * i] - r[2 * i + 1]).abs() < 1e-6))
+        && ee.iter().any(|r| (0..h).any(|j| (r[j] - r[j + h]).abs() > 1e-4));
+    let msg = if interleaved {
+        "the engine's rotary table repeats each frequency in adjacent columns (2i, 2i+1) where HF repeats the \
+         halves (i, i+d/2): the RoPE pairs are interleaved; rotate half-split pairs (or permute q/k weights)"
+            .to_string()
+    } else {
+        let ratios: Vec<f64> = (0..h).filter(|&j| fg[j] > 1e-3 && fg[j] < 3.0).map(|j| fe[j] / fg[j]).collect();
+        if ratios.len() < 2 {
+            return;
+        }
+        let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0f64), |(l, u), &r| (l.min(r), u.max(r)));
+        if hi / lo < 1.02 && ((lo + hi) / 2.0 - 1.0).abs() > 0.01 {
+            format!(
+                "every RoPE frequency of the engine is the golden's times {:.4}: a linear RoPE scaling factor \
+                 (`rope_scaling`/`rope_parameters`: factor {:.4}) or position ids scaled",
+                (lo + hi) / 2.0,
+                2.0 / (lo + hi)
+            )
+        } else {
+            let (Some(tg), Some(te)) = (rope_base(&fg, d), rope_base(&fe, d)) else { return };
+            if (te / tg - 1.0).abs() < 0.05 {
+                return;
+            }
+            format!(
+                "the engine's rotary table has base theta ~ {} where the golden's is ~ {}: check `rope_theta` \
+                 (`rope_parameters`: the default 10000 where the config sets another, or a local/global base mix-up)",
+                round_sig(te),
+                round_sig(tg)
+            )
+        }
+    };
+    out.push(hint(HintKind::ErrorGrowsWithPosition, &name, 0.9, msg));
+}
+
+/// Two significant digits, for a base read from float32 tables.
+fn round_sig(x: f64) -> String {
+    let p = 10f64.powi(x.abs().log10().floor() as i32 - 1);
+    format!("{}", (x / p).round() * p)
+}
+
 /// Spearman rank correlation.
 fn spearman(x: &[f64], y: &[f64]) -> f64 {
     fn ranks(v: &[f64]) -> Vec<f64> {

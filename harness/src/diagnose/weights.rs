@@ -224,6 +224,58 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     });
 }
 
+/// A norm's epsilon or variance formula shows as one factor per token, but only on the
+/// normalized values: LayerNorm's bias (`y = w * x_hat + b`) is added after the factor. With
+/// the tap's own bias taken out, `engine - b = k[token] * (golden - b)`.
+pub fn affine_row_scale(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
+    let first = ctx.first;
+    let name = ctx.taps[first].name.clone();
+    if out.iter().any(|h| h.kind == HintKind::RowScale) {
+        return;
+    }
+    let kind = ctx.kind_of(&name);
+    let (Some(actual), Some(golden)) = (ctx.actual(&name), ctx.golden(&name)) else { return };
+    let width = *golden.shape().last().unwrap_or(&0);
+    if actual.shape() != golden.shape() || width < 2 || golden.numel() <= width {
+        return;
+    }
+    let module = name.split('@').next().unwrap_or(&name);
+    let Some((b, _, n)) = load(&ctx.case.model.dir, &format!("{module}.bias")) else { return };
+    if n != width || b.iter().all(|&x| x == 0.0) {
+        return;
+    }
+    let (mut lo, mut hi) = (f64::INFINITY, 0f64);
+    let mut cand = Vec::with_capacity(actual.numel());
+    for (r, (x, y)) in actual.data().chunks(width).zip(golden.data().chunks(width)).enumerate() {
+        let (mut xy, mut xx) = (0f64, 0f64);
+        for ((&xv, &yv), &bv) in x.iter().zip(y).zip(&b) {
+            let (xc, yc) = (xv as f64 - bv as f64, yv as f64 - bv as f64);
+            xy += xc * yc;
+            xx += xc * xc;
+        }
+        let k = if xx > 0.0 { xy / xx } else { 1.0 };
+        let shape = golden.shape();
+        if shape.len() != 3 || ctx.case.inputs.is_real(r / shape[1], r % shape[1]) {
+            lo = lo.min(1.0 / k);
+            hi = hi.max(1.0 / k);
+        }
+        cand.extend(x.iter().zip(&b).map(|(&xv, &bv)| ((xv as f64 - bv as f64) * k + bv as f64) as f32));
+    }
+    if !within_tolerance(ctx.case, &ctx.taps[first], kind, &cand, golden.data()).1 {
+        return;
+    }
+    let range = if lo <= hi { format!(" ({lo:.4} to {hi:.4})") } else { String::new() };
+    out.push(Hint {
+        kind: HintKind::RowScale,
+        tap: name.clone(),
+        score: 0.9,
+        message: format!(
+            "with `{module}.bias` taken out, each token is the golden times its own factor{range}: the \
+             normalization before the bias differs (LayerNorm epsilon, variance formula, a missing or extra norm)"
+        ),
+    });
+}
+
 /// Pooling that reads another token (the last instead of [CLS], a mean instead of the first):
 /// a pooled tap (`[batch, width]`, no token axis) is compared with each pooling of the last
 /// token-level golden before it, pushed through the tap's own linear layer when it has one
