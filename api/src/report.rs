@@ -265,6 +265,9 @@ pub enum HintKind {
     ChannelOffset,
     /// Each channel is the golden times its own factor (`w` vs `1 + w`, a scale vector).
     ChannelScale,
+    /// The engine matches when a named float input is given before a standard normalization
+    /// (mean/std, a 0-255 range): it normalizes an input that is already normalized.
+    InputNormalization,
 }
 
 impl HintKind {
@@ -272,7 +275,11 @@ impl HintKind {
     /// model's structure as well (`structure`), or running something again (`re-run`).
     pub fn evidence(self) -> &'static str {
         match self {
-            HintKind::KnownBug | HintKind::RopePairing | HintKind::NonDeterministic | HintKind::InputLayout => "re-run",
+            HintKind::KnownBug
+            | HintKind::RopePairing
+            | HintKind::NonDeterministic
+            | HintKind::InputLayout
+            | HintKind::InputNormalization => "re-run",
             HintKind::LayerType | HintKind::DecodeStep => "structure",
             _ => "data",
         }

@@ -80,6 +80,13 @@ fn normalizes_twice(n: &mut NamedInput) {
     }
 }
 
+/// The port applies Whisper's log-mel scaling, (x + 4) / 4, to features that already have it.
+fn log_mel_scaled_again(n: &mut NamedInput) {
+    if let Some((_, v)) = floats(n, "input_features") {
+        v.iter_mut().for_each(|x| *x = (*x + 4.0) / 4.0);
+    }
+}
+
 /// The port's feature extractor writes the spectrogram frame-major, [B, frames, mel], and the
 /// model reads it as [B, mel, frames].
 fn frames_major(n: &mut NamedInput) {
@@ -142,6 +149,8 @@ fn a_normalization_bug_is_caught_and_not_called_a_layout() {
     assert_eq!(r.verdict, Verdict::Fail, "{text}");
     assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "vit.embeddings", "{text}");
     assert!(!r.hints.iter().any(|h| h.kind == HintKind::InputLayout), "{text}");
+    assert_eq!(r.hints[0].kind, HintKind::InputNormalization, "{text}");
+    assert!(r.hints[0].message.contains("normalizes it again with mean 0.5, std 0.5"), "{text}");
 }
 
 /// One malformed `pixel_values` per entry: the error names the file and the line of the input.
@@ -195,6 +204,55 @@ fn an_input_other_than_the_goldens_one_is_an_error() {
     assert!(r.error.as_deref().unwrap_or("").contains("builds another `pixel_values`"), "{:?}", r.error);
 }
 
+/// An engine written here that "computes" vit/pixels by reading its goldens, with the patch
+/// sequence of `vit.embeddings.patch_embeddings` ([batch, 16 patches of a 4x4 grid, hidden])
+/// taken one patch to the right in each grid row (wrapping): a port whose patch grid is offset.
+struct ShiftedPatches(std::path::PathBuf);
+struct ShiftedPatchesModel(std::path::PathBuf);
+
+impl Engine for ShiftedPatches {
+    fn name(&self) -> &str {
+        "patch-shifted"
+    }
+    fn default_enabled(&self) -> bool {
+        false
+    }
+    fn load(&self, _: &harness::case::ModelSpec) -> harness::Result<Box<dyn LoadedModel>> {
+        Ok(Box::new(ShiftedPatchesModel(self.0.clone())))
+    }
+}
+
+impl LoadedModel for ShiftedPatchesModel {
+    fn run(&self, _: &Inputs, taps: &[&str]) -> harness::Result<Outputs> {
+        let mut out = Outputs::new();
+        for t in taps {
+            let g = harness::tensor::read_npy(&self.0.join(format!("{t}.npy")), None)?;
+            let (shape, mut v) = (g.shape().to_vec(), g.data().to_vec());
+            if *t == "vit.embeddings.patch_embeddings" {
+                let d = shape[2];
+                for image in v.chunks_mut(16 * d) {
+                    for grid_row in image.chunks_mut(4 * d) {
+                        grid_row.rotate_left(d);
+                    }
+                }
+            }
+            out.insert(t.to_string(), harness::tensor::Tensor::new(shape, v)?);
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn a_shifted_patch_grid_is_named_on_the_patch_sequence() {
+    let repo = TempRepo::with_cases(&["vit/pixels"]);
+    let engine = Arc::new(ShiftedPatches(repo.path("goldens/vit/pixels")));
+    let r = repo.run("vit/pixels", "patch-shifted", vec![engine]);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.verdict, Verdict::Fail, "{text}");
+    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "vit.embeddings.patch_embeddings", "{text}");
+    assert_eq!(r.hints[0].kind, HintKind::TokenMisalignment, "{text}");
+}
+
 #[test]
 fn a_frame_major_spectrogram_is_caught_in_the_encoder_and_named_as_a_layout() {
     let r = run_on("whisper/features-tanh", frames_major, "frames-major");
@@ -203,6 +261,15 @@ fn a_frame_major_spectrogram_is_caught_in_the_encoder_and_named_as_a_layout() {
     assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.encoder.layer_norm", "{text}");
     assert_eq!(r.hints[0].kind, HintKind::InputLayout, "{text}");
     assert!(r.hints[0].message.contains("`input_features` as [B, frames, mel]"), "{text}");
+}
+
+#[test]
+fn spectrogram_scaling_applied_twice_is_named() {
+    let r = run_on("whisper/features-tanh", log_mel_scaled_again, "log-mel-twice");
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.verdict, Verdict::Fail, "{text}");
+    assert_eq!(r.hints[0].kind, HintKind::InputNormalization, "{text}");
+    assert!(r.hints[0].message.contains("Whisper's log-mel scaling"), "{text}");
 }
 
 #[test]

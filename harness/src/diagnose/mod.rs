@@ -71,12 +71,21 @@ impl<'a> Ctx<'a> {
     }
     pub fn kind_of(&self, name: &str) -> TapKind {
         let base = name.split('@').next().unwrap_or(name);
-        self.case
+        let kind = self
+            .case
             .taps
             .iter()
             .find(|t| t.name == name || t.name == base)
             .map(|t| t.module.kind)
-            .unwrap_or(TapKind::Tokens)
+            .unwrap_or(TapKind::Tokens);
+        // A model without token ids (an image, a spectrogram) records its patch and frame
+        // sequences as `rows`; their axis 1 is a position axis all the same (no mask: every
+        // position is real), so the per-position detectors run on them.
+        let rank = self.taps.iter().find(|t| t.name == name).map_or(0, |t| t.shape.len());
+        if kind == TapKind::Rows && rank == 3 && !self.case.inputs.has_ids() {
+            return TapKind::Tokens;
+        }
+        kind
     }
     /// Attention head size from the model config, when it has one.
     pub fn head_dim(&self) -> Option<usize> {
@@ -124,6 +133,7 @@ pub fn diagnose(ctx: &mut Ctx<'_>, reruns: &Reruns<'_>) -> Vec<Hint> {
     }
     if let Some(run) = reruns.engine_on {
         probes::input_layout(ctx, run, &mut out);
+        probes::input_normalization(ctx, run, &mut out);
     }
     rank(out)
 }

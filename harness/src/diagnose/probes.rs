@@ -188,6 +188,74 @@ pub fn input_layout(ctx: &mut Ctx<'_>, run: &dyn Fn(&crate::case::Inputs) -> Res
     }
 }
 
+/// Normalizations a preprocessing step applies to images: (name, mean, std) per channel.
+const IMAGE_NORMS: &[(&str, [f32; 3], [f32; 3])] = &[
+    ("mean 0.5, std 0.5 (ViT, SigLIP)", [0.5; 3], [0.5; 3]),
+    ("ImageNet's mean and std", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ("CLIP's mean and std", [0.481_454_66, 0.457_827_5, 0.408_210_73], [0.268_629_54, 0.261_302_6, 0.275_777_1]),
+];
+
+/// A named float input normalized a second time by the engine: give it the case's input with a
+/// standard normalization undone (`x * std + mean` per channel; `x * 255` for a port that
+/// divides by 255; Whisper's log-mel scaling `x * 4 - 4`); one that makes the first divergent
+/// tap match names what the engine applies on top of the preprocessor's output.
+pub fn input_normalization(
+    ctx: &mut Ctx<'_>,
+    run: &dyn Fn(&crate::case::Inputs) -> Result<Outputs>,
+    out: &mut Vec<Hint>,
+) {
+    use harness_api::inputs::InputData;
+    let name = ctx.taps[ctx.first].name.clone();
+    let kind = ctx.kind_of(&name);
+    let Some(golden) = ctx.golden(&name) else { return };
+    for (k, input) in ctx.case.inputs.named.iter().enumerate() {
+        let InputData::F32(data) = &input.data else { continue };
+        // (what the engine does, the input that undoes it)
+        let mut undo: Vec<(String, Vec<f32>)> = Vec::new();
+        if input.shape.len() == 4 && input.shape[1] == 3 {
+            let plane = input.shape[2] * input.shape[3];
+            for (what, mean, std) in IMAGE_NORMS {
+                let v =
+                    data.iter().enumerate().map(|(i, &x)| x * std[(i / plane) % 3] + mean[(i / plane) % 3]).collect();
+                undo.push((format!("normalizes it again with {what}"), v));
+            }
+        }
+        undo.push((
+            "divides it by 255 (it expects 0-255 pixel values)".into(),
+            data.iter().map(|x| x * 255.0).collect(),
+        ));
+        if input.name == "input_features" {
+            undo.push((
+                "applies Whisper's log-mel scaling ((x + 4) / 4) again".into(),
+                data.iter().map(|x| x * 4.0 - 4.0).collect(),
+            ));
+        }
+        for (what, v) in undo {
+            let mut inputs = ctx.case.inputs.clone();
+            inputs.named[k].data = InputData::F32(v);
+            let Ok(outs) = run(&inputs) else { continue };
+            let Some(got) = outs.get(&name) else { continue };
+            if got.shape() != golden.shape()
+                || !within_tolerance(ctx.case, &ctx.taps[ctx.first], kind, got.data(), golden.data()).1
+            {
+                continue;
+            }
+            out.push(Hint {
+                kind: HintKind::InputNormalization,
+                tap: name.clone(),
+                score: 0.9,
+                message: format!(
+                    "the engine {what}: given `{}` with that undone it matches the goldens at `{name}`; the case's \
+                     input is the preprocessor's output, already normalized — drop the engine's own normalization \
+                     (or feed it what it expects)",
+                    input.name
+                ),
+            });
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
