@@ -403,6 +403,9 @@ fn shrink(
     };
     let suite = Suite::new(root.clone(), registry);
     let e = engine(&suite.registry, &engine_name);
+    if !case.inputs.named.is_empty() {
+        return shrink_rows(&root, &suite, &case, &e, oracle.is_some(), dry_run);
+    }
     let oracle = match oracle {
         Some(o) => o.parse::<OracleChoice>().unwrap_or_else(|e| fail(e)),
         None => harness::shrink::default_oracle(&case, &engine_name, &suite.registry),
@@ -443,6 +446,52 @@ fn shrink(
     println!("wrote {}", display_path(&path));
     println!("next: {}", harness::golden::regen_command(&suite.root, &id));
     println!("      cargo test --test cases -- {id}    # then commit the case and goldens/{id}/");
+}
+
+/// `harness shrink` on a case with named inputs (an image, a spectrogram): cut the batch to the
+/// first row that fails alone the same way, judged against the case's goldens cut to that row.
+fn shrink_rows(
+    root: &Path,
+    suite: &Suite,
+    case: &harness::case::Case,
+    e: &Arc<dyn harness::engine::Engine>,
+    oracle_given: bool,
+    dry_run: bool,
+) {
+    if oracle_given {
+        eprintln!(
+            "note: --oracle does not apply to named inputs: each row is judged against the case's own goldens cut to that row"
+        );
+    }
+    let model = suite.model(e, &case.model).unwrap_or_else(|e| fail(e));
+    let expected = suite.expected(case).unwrap_or_else(|e| fail(e));
+    let mut s = harness::shrink::rows::shrink_rows(case, e, model.as_ref(), expected.as_ref(), true)
+        .unwrap_or_else(|e| fail(e));
+    s.report.rerun = std::env::args().collect::<Vec<_>>().join(" ");
+    print!("{}", terminal::render(&s.report));
+    let names: Vec<&str> = case.inputs.named.iter().map(|n| n.name.as_str()).collect();
+    println!(
+        "\nminimal input: row {} of {} ({} kept as they are: named inputs shrink by batch rows only)",
+        s.row,
+        s.rows,
+        names.join(", ")
+    );
+    println!("signature: {}", s.signature);
+    println!(
+        "{} evaluations in {:.1} s, oracle: the case's goldens cut to one row",
+        s.evaluations,
+        s.elapsed.as_secs_f64()
+    );
+    if dry_run {
+        return;
+    }
+    let written = regression::write_row(root, case, &s, e.name()).unwrap_or_else(|e| fail(e));
+    for p in &written {
+        println!("wrote {}", display_path(p));
+    }
+    let id = regression::row_case_id(case, &s);
+    println!("next: {}", harness::golden::regen_command(&suite.root, &id));
+    println!("      cargo test --test cases -- {id}    # then commit the case, its .npy files and goldens/{id}/");
 }
 
 fn main() {

@@ -282,3 +282,44 @@ fn shifted_decoder_tokens_leave_the_encoder_exact_and_fail_the_decoder() {
     assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.decoder.layer_norm", "{text}");
     assert!(!r.hints.iter().any(|h| h.kind == HintKind::InputLayout), "{text}");
 }
+
+/// A port whose batching is broken: with more than one image it reads every image after the
+/// first backwards. Alone, every image is right.
+fn batch_only_bug(n: &mut NamedInput) {
+    let Some((shape, v)) = floats(n, "pixel_values") else { return };
+    if shape[0] < 2 {
+        return;
+    }
+    let per = shape[1..].iter().product::<usize>();
+    v[per..].reverse();
+}
+
+#[test]
+fn a_named_input_case_shrinks_to_one_batch_row_and_writes_it_as_a_case() {
+    let repo = TempRepo::with_cases(&["vit/pixels"]);
+    let case = repo.load("vit/pixels").unwrap();
+    assert_eq!(case.inputs.named[0].shape[0], 2);
+    let shrink = |bug: Bug, name: &'static str| {
+        let suite = repo.suite(vec![Arc::new(Buggy { name, bug })]);
+        let e = suite.registry.get(name).unwrap().clone();
+        let model = suite.model(&e, &case.model).unwrap();
+        let expected = suite.expected(&case).unwrap();
+        harness::shrink::rows::shrink_rows(&case, &e, model.as_ref(), expected.as_ref(), false)
+    };
+    let s = shrink(normalizes_twice, "normalizes-twice").unwrap();
+    assert_eq!((s.row, s.rows), (0, 2));
+    assert_eq!(s.case.inputs.named[0].shape, [1, 3, 16, 16]);
+    assert_eq!(s.case.inputs.named[0], case.inputs.named[0].select_rows(&[0]));
+    assert_eq!(s.report.taps[s.report.first_divergence.unwrap()].name, "vit.embeddings");
+    // Written as a case with its image in a .npy beside it, which loads back as that row.
+    let written = harness::shrink::regression::write_row(repo.root(), &case, &s, "normalizes-twice").unwrap();
+    let id = harness::shrink::regression::row_case_id(&case, &s);
+    assert!(id.starts_with("regressions/vit-pixels-row0-vit.embeddings"), "{id}");
+    assert_eq!(written.len(), 2, "{written:?}");
+    let back = repo.load(&id).unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&written[0]).unwrap()));
+    assert_eq!(back.inputs.named, s.case.inputs.named);
+    assert_eq!(back.taps.len(), case.taps.len());
+    // A bug that needs the batch: no row fails alone, and the error says so.
+    let e = shrink(batch_only_bug, "batch-only").err().expect("no single row fails");
+    assert!(e.to_string().contains("the failure needs the batch"), "{e}");
+}

@@ -26,6 +26,7 @@ pub mod hf;
 pub mod input;
 pub mod oracle;
 pub mod regression;
+pub mod rows;
 pub mod signature;
 pub mod strategy;
 pub mod tree;
@@ -263,11 +264,11 @@ pub fn shrink_case(
     let model = suite.model(engine, &case.model)?;
     if let Some(n) = case.inputs.named.first() {
         return Err(Error::input(format!(
-            "case `{}` gives `{}` (a named input): shrinking covers token ids only, so it is not shrunk",
+            "case `{}` gives `{}` (a named input): shrinking token ids does not apply",
             case.id, n.name
         ))
         .file(&case.file)
-        .hint("cut the batch by hand: a case with one row of the failing input is the smallest reproduction"));
+        .hint("named inputs shrink by batch rows: `shrink::rows::shrink_rows` (what `harness shrink` runs)"));
     }
     if case.taps.iter().any(|t| t.tolerance.noise.is_some()) && *oracle != OracleChoice::Prefix {
         return Err(Error::input(format!(

@@ -78,3 +78,67 @@ pub fn write(root: &Path, source: &Case, shrunk: &Shrunk, engine: &str) -> Resul
     std::fs::write(&path, text).map_err(|e| Error::io(&path, &e))?;
     Ok(path)
 }
+
+/// The regression case of a batch row (named inputs): `regressions/<case>-row<b>-<signature>`.
+pub fn row_case_id(source: &Case, shrunk: &super::rows::RowShrunk) -> String {
+    format!("regressions/{}-row{}-{}", source.id.replace('/', "-"), shrunk.row, shrunk.signature.slug())
+}
+
+/// Write the regression case of a batch row: its named inputs as `.npy` files beside it
+/// (`<case file stem>.<input>.npy`), token ids inline, the source case's other keys. Returns
+/// the paths written, the case first.
+pub fn write_row(root: &Path, source: &Case, shrunk: &super::rows::RowShrunk, engine: &str) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(&source.file).map_err(|e| Error::io(&source.file, &e))?;
+    let mut rest: serde_norway::Mapping = serde_norway::from_str(&text).map_err(|e| {
+        Error::input(format!("cannot re-read the case: {}", crate::error::lowercase_first(&e.to_string())))
+            .file(&source.file)
+    })?;
+    for k in REPLACED {
+        rest.remove(*k);
+    }
+    let id = row_case_id(source, shrunk);
+    let path = crate::project::cases_dir(root).join(format!("{id}.yaml"));
+    let dir = path.parent().unwrap_or(root).to_path_buf();
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("row").to_string();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, &e))?;
+    let c = &shrunk.case;
+    let rel = crate::report::case_path(root, &source.file);
+    let mut y = String::new();
+    let _ =
+        writeln!(y, "# Shrunk by `harness shrink` from {rel} (engine `{engine}`, oracle: its goldens cut to one row).");
+    let _ = writeln!(y, "# Signature: {}.", shrunk.signature);
+    let _ = writeln!(
+        y,
+        "# Row {} of {}: named inputs shrink by batch rows only (their values are kept).",
+        shrunk.row, shrunk.rows
+    );
+    let _ = writeln!(y, "# Goldens: {}", regen_command(root, &id));
+    let what = format!("row {} of {}, which fails with {}", shrunk.row, source.id, shrunk.signature).replace('`', "");
+    let _ = writeln!(y, "description: {}", serde_json::to_string(&what).unwrap_or_default());
+    let _ = writeln!(y, "model: {}", source.model.id);
+    let _ = writeln!(y, "inputs:");
+    if c.inputs.has_ids() {
+        let _ = writeln!(y, "  input_ids: {}", flow_rows(&c.inputs.input_ids));
+    }
+    if let Some(m) = &c.inputs.attention_mask {
+        let _ = writeln!(y, "  attention_mask: {}", flow_rows(m));
+    }
+    if let Some(t) = &c.inputs.token_type_ids {
+        let _ = writeln!(y, "  token_type_ids: {}", flow_rows(t));
+    }
+    let mut written = vec![path.clone()];
+    for n in &c.inputs.named {
+        let file = format!("{stem}.{}.npy", n.name);
+        let npy = dir.join(&file);
+        crate::engine::external::protocol::write_npy_named(&npy, n)?;
+        let _ = writeln!(y, "  {}: {{npy: {file}}}", n.name);
+        written.push(npy);
+    }
+    if !rest.is_empty() {
+        let tail = serde_norway::to_string(&rest)
+            .map_err(|e| Error::input(format!("cannot write the case's other keys: {e}")).file(&source.file))?;
+        y.push_str(&tail);
+    }
+    std::fs::write(&path, y).map_err(|e| Error::io(&path, &e))?;
+    Ok(written)
+}

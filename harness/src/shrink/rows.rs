@@ -1,0 +1,146 @@
+//! Shrinking a case whose inputs are named tensors (an image, a spectrogram, decoder ids given
+//! by name): what shrinks is the batch. Each row is tried alone against the case's own goldens
+//! cut to that row (a model computes the rows of a batch independently, so HF's output for row
+//! b alone is its batched output's row b, to float32 noise); the first row that fails the way
+//! the whole case does is the reproduction. The values inside a row (pixels, frames, tokens
+//! given by name) are not shrunk: there is no smaller image that means the same thing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::signature::Signature;
+use crate::case::{Case, IdMatrix, Inputs};
+use crate::engine::{Engine, LoadedModel};
+use crate::error::{Error, Result};
+use crate::expected::Expected;
+use crate::golden::Goldens;
+use crate::report::TrialReport;
+use crate::structure::TapKind;
+use crate::tensor::Tensor;
+
+/// A batch row that fails alone as the whole case does.
+pub struct RowShrunk {
+    pub signature: Signature,
+    /// The row of the case, and how many it has.
+    pub row: usize,
+    pub rows: usize,
+    /// The case cut to that row, and its report against the goldens cut to that row.
+    pub case: Case,
+    pub report: TrialReport,
+    pub evaluations: u32,
+    pub elapsed: Duration,
+}
+
+fn rows_of(m: &IdMatrix, b: usize) -> IdMatrix {
+    IdMatrix { batch: 1, seq: m.seq, data: m.row(b).to_vec() }
+}
+
+/// `inputs` cut to batch row `b`.
+pub fn row_inputs(inputs: &Inputs, b: usize) -> Inputs {
+    Inputs {
+        input_ids: if inputs.has_ids() { rows_of(&inputs.input_ids, b) } else { inputs.input_ids.clone() },
+        attention_mask: inputs.attention_mask.as_ref().map(|m| rows_of(m, b)),
+        token_type_ids: inputs.token_type_ids.as_ref().map(|m| rows_of(m, b)),
+        named: inputs.named.iter().map(|n| n.select_rows(&[b])).collect(),
+    }
+}
+
+/// The case's batch size, when every input agrees on it.
+fn batch_of(case: &Case) -> Result<usize> {
+    let i = &case.inputs;
+    let mut sizes: Vec<(String, usize)> = i.named.iter().map(|n| (n.name.clone(), n.shape[0])).collect();
+    if i.has_ids() {
+        sizes.push(("input_ids".into(), i.input_ids.batch));
+    }
+    let b = sizes.first().map_or(1, |s| s.1);
+    if let Some((name, n)) = sizes.iter().find(|s| s.1 != b) {
+        return Err(Error::input(format!(
+            "`{name}` has {n} rows where `{}` has {b}: the batch cannot be cut row by row",
+            sizes[0].0
+        ))
+        .file(&case.file));
+    }
+    Ok(b)
+}
+
+/// Golden `t` of a tap of kind `kind` cut to batch row `b` (taps shared by the batch, such as
+/// RoPE tables, stay whole).
+fn row_golden(t: &Tensor, kind: TapKind, batch_axis: Option<usize>, batch: usize, b: usize) -> Result<Tensor> {
+    let axis = batch_axis.or(match kind {
+        TapKind::Tokens | TapKind::Rows => Some(0),
+        TapKind::Positions | TapKind::Whole => None,
+    });
+    let shape = t.shape();
+    match axis {
+        Some(0) if shape.first() == Some(&batch) => {
+            let per = shape[1..].iter().product::<usize>();
+            let mut s = shape.to_vec();
+            s[0] = 1;
+            Tensor::new(s, t.data()[b * per..(b + 1) * per].to_vec())
+        }
+        _ => Ok(t.clone()),
+    }
+}
+
+/// Cut `case` (failing on `engine`) to its first batch row that fails alone with the same
+/// signature, judged against the case's goldens cut to that row.
+pub fn shrink_rows(
+    case: &Case,
+    engine: &Arc<dyn Engine>,
+    model: &dyn LoadedModel,
+    expected: &dyn Expected,
+    progress: bool,
+) -> Result<RowShrunk> {
+    let start = Instant::now();
+    let batch = batch_of(case)?;
+    let (full, _) = crate::trial::assess(case, engine.name(), model, expected, String::new(), None);
+    let Some(signature) = Signature::of(&full) else {
+        return Err(Error::input(format!(
+            "case `{}` does not fail on `{}` ({:?}): there is nothing to shrink",
+            case.id,
+            engine.name(),
+            full.verdict
+        ))
+        .file(&case.file));
+    };
+    let mut evaluations = 1;
+    for b in 0..batch {
+        let mut one = case.clone();
+        one.inputs = row_inputs(&case.inputs, b);
+        let mut taps = Vec::with_capacity(case.taps.len());
+        let mut ordered: Vec<&crate::case::Tap> = case.taps.iter().collect();
+        ordered.sort_by_key(|t| expected.position(&t.name).unwrap_or(usize::MAX));
+        for t in ordered {
+            if !expected.has(&t.name) {
+                continue;
+            }
+            let g = expected.load(&t.name)?;
+            let g = row_golden(&g, t.module.kind, t.module.batch_axis, batch, b)?;
+            taps.push((t.name.clone(), g, expected.noise_floor(&t.name)));
+        }
+        let goldens = Goldens::in_memory(&one, &format!("goldens of {}, row {b}", case.id), taps);
+        let (report, _) = crate::trial::assess(&one, engine.name(), model, &goldens, String::new(), None);
+        evaluations += 1;
+        let same = Signature::of(&report).is_some_and(|s| signature.matches(&s));
+        if progress {
+            eprintln!("shrink: row {b} of {batch} alone: {}", if same { "fails the same way" } else { "does not" });
+        }
+        if same {
+            return Ok(RowShrunk {
+                signature,
+                row: b,
+                rows: batch,
+                case: one,
+                report,
+                evaluations,
+                elapsed: start.elapsed(),
+            });
+        }
+    }
+    Err(Error::input(format!(
+        "no row of case `{}` fails alone the way the whole batch does ({signature}): the failure needs the batch",
+        case.id
+    ))
+    .file(&case.file)
+    .hint("keep the case as it is: it is the smallest reproduction the harness can make"))
+}
