@@ -507,3 +507,18 @@ fn a_rotary_table_names_its_base_its_scaling_or_its_pair_layout() {
         assert!(r.hints[0].message.contains(says), "{name}: {text}");
     }
 }
+
+/// Large, structureless noise on one tap: nothing a detector knows.
+fn scrambled(tap: &str, i: usize, _: usize, x: f32) -> f32 {
+    if tap == "model.layers.1.mlp.down_proj" { x + 0.3 * ((i as f32 * 12.9898).sin() * 43758.547).fract() } else { x }
+}
+
+#[test]
+fn an_error_no_detector_fits_says_no_pattern_found() {
+    let repo = TempRepo::with_cases(&["llama/mha"]);
+    let r = repo.run("llama/mha", "scrambled", vec![Arc::new(Altered { name: "scrambled", alter: scrambled })]);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.taps[r.first_divergence.unwrap()].name, "model.layers.1.mlp.down_proj", "{text}");
+    assert!(r.hints.is_empty(), "{text}");
+    assert!(text.contains("what it looks like: no pattern found"), "{text}");
+}

@@ -143,6 +143,12 @@ pub fn render(r: &TrialReport) -> String {
             };
             let _ = writeln!(s, "  {}. [{kind}] {}{at}", i + 1, h.message);
         }
+    } else if r.verdict == Verdict::Fail && r.first_divergence.is_some() {
+        // Said rather than left out: no hint is a finding too, and better than a weak guess.
+        let _ = writeln!(
+            s,
+            "what it looks like: no pattern found (no detector fits this error; start from the first divergent tap)"
+        );
     }
     // Blocks whose own error (run alone on golden inputs) is out of tolerance, named by the
     // first such tap in each layer.

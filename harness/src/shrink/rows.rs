@@ -96,10 +96,10 @@ pub fn shrink_rows(
     let (full, _) = crate::trial::assess(case, engine.name(), model, expected, String::new(), None);
     let Some(signature) = Signature::of(&full) else {
         return Err(Error::input(format!(
-            "case `{}` does not fail on `{}` ({:?}): there is nothing to shrink",
+            "case `{}` does not fail on `{}` (verdict {}): there is nothing to shrink",
             case.id,
             engine.name(),
-            full.verdict
+            format!("{:?}", full.verdict).to_lowercase()
         ))
         .file(&case.file));
     };
