@@ -522,3 +522,43 @@ fn an_error_no_detector_fits_says_no_pattern_found() {
     assert!(r.hints.is_empty(), "{text}");
     assert!(text.contains("what it looks like: no pattern found"), "{text}");
 }
+
+/// An engine that does not expose the modules inside layer 0's MLP (fused): the reference with
+/// the exact GELU where GPT-2 uses the tanh approximation.
+struct FusedMlp;
+struct FusedMlpModel(Box<dyn harness::engine::LoadedModel>, Vec<String>);
+
+impl harness::engine::Engine for FusedMlp {
+    fn name(&self) -> &str {
+        "fused-mlp"
+    }
+    fn default_enabled(&self) -> bool {
+        false
+    }
+    fn load(&self, m: &harness::case::ModelSpec) -> harness::Result<Box<dyn harness::engine::LoadedModel>> {
+        let inner = ReferenceEngine::mutant("gelu-erf", Mutation::GeluErf).load(m)?;
+        let taps =
+            m.structure.modules.iter().map(|t| t.path.clone()).filter(|p| !p.starts_with("transformer.h.0.mlp."));
+        Ok(Box::new(FusedMlpModel(inner, taps.collect())))
+    }
+}
+
+impl harness::engine::LoadedModel for FusedMlpModel {
+    fn run(&self, inputs: &harness::case::Inputs, taps: &[&str]) -> harness::Result<harness::engine::Outputs> {
+        self.0.run(inputs, taps)
+    }
+    fn taps(&self) -> Option<Vec<String>> {
+        Some(self.1.clone())
+    }
+}
+
+#[test]
+fn an_activation_seen_only_at_its_mlp_is_named_from_the_weights() {
+    let repo = TempRepo::with_cases(&["gpt2/sequence"]);
+    let r = repo.run("gpt2/sequence", "fused-mlp", vec![Arc::new(FusedMlp)]);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.taps[r.first_divergence.unwrap()].name, "transformer.h.0.mlp", "{text}");
+    let h = r.hints.iter().find(|h| h.kind == harness::diagnose::HintKind::ActivationVariant);
+    let h = h.unwrap_or_else(|| panic!("{text}"));
+    assert!(h.message.contains("with gelu (erf) and the golden with gelu (tanh approximation)"), "{text}");
+}

@@ -125,6 +125,7 @@ pub fn diagnose(ctx: &mut Ctx<'_>, reruns: &Reruns<'_>) -> Vec<Hint> {
     weights::analyze(ctx, &mut out);
     weights::pooling(ctx, &mut out);
     weights::affine_row_scale(ctx, &mut out);
+    weights::mlp_activation(ctx, &mut out);
     if let Some(rerun) = reruns.engine {
         probes::nondeterminism(ctx, rerun, &mut out);
     }

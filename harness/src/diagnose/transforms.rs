@@ -370,7 +370,7 @@ fn erf(x: f64) -> f64 {
     if x < 0.0 { -r } else { r }
 }
 
-const ACTIVATIONS: &[Act] = &[
+pub(super) const ACTIVATIONS: &[Act] = &[
     ("gelu (erf)", |x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))),
     ("gelu (tanh approximation)", |x| {
         0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())

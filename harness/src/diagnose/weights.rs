@@ -224,6 +224,116 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     });
 }
 
+/// The 2-D weights directly under `module` (`module.<child>.weight`), by child name.
+fn child_weights(dir: &Path, module: &str) -> Vec<String> {
+    let Ok(file) = std::fs::File::open(dir.join("model.safetensors")) else { return vec![] };
+    // SAFETY: read-only mapping of a checkpoint that is not written during a run.
+    let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else { return vec![] };
+    let Ok(st) = safetensors::SafeTensors::deserialize(&map) else { return vec![] };
+    let prefix = format!("{module}.");
+    let mut v: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(&prefix)?.strip_suffix(".weight").map(String::from))
+        .filter(|c| !c.contains('.'))
+        .filter(|c| st.tensor(&format!("{prefix}{c}.weight")).is_ok_and(|t| t.shape().len() == 2))
+        .collect();
+    v.sort();
+    v
+}
+
+/// An MLP tap whose activation is not tapped (`gpt_neox.layers.0.mlp`): recompute the MLP from
+/// its two linear weights on the golden of its input under each activation; one that gives the
+/// golden and another that gives the engine name the variant the engine uses.
+pub fn mlp_activation(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
+    let first = ctx.first;
+    let name = ctx.taps[first].name.clone();
+    if out.iter().any(|h| h.kind == HintKind::ActivationVariant) {
+        return;
+    }
+    let kind = ctx.kind_of(&name);
+    let (Some(actual), Some(golden)) = (ctx.actual(&name), ctx.golden(&name)) else { return };
+    let shape = golden.shape().to_vec();
+    if actual.shape() != shape.as_slice() || shape.len() < 2 {
+        return;
+    }
+    let module = name.split('@').next().unwrap_or(&name).to_string();
+    let dir = ctx.case.model.dir.clone();
+    let children = child_weights(&dir, &module);
+    if children.len() != 2 {
+        return;
+    }
+    let h = *shape.last().unwrap();
+    // (weight as applied [out, in], its input width, bias) of the projection up (h -> i) and
+    // down (i -> h); GPT-2's Conv1D stores [in, out], nn.Linear [out, in].
+    let mut up = None;
+    let mut down = None;
+    for c in &children {
+        let path = format!("{module}.{c}");
+        let Some((w, r, k)) = load(&dir, &format!("{path}.weight")) else { return };
+        let b = load(&dir, &format!("{path}.bias")).map(|(b, _, _)| b);
+        let conv1d =
+            ctx.case.model.structure.modules.iter().any(|m| m.path == path && m.class.as_deref() == Some("Conv1D"));
+        let (w, n_in, n_out) =
+            if conv1d { ((0..r * k).map(|i| w[(i % r) * k + i / r]).collect(), r, k) } else { (w, k, r) };
+        match (n_in == h, n_out == h) {
+            (true, false) => up = Some((w, n_out, b)),
+            (false, true) => down = Some((w, n_in, b)),
+            _ => return,
+        }
+    }
+    let (Some((wu, i, bu)), Some((wd, i2, bd))) = (up, down) else { return };
+    if i != i2 {
+        return;
+    }
+    // The MLP's input: a recent earlier tap of width h outside the module.
+    let inputs: Vec<String> = ctx.taps[..first]
+        .iter()
+        .rev()
+        .filter(|t| t.shape == shape && !t.name.starts_with(&format!("{module}.")))
+        .take(3)
+        .map(|t| t.name.clone())
+        .collect();
+    let lin = |x: &[f32], w: &[f32], b: &Option<Vec<f32>>, n_in: usize, n_out: usize| -> Vec<f32> {
+        x.chunks(n_in)
+            .flat_map(|row| {
+                (0..n_out).map(move |o| {
+                    let s: f64 = w[o * n_in..(o + 1) * n_in].iter().zip(row).map(|(&a, &v)| a as f64 * v as f64).sum();
+                    (s + b.as_ref().map_or(0.0, |b| b[o] as f64)) as f32
+                })
+            })
+            .collect()
+    };
+    for input in inputs {
+        let Some(x) = ctx.golden(&input) else { continue };
+        let pre = lin(x.data(), &wu, &bu, h, i);
+        let ys: Vec<(&str, Vec<f32>)> = super::transforms::ACTIVATIONS
+            .iter()
+            .map(|(fname, f)| {
+                let a: Vec<f32> = pre.iter().map(|&v| f(v as f64) as f32).collect();
+                (*fname, lin(&a, &wd, &bd, i, h))
+            })
+            .collect();
+        let fits = |y: &[f32], t: &[f32]| within_tolerance(ctx.case, &ctx.taps[first], kind, y, t).1;
+        let Some(g) = ys.iter().find(|(_, y)| fits(y, golden.data())) else { continue };
+        let Some(e) = ys.iter().find(|(_, y)| fits(y, actual.data())) else { return };
+        if g.0 == e.0 {
+            return;
+        }
+        out.push(Hint {
+            kind: HintKind::ActivationVariant,
+            tap: name.clone(),
+            score: 0.92,
+            message: format!(
+                "recomputed from its weights on the golden `{input}`, `{module}` gives the engine's output with {} \
+                 and the golden with {}: the MLP's activation variant is wrong",
+                e.0, g.0
+            ),
+        });
+        return;
+    }
+}
+
 /// A norm's epsilon or variance formula shows as one factor per token, but only on the
 /// normalized values: LayerNorm's bias (`y = w * x_hat + b`) is added after the factor. With
 /// the tap's own bias taken out, `engine - b = k[token] * (golden - b)`.
