@@ -27,8 +27,8 @@ fn flow_rows(m: &IdMatrix) -> String {
     format!("[{}]", rows.join(", "))
 }
 
-/// The YAML text of the regression case.
-pub fn render(root: &Path, source: &Case, shrunk: &Shrunk, engine: &str) -> Result<String> {
+/// The source case's keys that a regression keeps (tolerances, taps, engines, ...).
+fn other_keys(source: &Case) -> Result<serde_norway::Mapping> {
     let text = std::fs::read_to_string(&source.file).map_err(|e| Error::io(&source.file, &e))?;
     let mut rest: serde_norway::Mapping = serde_norway::from_str(&text).map_err(|e| {
         Error::input(format!("cannot re-read the case: {}", crate::error::lowercase_first(&e.to_string())))
@@ -37,6 +37,21 @@ pub fn render(root: &Path, source: &Case, shrunk: &Shrunk, engine: &str) -> Resu
     for k in REPLACED {
         rest.remove(*k);
     }
+    Ok(rest)
+}
+
+fn push_other_keys(y: &mut String, rest: &serde_norway::Mapping, source: &Case) -> Result<()> {
+    if !rest.is_empty() {
+        let tail = serde_norway::to_string(rest)
+            .map_err(|e| Error::input(format!("cannot write the case's other keys: {e}")).file(&source.file))?;
+        y.push_str(&tail);
+    }
+    Ok(())
+}
+
+/// The YAML text of the regression case.
+pub fn render(root: &Path, source: &Case, shrunk: &Shrunk, engine: &str) -> Result<String> {
+    let rest = other_keys(source)?;
     let c = &shrunk.case;
     let rel = crate::report::case_path(root, &source.file);
     let id = case_id(source, shrunk);
@@ -60,11 +75,7 @@ pub fn render(root: &Path, source: &Case, shrunk: &Shrunk, engine: &str) -> Resu
         let _ = writeln!(y, "decode:");
         let _ = writeln!(y, "  tokens: {}", flow_rows(&d.tokens));
     }
-    if !rest.is_empty() {
-        let tail = serde_norway::to_string(&rest)
-            .map_err(|e| Error::input(format!("cannot write the case's other keys: {e}")).file(&source.file))?;
-        y.push_str(&tail);
-    }
+    push_other_keys(&mut y, &rest, source)?;
     Ok(y)
 }
 
@@ -88,14 +99,7 @@ pub fn row_case_id(source: &Case, shrunk: &super::rows::RowShrunk) -> String {
 /// (`<case file stem>.<input>.npy`), token ids inline, the source case's other keys. Returns
 /// the paths written, the case first.
 pub fn write_row(root: &Path, source: &Case, shrunk: &super::rows::RowShrunk, engine: &str) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(&source.file).map_err(|e| Error::io(&source.file, &e))?;
-    let mut rest: serde_norway::Mapping = serde_norway::from_str(&text).map_err(|e| {
-        Error::input(format!("cannot re-read the case: {}", crate::error::lowercase_first(&e.to_string())))
-            .file(&source.file)
-    })?;
-    for k in REPLACED {
-        rest.remove(*k);
-    }
+    let rest = other_keys(source)?;
     let id = row_case_id(source, shrunk);
     let path = crate::project::cases_dir(root).join(format!("{id}.yaml"));
     let dir = path.parent().unwrap_or(root).to_path_buf();
@@ -134,11 +138,7 @@ pub fn write_row(root: &Path, source: &Case, shrunk: &super::rows::RowShrunk, en
         let _ = writeln!(y, "  {}: {{npy: {file}}}", n.name);
         written.push(npy);
     }
-    if !rest.is_empty() {
-        let tail = serde_norway::to_string(&rest)
-            .map_err(|e| Error::input(format!("cannot write the case's other keys: {e}")).file(&source.file))?;
-        y.push_str(&tail);
-    }
+    push_other_keys(&mut y, &rest, source)?;
     std::fs::write(&path, y).map_err(|e| Error::io(&path, &e))?;
     Ok(written)
 }
