@@ -310,6 +310,7 @@ fn a_named_input_case_shrinks_to_one_batch_row_and_writes_it_as_a_case() {
     assert_eq!((s.row, s.rows), (0, 2));
     assert_eq!(s.case.inputs.named[0].shape, [1, 3, 16, 16]);
     assert_eq!(s.case.inputs.named[0], case.inputs.named[0].select_rows(&[0]));
+    assert_eq!(s.case.inputs.batch(), 1, "the batch size the engines are told");
     assert_eq!(s.report.taps[s.report.first_divergence.unwrap()].name, "vit.embeddings");
     // Written as a case with its image in a .npy beside it, which loads back as that row.
     let written = harness::shrink::regression::write_row(repo.root(), &case, &s, "normalizes-twice").unwrap();

@@ -180,6 +180,40 @@ fn cli_shrink_writes_the_regression_case_and_respects_proptest_max_shrink_iters(
     Ok(())
 }
 
+/// `harness shrink` on an image case: HF (tools/adapters/hf_patched.py) with its patch embedding
+/// scaled fails on both images; the CLI cuts the batch to image 0 and writes it as a case with
+/// its pixels in a .npy file, which loads back as that row.
+fn cli_shrink_cuts_an_image_case_to_one_row() -> Outcome {
+    let python = common::repo_root().join("tools/.venv/bin/python");
+    if !python.exists() {
+        return Err(Skip(format!("{} does not exist (hint: see the README's venv commands)", python.display())));
+    }
+    let repo = TempRepo::with_cases(&["vit/pixels"]);
+    std::os::unix::fs::symlink(common::repo_root().join("tools"), repo.path("tools")).unwrap();
+    repo.write(
+        "cases/engines/vit-scaled.yaml",
+        "command: [tools/.venv/bin/python, tools/adapters/hf_patched.py]\nprotocol: 2\nfamilies: ['*']\n\
+         dtype: float32\ntimeout: 300\nenv: {HARNESS_HF_PATCH: 'scale:vit.embeddings.patch_embeddings:1.5'}\n\
+         names: []\nlayouts: []\n",
+    );
+    let out = std::process::Command::new(common::harness_bin())
+        .args(["shrink", "vit/pixels", "--engine", "vit-scaled"])
+        .env("HARNESS_ROOT", repo.root())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("minimal input: row 0 of 2 (pixel_values kept as they are"), "{stdout}");
+    assert!(stderr.contains("shrink: row 0 of 2 alone: fails the same way"), "{stderr}");
+    let id = "regressions/vit-pixels-row0-vit.embeddings.patch_embeddings-uniform_scale";
+    assert!(stdout.contains(&format!("cases/{id}.yaml")), "{stdout}");
+    assert!(stdout.contains(&format!("cases/{id}.pixel_values.npy")), "{stdout}");
+    let back = repo.load(id).unwrap_or_else(|e| panic!("{e}"));
+    let case = repo.load("vit/pixels").unwrap();
+    assert_eq!(back.inputs.named, vec![case.inputs.named[0].select_rows(&[0])]);
+    Ok(())
+}
+
 fn a_cases_shrink_settings_are_validated_where_they_are_written() -> Outcome {
     let repo = TempRepo::with_cases(&["bert/tiny-2l"]);
     let text = std::fs::read_to_string(repo.path("cases/bert/tiny-2l.yaml")).unwrap();
@@ -209,4 +243,5 @@ tests!(
     shrink_against_hf_then_generate_goldens_and_run_the_regression_case,
     cli_shrink_writes_the_regression_case_and_respects_proptest_max_shrink_iters,
     a_cases_shrink_settings_are_validated_where_they_are_written,
+    cli_shrink_cuts_an_image_case_to_one_row,
 );

@@ -35,8 +35,8 @@ import protocol  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-# The case inputs the goldens were made with; protocol 2 also sends `position_ids` (0..seq on
-# every row), which HF derives itself when they are not given, as for the goldens.
+# The token inputs, given to HF as rows of ids as for the goldens; protocol 2 also sends
+# `position_ids` (0..seq on every row), which HF derives itself when they are not given.
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -61,7 +61,9 @@ class HfPatched(protocol.Engine):
 
     @staticmethod
     def _inputs(inputs: dict) -> dict:
-        return {k: v.tolist() for k, v in inputs.items() if k in INPUTS}
+        # Ids as rows (lists), named inputs (pixel_values, input_features, decoder_input_ids,
+        # ...) as arrays of their own dtype: what the goldens' forward was given.
+        return {k: (v.tolist() if k in INPUTS else v) for k, v in inputs.items() if k != "position_ids"}
 
     def forward(self, inputs, taps, options, case):
         wanted = [t["hf"] for t in taps]

@@ -38,7 +38,12 @@ fn rows_of(m: &IdMatrix, b: usize) -> IdMatrix {
 /// `inputs` cut to batch row `b`.
 pub fn row_inputs(inputs: &Inputs, b: usize) -> Inputs {
     Inputs {
-        input_ids: if inputs.has_ids() { rows_of(&inputs.input_ids, b) } else { inputs.input_ids.clone() },
+        // Without ids, `input_ids` is empty rows that still carry the batch size.
+        input_ids: if inputs.has_ids() {
+            rows_of(&inputs.input_ids, b)
+        } else {
+            IdMatrix { batch: 1, seq: 0, data: vec![] }
+        },
         attention_mask: inputs.attention_mask.as_ref().map(|m| rows_of(m, b)),
         token_type_ids: inputs.token_type_ids.as_ref().map(|m| rows_of(m, b)),
         named: inputs.named.iter().map(|n| n.select_rows(&[b])).collect(),
@@ -95,6 +100,11 @@ pub fn shrink_rows(
     let batch = batch_of(case)?;
     let (full, _) = crate::trial::assess(case, engine.name(), model, expected, String::new(), None);
     let Some(signature) = Signature::of(&full) else {
+        if let Some(e) = &full.error {
+            return Err(
+                Error::engine(format!("case `{}` cannot run on `{}`: {e}", case.id, engine.name())).file(&case.file)
+            );
+        }
         return Err(Error::input(format!(
             "case `{}` does not fail on `{}` (verdict {}): there is nothing to shrink",
             case.id,
@@ -121,9 +131,18 @@ pub fn shrink_rows(
         let goldens = Goldens::in_memory(&one, &format!("goldens of {}, row {b}", case.id), taps);
         let (report, _) = crate::trial::assess(&one, engine.name(), model, &goldens, String::new(), None);
         evaluations += 1;
-        let same = Signature::of(&report).is_some_and(|s| signature.matches(&s));
+        let sig = Signature::of(&report);
+        let same = sig.as_ref().is_some_and(|s| signature.matches(s));
         if progress {
-            eprintln!("shrink: row {b} of {batch} alone: {}", if same { "fails the same way" } else { "does not" });
+            let how = match (&sig, same) {
+                (_, true) => "fails the same way".to_string(),
+                (Some(s), false) => format!("fails otherwise ({s})"),
+                (None, _) => match &report.error {
+                    Some(e) => format!("cannot run: {e}"),
+                    None => format!("{:?}", report.verdict).to_lowercase(),
+                },
+            };
+            eprintln!("shrink: row {b} of {batch} alone: {how}");
         }
         if same {
             return Ok(RowShrunk {
