@@ -211,6 +211,27 @@ fn cli_shrink_cuts_an_image_case_to_one_row() -> Outcome {
     let back = repo.load(id).unwrap_or_else(|e| panic!("{e}"));
     let case = repo.load("vit/pixels").unwrap();
     assert_eq!(back.inputs.named, vec![case.inputs.named[0].select_rows(&[0])]);
+    // A case that passes is an error (exit 2, through process::exit): the engine's session
+    // directory goes all the same.
+    let engine = std::fs::read_to_string(repo.path("cases/engines/vit-scaled.yaml")).unwrap();
+    let unpatched: String = engine.lines().filter(|l| !l.starts_with("env:")).map(|l| format!("{l}\n")).collect();
+    repo.write("cases/engines/vit-unpatched-cli.yaml", &unpatched);
+    let sessions = || -> Vec<String> {
+        let names =
+            std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok());
+        names.filter(|n| n.starts_with("harness-vit-unpatched-cli-session-")).collect()
+    };
+    let before = sessions();
+    let out = std::process::Command::new(common::harness_bin())
+        .args(["shrink", "vit/pixels", "--engine", "vit-unpatched-cli"])
+        .env("HARNESS_ROOT", repo.root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not fail on `vit-unpatched-cli` (verdict pass)"), "{stderr}");
+    let left: Vec<String> = sessions().into_iter().filter(|n| !before.contains(n)).collect();
+    assert!(left.is_empty(), "session directories left behind: {left:?}");
     Ok(())
 }
 

@@ -17,6 +17,32 @@ use super::process;
 use super::spec::EngineSpec;
 use crate::error::{Error, Result};
 
+/// Sessions alive in this process, (process group, temp dir): removed at `exit` too, since the
+/// CLI ends errors with `process::exit`, which runs no destructors.
+static LIVE: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn end_live_sessions() {
+    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    for (pgid, dir) in live {
+        #[cfg(unix)]
+        process::kill_group(pgid as libc::pid_t);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn register(pgid: u32, dir: &Path) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function that only takes a lock and removes files.
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(end_live_sessions);
+    });
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push((pgid, dir.to_path_buf()));
+}
+
+fn unregister(pgid: u32) {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, _)| *p != pgid);
+}
+
 /// What the engine said it can do in its `load` reply.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Capabilities {
@@ -82,6 +108,7 @@ impl Session {
                 .file(&spec.file)
                 .hint("check `command:` (it runs from the repository root)")
         })?;
+        register(child.id(), dir.path());
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = channel();
@@ -211,6 +238,7 @@ impl Drop for Session {
             }
         }
         self.kill();
+        unregister(self.child.id());
     }
 }
 
