@@ -224,6 +224,15 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     });
 }
 
+/// One row through a linear layer: `y = W x + b`, `w` as `[out, in]` with `in = x.len()`.
+fn linear_row(x: &[f64], w: &[f32], b: Option<&[f32]>) -> impl Iterator<Item = f32> {
+    let n_in = x.len();
+    (0..w.len() / n_in.max(1)).map(move |o| {
+        let s: f64 = w[o * n_in..(o + 1) * n_in].iter().zip(x).map(|(&a, &v)| a as f64 * v).sum();
+        (s + b.map_or(0.0, |b| b[o] as f64)) as f32
+    })
+}
+
 /// The 2-D weights directly under `module` (`module.<child>.weight`), by child name.
 fn child_weights(dir: &Path, module: &str) -> Vec<String> {
     let Ok(file) = std::fs::File::open(dir.join("model.safetensors")) else { return vec![] };
@@ -294,24 +303,21 @@ pub fn mlp_activation(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
         .take(3)
         .map(|t| t.name.clone())
         .collect();
-    let lin = |x: &[f32], w: &[f32], b: &Option<Vec<f32>>, n_in: usize, n_out: usize| -> Vec<f32> {
+    let lin = |x: &[f32], w: &[f32], b: &Option<Vec<f32>>, n_in: usize| -> Vec<f32> {
         x.chunks(n_in)
             .flat_map(|row| {
-                (0..n_out).map(move |o| {
-                    let s: f64 = w[o * n_in..(o + 1) * n_in].iter().zip(row).map(|(&a, &v)| a as f64 * v as f64).sum();
-                    (s + b.as_ref().map_or(0.0, |b| b[o] as f64)) as f32
-                })
+                linear_row(&row.iter().map(|&v| v as f64).collect::<Vec<_>>(), w, b.as_deref()).collect::<Vec<_>>()
             })
             .collect()
     };
     for input in inputs {
         let Some(x) = ctx.golden(&input) else { continue };
-        let pre = lin(x.data(), &wu, &bu, h, i);
+        let pre = lin(x.data(), &wu, &bu, h);
         let ys: Vec<(&str, Vec<f32>)> = super::transforms::ACTIVATIONS
             .iter()
             .map(|(fname, f)| {
                 let a: Vec<f32> = pre.iter().map(|&v| f(v as f64) as f32).collect();
-                (*fname, lin(&a, &wd, &bd, i, h))
+                (*fname, lin(&a, &wd, &bd, i))
             })
             .collect();
         let fits = |y: &[f32], t: &[f32]| within_tolerance(ctx.case, &ctx.taps[first], kind, y, t).1;
@@ -415,12 +421,7 @@ pub fn pooling(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     let apply = |x: &[f64]| -> Vec<f32> {
         match &linear {
             None => x.iter().map(|&v| v as f32).collect(),
-            Some((w, b)) => (0..width)
-                .map(|o| {
-                    let s: f64 = w[o * w_in..(o + 1) * w_in].iter().zip(x).map(|(&a, &v)| a as f64 * v).sum();
-                    (s + b.as_ref().map_or(0.0, |b| b[o] as f64)) as f32
-                })
-                .collect(),
+            Some((w, b)) => linear_row(x, w, b.as_deref()).collect(),
         }
     };
     let hd = h.data();

@@ -68,7 +68,7 @@ impl Property {
 
 /// Rows `b` (or row 0 of a positions tap) and positions `pos` of a `[batch, seq, ...]` tensor, as
 /// `[1, len, ...]`; a pooled `[batch, ...]` tensor gives `[1, ...]` (row `b`).
-fn slice(t: &Tensor, kind: TapKind, b: usize, pos: std::ops::Range<usize>) -> Result<Tensor> {
+pub(crate) fn slice(t: &Tensor, kind: TapKind, b: usize, pos: std::ops::Range<usize>) -> Result<Tensor> {
     let shape = t.shape();
     let bad = || Error::engine(format!("tap of shape {shape:?} has no row {b} / positions {pos:?}"));
     match kind {

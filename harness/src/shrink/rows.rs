@@ -70,20 +70,12 @@ fn batch_of(case: &Case) -> Result<usize> {
 
 /// Golden `t` of a tap of kind `kind` cut to batch row `b` (taps shared by the batch, such as
 /// RoPE tables, stay whole).
-fn row_golden(t: &Tensor, kind: TapKind, batch_axis: Option<usize>, batch: usize, b: usize) -> Result<Tensor> {
-    let axis = batch_axis.or(match kind {
-        TapKind::Tokens | TapKind::Rows => Some(0),
-        TapKind::Positions | TapKind::Whole => None,
-    });
-    let shape = t.shape();
-    match axis {
-        Some(0) if shape.first() == Some(&batch) => {
-            let per = shape[1..].iter().product::<usize>();
-            let mut s = shape.to_vec();
-            s[0] = 1;
-            Tensor::new(s, t.data()[b * per..(b + 1) * per].to_vec())
+fn row_golden(t: &Tensor, kind: TapKind, b: usize) -> Result<Tensor> {
+    match kind {
+        TapKind::Tokens | TapKind::Rows => {
+            crate::metamorphic::properties::slice(t, kind, b, 0..t.shape().get(1).copied().unwrap_or(0))
         }
-        _ => Ok(t.clone()),
+        TapKind::Positions | TapKind::Whole => Ok(t.clone()),
     }
 }
 
@@ -125,7 +117,7 @@ pub fn shrink_rows(
                 continue;
             }
             let g = expected.load(&t.name)?;
-            let g = row_golden(&g, t.module.kind, t.module.batch_axis, batch, b)?;
+            let g = row_golden(&g, t.module.kind, b)?;
             taps.push((t.name.clone(), g, expected.noise_floor(&t.name)));
         }
         let goldens = Goldens::in_memory(&one, &format!("goldens of {}, row {b}", case.id), taps);
