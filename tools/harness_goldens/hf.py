@@ -17,8 +17,11 @@ os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 # torch picks its vectorized CPU kernels (softmax, norms, reductions) by what the CPU offers, and
 # AVX-512 and AVX2 kernels round differently: goldens made on one machine then fail `--check` on
 # the other by 1-4 ulps. Every x86-64 CI machine has AVX2, so the kernels are pinned to it.
+# Convolutions (Whisper's, ViT's patch embedding) run in oneDNN, which picks its own ISA: pinned
+# the same way (measured: Whisper's conv2 differed on an AVX-512 machine with ATen pinned alone).
 if platform.machine() in ("x86_64", "AMD64"):
     os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
