@@ -268,6 +268,9 @@ pub enum HintKind {
     /// The engine matches when a named float input is given before a standard normalization
     /// (mean/std, a 0-255 range): it normalizes an input that is already normalized.
     InputNormalization,
+    /// The engine's positions are the golden's taken with another stride (engine `s·j` is golden
+    /// `j`, or engine `i` is golden `s·i`): a convolution stride, a frame hop, a patch size.
+    PositionStride,
 }
 
 impl HintKind {

@@ -48,11 +48,25 @@ pub struct Module {
     /// A named output (`last_hidden_state`, `logits`, `pooled.*`), not a module path.
     #[serde(default)]
     pub output: bool,
+    /// An encoder-decoder's module: the token input whose positions its sequence axis follows
+    /// (`input_ids` for the encoder, `decoder_input_ids` for the decoder; None for an axis that
+    /// follows neither, and for models with one sequence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<String>,
 }
 
 impl Module {
     pub fn new(path: impl Into<String>, kind: TapKind) -> Self {
-        Module { path: path.into(), class: None, kind, batch_axis: None, seq_axis: None, shape: vec![], output: false }
+        Module {
+            path: path.into(),
+            class: None,
+            kind,
+            batch_axis: None,
+            seq_axis: None,
+            shape: vec![],
+            output: false,
+            follows: None,
+        }
     }
     pub fn tokens(path: impl Into<String>) -> Self {
         Module { batch_axis: Some(0), seq_axis: Some(1), ..Module::new(path, TapKind::Tokens) }
@@ -60,6 +74,11 @@ impl Module {
     /// A named output (not a module path) of `kind`.
     pub fn named(path: impl Into<String>, kind: TapKind) -> Self {
         Module { output: true, ..Module::new(path, kind) }
+    }
+    /// Whether the case's `attention_mask` (the encoder's, over `input_ids`) describes this
+    /// module's positions: not for a decoder's.
+    pub fn follows_ids(&self) -> bool {
+        self.follows.as_deref().is_none_or(|f| f == "input_ids")
     }
     /// The layer index if the path is under a numbered layer list (`model.layers.3.mlp` -> 3).
     pub fn layer(&self) -> Option<usize> {
@@ -125,6 +144,10 @@ pub struct Structure {
     pub generator: Generator,
     /// Measured: changing a row's last token leaves its earlier positions bit-identical.
     pub causal: bool,
+    /// An encoder-decoder's decoder, measured the same way on `decoder_input_ids` (None for
+    /// other models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_causal: Option<bool>,
     #[serde(default)]
     pub is_encoder_decoder: bool,
     pub main_input: String,
@@ -206,6 +229,7 @@ impl Structure {
                 numpy: String::new(),
             },
             causal: false,
+            decoder_causal: None,
             is_encoder_decoder: false,
             main_input: "input_ids".into(),
             inputs: vec![],

@@ -846,4 +846,47 @@ fn scorecard(zoo_name: &str, bugs: Vec<Bug>, not_caught: &[(&str, &str)]) -> Out
     Ok(())
 }
 
-tests!(zoo2_scorecard, zoo3_scorecard);
+/// The named-input models with a bug planted in HF (not frozen in a zoo: written with the
+/// stride detector, so they test it, not its blindness): Whisper's second convolution run with
+/// stride 1 (cut to HF's frames), and BART's decoder positions read one further (its learned
+/// table's offset 3 for 2). Each is caught where it acts, with the hint that names it, and the
+/// side it does not touch stays exact.
+fn named_input_bugs_planted_in_hf() -> Outcome {
+    let python = common::repo_root().join("tools/.venv/bin/python");
+    if !python.exists() {
+        return Err(Skip(format!("{} does not exist (hint: see the README's venv commands)", python.display())));
+    }
+    let bugs = [
+        ("whisper/features", "stride:model.encoder.conv2:1", "model.encoder.conv2", HintKind::PositionStride, None),
+        (
+            "bart/seq2seq",
+            "shift_positions:model.decoder.embed_positions:1",
+            "model.decoder.embed_positions",
+            HintKind::TokenMisalignment,
+            Some("model.encoder.layers.1"),
+        ),
+    ];
+    let mut cases: Vec<&str> = bugs.iter().map(|b| b.0).collect();
+    cases.dedup();
+    let repo = TempRepo::with_cases(&cases);
+    std::os::unix::fs::symlink(common::repo_root().join("tools"), repo.path("tools")).unwrap();
+    for (i, b) in bugs.iter().enumerate() {
+        repo.write(&format!("cases/engines/named-{i}.yaml"), &engine_yaml(Some(b.1)));
+    }
+    let suite = repo.suite(vec![]);
+    for (i, (case, _, tap, kind, exact)) in bugs.iter().enumerate() {
+        let engine = suite.registry.get(&format!("named-{i}")).unwrap().clone();
+        let r = suite.run_trial(&repo.load(case).expect("case loads"), &engine);
+        let text = harness::report::terminal::render(&r);
+        println!("{case}: {text}");
+        assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, *tap, "{text}");
+        assert_eq!(r.hints.first().map(|h| h.kind), Some(*kind), "{text}");
+        if let Some(exact) = exact {
+            assert!(r.taps.iter().find(|t| t.name == *exact).unwrap().status.is_pass(), "{text}");
+        }
+    }
+    retire(suite);
+    Ok(())
+}
+
+tests!(zoo2_scorecard, zoo3_scorecard, named_input_bugs_planted_in_hf);

@@ -22,6 +22,7 @@ Each kind is a bug a port makes, acting at the module it names:
 | `bias_drop` | | leaves out the Linear/Conv1D bias |
 | `transpose_weight` | | applies a square Linear/Conv1D weight in the other orientation (x·W vs x·Wᵀ) |
 | `shift_positions` | n | feeds position ids + n to a position embedding / rotary module |
+| `stride` | n | runs a convolution with stride n, its output cut (or zero-padded) to HF's length |
 | `rope_theta` | theta | builds the rotary cos/sin tables with another base |
 | `mask_ignore` | | drops the attention mask given to the module (padding attended to) |
 | `heads_swap` | i,j | swaps heads i and j of a per-head projection's output |
@@ -163,6 +164,12 @@ def _transpose_weight(model, name, m, arg):
 
 def _shift_positions(model, name, m, arg):
     n = int(_arg("shift_positions", arg))
+    off = getattr(m, "offset", None)
+    if isinstance(off, int) and not isinstance(off, bool):
+        # A learned table indexed from `offset` (BART, OPT: positions + 2): the port's offset is
+        # off by n.
+        m.offset = off + n
+        return
 
     def pre(mod, args, kwargs):
         if kwargs.get("position_ids") is not None:
@@ -176,6 +183,29 @@ def _shift_positions(model, name, m, arg):
         return args, kwargs
 
     m.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def _stride(model, name, m, arg):
+    n = int(_arg("stride", arg))
+    if not isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)):
+        raise ValueError(f"{ENV}: stride: `{name}` ({type(m).__name__}) is not a Conv1d/Conv2d")
+    conv = F.conv1d if isinstance(m, torch.nn.Conv1d) else F.conv2d
+
+    def fn(mod, x, y):
+        out = conv(x, mod.weight, mod.bias, stride=n, padding=mod.padding, dilation=mod.dilation, groups=mod.groups)
+        # The rest of the model expects HF's length (a fixed position table): the port keeps
+        # the first positions, or pads with zeros.
+        for axis in range(2, out.ndim):
+            want = y.shape[axis]
+            if out.shape[axis] > want:
+                out = out.narrow(axis, 0, want)
+            elif out.shape[axis] < want:
+                pad = list(out.shape)
+                pad[axis] = want - out.shape[axis]
+                out = torch.cat([out, out.new_zeros(pad)], dim=axis)
+        return out.to(y.dtype)
+
+    m.register_forward_hook(_output_hook(fn))
 
 
 def _rope_theta(model, name, m, arg):
@@ -399,6 +429,7 @@ KINDS = {
     "bias_drop": _bias_drop,
     "transpose_weight": _transpose_weight,
     "shift_positions": _shift_positions,
+    "stride": _stride,
     "rope_theta": _rope_theta,
     "mask_ignore": _mask_ignore,
     "heads_swap": _heads_swap,

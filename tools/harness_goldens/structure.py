@@ -103,11 +103,20 @@ def _decoder_vocab(probe: Probe) -> int | None:
     return probe.vocab
 
 
+# The decoder's probe ids are this much longer than the encoder's, so that each output's
+# sequence axis tells which of the two sequences it follows (`follows`).
+DECODER_EXTRA = 1
+
+
 def _make_decoder_ids(rng: np.random.Generator, probe: Probe, batch: int, seq: int) -> list[list[int]]:
     vocab = _decoder_vocab(probe)
     if vocab is None:
         raise ValueError("no vocab_size for the decoder in the config")
-    return rng.integers(0, vocab, size=(batch, seq)).tolist()
+    return rng.integers(0, vocab, size=(batch, seq + DECODER_EXTRA)).tolist()
+
+
+# The inputs whose second axis is a token sequence an output can follow.
+SEQUENCES = ("input_ids", "decoder_input_ids")
 
 
 MAKERS = {
@@ -399,17 +408,22 @@ def _first_attr(cfg, names):
     return None
 
 
-def _axes(shape_a: tuple, shape_b: tuple, probes) -> dict:
+def _axes(shape_a: tuple, shape_b: tuple, probes, sequences: dict | None = None) -> dict:
     """Batch and sequence axes of one output from its shapes in the two probe runs (the first axis
-    of each), its kind, and its first-run shape with every axis that varies set to null."""
+    of each), its kind, and its first-run shape with every axis that varies set to null.
+    `sequences` ({input name: (length in run 1, in run 2)}, default the probes' ids) are the token
+    sequences a sequence axis can follow; with `follows` set (an encoder-decoder), the entry
+    records which one it follows."""
     (b1, s1), (b2, s2) = probes
-    batch_axis = seq_axis = None
+    seqs = sequences if sequences is not None else {"input_ids": (s1, s2)}
+    batch_axis = seq_axis = follows = None
     if len(shape_a) == len(shape_b):
         for i, (x, y) in enumerate(zip(shape_a, shape_b)):
             if batch_axis is None and x == b1 and y == b2:
                 batch_axis = i
-            elif seq_axis is None and x == s1 and y == s2:
+            elif seq_axis is None and (x, y) in seqs.values():
                 seq_axis = i
+                follows = next(n for n, lengths in seqs.items() if lengths == (x, y))
     if batch_axis == 0 and seq_axis == 1:
         kind = "tokens"
     elif seq_axis == 1 and shape_a[0] == 1 and shape_b[0] == 1:
@@ -421,7 +435,10 @@ def _axes(shape_a: tuple, shape_b: tuple, probes) -> dict:
     # Null every axis that depends on the input's size: batch and seq, and any other whose size
     # differs between the runs (similarity's second axis is the batch again).
     shape = [None if i in (batch_axis, seq_axis) or i >= len(shape_b) or n != shape_b[i] else int(n) for i, n in enumerate(shape_a)]
-    return {"kind": kind, "batch_axis": batch_axis, "seq_axis": seq_axis, "shape": shape}
+    out = {"kind": kind, "batch_axis": batch_axis, "seq_axis": seq_axis, "shape": shape}
+    if sequences is not None:
+        out["follows"] = follows
+    return out
 
 
 def _layers(model, config) -> dict:
@@ -518,6 +535,11 @@ def record(spec: ModelSpec, model_dir: Path) -> dict:
 
     (order, arrays), (order2, arrays2) = results
     counts = {n: order.count(n) for n in order}
+    # An encoder-decoder has two sequences (Whisper: the decoder's alone, its encoder's frames
+    # are fixed): each entry says which one its sequence axis follows.
+    sequences = None
+    if getattr(config, "is_encoder_decoder", False):
+        sequences = {n: (len(runs[0][n][0]), len(runs[1][n][0])) for n in SEQUENCES if n in runs[0]}
     counts2 = {n: order2.count(n) for n in order2}
     modules_by_name = dict(model.named_modules())
     modules, seen = [], set()
@@ -532,7 +554,7 @@ def record(spec: ModelSpec, model_dir: Path) -> dict:
             continue  # its first output is not a tensor
         is_output = n in outputs and n not in modules_by_name
         entry = {"path": n, "class": None if is_output else type(modules_by_name[n]).__name__}
-        entry.update(_axes(a.shape, b.shape, PROBES))
+        entry.update(_axes(a.shape, b.shape, PROBES, sequences))
         if is_output:
             entry["output"] = True
         modules.append(entry)
@@ -544,11 +566,17 @@ def record(spec: ModelSpec, model_dir: Path) -> dict:
     not_run = sorted(n for n in modules_by_name if n and n not in counts)
 
     causal = False
-    if model.main_input_name == "input_ids":
+    if model.main_input_name == "input_ids" and not getattr(config, "is_encoder_decoder", False):
         causal = _measure_causal(model, spec, runs[0], arrays, vocab)
+    # An encoder-decoder's decoder, measured the same way on its own ids: causal, a prefix of
+    # decoder_input_ids gives the same decoder outputs at its positions (shrinking cuts to one).
+    decoder_causal = None
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in runs[0]:
+        decoder_causal = _measure_causal(model, spec, runs[0], arrays, _decoder_vocab(Probe(config, vocab)), "decoder_input_ids")
     # Else (vision, audio: the main input is pixel_values, input_features, ...) `causal: false`
     # is recorded without measuring: the measurement changes a token id, and such a model has
-    # none to change (an encoder-decoder's decoder is not measured either).
+    # none to change. An encoder-decoder is not causal in its input ids: every decoder position
+    # attends to every encoder position.
 
     return {
         "format": FORMAT,
@@ -559,6 +587,7 @@ def record(spec: ModelSpec, model_dir: Path) -> dict:
         "config_sha256": sha256_bytes((model_dir / "config.json").read_bytes()),
         "generator": {"tool": store.TOOL, **hf.versions()},
         "causal": causal,
+        **({"decoder_causal": decoder_causal} if decoder_causal is not None else {}),
         "is_encoder_decoder": bool(getattr(config, "is_encoder_decoder", False)),
         "main_input": model.main_input_name,
         "inputs": inputs_meta,
@@ -573,16 +602,17 @@ def record(spec: ModelSpec, model_dir: Path) -> dict:
     }
 
 
-def _measure_causal(model, spec: ModelSpec, run: dict, arrays: dict, vocab: int) -> bool:
-    """Change the last token of every row of the first run; a causal model leaves every earlier
-    position of last_hidden_state bit-identical (logits when there is no last_hidden_state: a
-    head that calls a part of the base model, as OPT's calls its decoder, never runs the base
-    model's forward)."""
+def _measure_causal(model, spec: ModelSpec, run: dict, arrays: dict, vocab: int, ids: str = "input_ids") -> bool:
+    """Change the last token of every row of `ids` in the first run; a causal model leaves every
+    earlier position of last_hidden_state bit-identical (logits when there is no
+    last_hidden_state: a head that calls a part of the base model, as OPT's calls its decoder,
+    never runs the base model's forward)."""
     changed = {k: ([list(row) for row in v] if isinstance(v, list) else v) for k, v in run.items()}
-    for row in changed["input_ids"]:
+    for row in changed[ids]:
         row[-1] = (row[-1] + 1) % vocab
     _, arrays3 = _run(model, spec, changed)
-    measured = [t for t in ("last_hidden_state", "logits") if t in arrays and t in arrays3 and arrays[t].shape[:2] == tuple(PROBES[0])]
+    rows = (len(run[ids]), len(run[ids][0]))
+    measured = [t for t in ("last_hidden_state", "logits") if t in arrays and t in arrays3 and arrays[t].shape[:2] == rows]
     if not measured:
         raise SpecError(spec.file, f"cannot tell whether `{spec.family}` is causal: its forward gives no [batch, seq, ...] last_hidden_state or logits (hint: the harness supports token models so far)")
     h1, h3 = arrays[measured[0]], arrays3[measured[0]]

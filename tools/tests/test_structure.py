@@ -183,6 +183,17 @@ class Axes(unittest.TestCase):
         self.assertEqual(self.kind((10, 16), (21, 16)), {"kind": "whole", "batch_axis": None, "seq_axis": None, "shape": [None, 16]})
 
 
+    def test_an_encoder_decoder_records_which_sequence_each_axis_follows(self):
+        # The decoder's probe ids are one longer (6, 8) than the encoder's (5, 7).
+        seqs = {"input_ids": (5, 7), "decoder_input_ids": (6, 8)}
+        enc = structure._axes((2, 5, 16), (3, 7, 16), ((2, 5), (3, 7)), seqs)
+        dec = structure._axes((2, 6, 16), (3, 8, 16), ((2, 5), (3, 7)), seqs)
+        frames = structure._axes((2, 8, 16), (3, 8, 16), ((2, 5), (3, 7)), {"decoder_input_ids": (6, 8)})
+        self.assertEqual(enc, {"kind": "tokens", "batch_axis": 0, "seq_axis": 1, "shape": [None, None, 16], "follows": "input_ids"})
+        self.assertEqual(dec, {"kind": "tokens", "batch_axis": 0, "seq_axis": 1, "shape": [None, None, 16], "follows": "decoder_input_ids"})
+        self.assertEqual(frames, {"kind": "rows", "batch_axis": 0, "seq_axis": None, "shape": [None, 8, 16], "follows": None})
+
+
 class Record(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -305,6 +316,11 @@ class NonTokenModels(unittest.TestCase):
         self.assertEqual([(i["name"], i["required"]) for i in s["inputs"] if i["required"]], [("input_ids", True), ("decoder_input_ids", True)])
         self.assertEqual(self.module(s, "decoder")["kind"], "tokens")
         self.assertFalse(s["causal"])  # the last encoder token reaches every decoder position
+        # Each side's modules say which ids they follow; the mask of input_ids is not the decoder's.
+        self.assertEqual(self.module(s, "encoder.layers.0")["follows"], "input_ids")
+        self.assertEqual(self.module(s, "decoder.layers.0")["follows"], "decoder_input_ids")
+        self.assertEqual(self.module(s, "decoder.embed_positions")["follows"], "decoder_input_ids")
+        self.assertTrue(s["decoder_causal"])
 
     def test_audio_features(self):
         spec, d = self.repo.build("whisper", WHISPER)
@@ -313,6 +329,8 @@ class NonTokenModels(unittest.TestCase):
         self.assertEqual(s["inputs"][0], {"name": "input_features", "dtype": "float32", "rank": 3, "required": True})
         # 2 * max_source_positions frames, halved by the encoder's second convolution.
         self.assertEqual(self.module(s, "encoder")["shape"], [None, 6, 16])
+        self.assertEqual((self.module(s, "encoder")["follows"], self.module(s, "decoder")["follows"]), (None, "decoder_input_ids"))
+        self.assertTrue(s["decoder_causal"])
         self.assertEqual(self.module(s, "decoder")["kind"], "tokens")
 
 

@@ -43,6 +43,8 @@ pub struct Ctx<'a> {
     pub taps: &'a [TapReport],
     /// Index of the first divergent tap.
     pub first: usize,
+    /// Whether the case's attention mask applies to the first divergent tap (not to a decoder's).
+    first_masked: bool,
     cache: HashMap<String, Option<Arc<Tensor>>>,
 }
 
@@ -54,7 +56,17 @@ impl<'a> Ctx<'a> {
         taps: &'a [TapReport],
         first: usize,
     ) -> Self {
-        Ctx { case, expected, outputs, taps, first, cache: HashMap::new() }
+        let first_masked = taps.get(first).is_none_or(|t| masked(case, &t.name));
+        Ctx { case, expected, outputs, taps, first, first_masked, cache: HashMap::new() }
+    }
+    /// True where position `s` of sequence `b` of tap `name` holds a real token: the attention
+    /// mask says so for taps that follow `input_ids`; a decoder's positions are all real.
+    pub fn is_real_at(&self, name: &str, b: usize, s: usize) -> bool {
+        !masked(self.case, name) || self.case.inputs.is_real(b, s)
+    }
+    /// [`Ctx::is_real_at`] for the first divergent tap.
+    pub fn is_real(&self, b: usize, s: usize) -> bool {
+        !self.first_masked || self.case.inputs.is_real(b, s)
     }
     pub fn actual(&self, name: &str) -> Option<&'a Tensor> {
         self.outputs.get(name)
@@ -96,6 +108,13 @@ impl<'a> Ctx<'a> {
         let (h, n) = (c.opt_usize("hidden_size").ok()??, c.opt_usize("num_attention_heads").ok()??);
         (n > 0 && h % n == 0).then(|| h / n)
     }
+}
+
+/// Whether the case's attention mask describes tap `name`'s positions (see
+/// [`crate::structure::Module::follows_ids`]).
+pub fn masked(case: &Case, name: &str) -> bool {
+    let base = name.split('@').next().unwrap_or(name);
+    case.taps.iter().find(|t| t.name == name || t.name == base).is_none_or(|t| t.module.follows_ids())
 }
 
 /// Runs the engine under test on given inputs.
@@ -174,7 +193,7 @@ fn reduced_precision(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     let pairs: Vec<(&[f32], &[f32])> = match &rows {
         Some((ra, re)) if kind == TapKind::Tokens && ra.seq > 1 => (0..ra.batch)
             .flat_map(|b| (0..ra.seq).map(move |s| (b, s)))
-            .filter(|&(b, s)| ctx.case.inputs.is_real(b, s))
+            .filter(|&(b, s)| ctx.is_real(b, s))
             .map(|(b, s)| (ra.row(b, s), re.row(b, s)))
             .collect(),
         _ => vec![(a.data(), e.data())],

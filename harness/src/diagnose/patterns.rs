@@ -32,9 +32,7 @@ impl RowErrors {
         let ratio = (0..a.batch)
             .map(|b| {
                 (0..a.seq)
-                    .map(|s| {
-                        (a.seq == 1 || ctx.case.inputs.is_real(b, s)).then(|| row_ratio(a.row(b, s), e.row(b, s), tol))
-                    })
+                    .map(|s| (a.seq == 1 || ctx.is_real(b, s)).then(|| row_ratio(a.row(b, s), e.row(b, s), tol)))
                     .collect()
             })
             .collect();
@@ -52,11 +50,25 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     let kind = ctx.kind_of(&name);
     let tol = row_tolerance(&tap.tolerance);
     let (Some(actual), Some(golden)) = (ctx.actual(&name), ctx.golden(&name)) else { return };
-    if actual.shape() != golden.shape() {
+    // A convolution's output is channel-first (`[batch, channels, frames]`, `[batch, channels,
+    // h, w]`): seen as `[batch, positions, channels]`, the per-position detectors apply to it.
+    let conv = is_conv(ctx, &name) && actual.shape().len() >= 3 && golden.shape().len() >= 3;
+    let (adata, ashape) = if conv {
+        channels_last(actual.data(), actual.shape())
+    } else {
+        (actual.data().to_vec(), actual.shape().to_vec())
+    };
+    let (edata, shape) = if conv {
+        channels_last(golden.data(), golden.shape())
+    } else {
+        (golden.data().to_vec(), golden.shape().to_vec())
+    };
+    let kind = if conv { TapKind::Tokens } else { kind };
+    if ashape != shape {
+        out.extend(stride_mismatch(ctx, &name, (&adata, &ashape), (&edata, &shape), kind, tol));
         return;
     }
-    let shape = golden.shape().to_vec();
-    let (Some(a), Some(e)) = (Rows::new(actual.data(), &shape, kind), Rows::new(golden.data(), &shape, kind)) else {
+    let (Some(a), Some(e)) = (Rows::new(&adata, &shape, kind), Rows::new(&edata, &shape, kind)) else {
         return;
     };
     if kind == TapKind::Rows {
@@ -70,6 +82,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     out.extend(onset(&name, &errs, ctx.case.model.structure.causal));
     out.extend(grows_with_position(&name, &a, &e, ctx));
     out.extend(token_misalignment(&name, &a, &e, &errs, tol, ctx));
+    out.extend(position_stride(ctx, &name, &a, &e, &errs, tol));
     out.extend(channels_and_heads(ctx, &name, &a, &e, &errs, tol));
     out.extend(per_channel(&name, &a, &e, &errs));
 }
@@ -346,7 +359,7 @@ fn grows_with_position(tap: &str, a: &Rows<'_>, e: &Rows<'_>, ctx: &Ctx<'_>) -> 
     for s in 0..a.seq {
         let (mut sum, mut n) = (0.0f64, 0usize);
         for b in 0..a.batch {
-            if !ctx.case.inputs.is_real(b, s) {
+            if !ctx.is_real(b, s) {
                 continue;
             }
             let (x, y) = (a.row(b, s), e.row(b, s));
@@ -380,6 +393,138 @@ fn grows_with_position(tap: &str, a: &Rows<'_>, e: &Rows<'_>, ctx: &Ctx<'_>) -> 
     ))
 }
 
+/// Whether a tap is the output of a PyTorch convolution (channel-first by PyTorch's convention).
+fn is_conv(ctx: &Ctx<'_>, name: &str) -> bool {
+    let class = ctx.case.taps.iter().find(|t| t.name == name).and_then(|t| t.module.class.as_deref());
+    class.is_some_and(|c| c.starts_with("Conv") && ["1d", "2d", "3d"].iter().any(|d| c.ends_with(d)))
+}
+
+/// `[batch, channels, *positions]` as `[batch, prod(positions), channels]`.
+fn channels_last(data: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let (b, c) = (shape[0], shape[1]);
+    let p: usize = shape[2..].iter().product();
+    let mut out = vec![0f32; data.len()];
+    for bi in 0..b {
+        for ci in 0..c {
+            for pi in 0..p {
+                out[(bi * p + pi) * c + ci] = data[(bi * c + ci) * p + pi];
+            }
+        }
+    }
+    (out, vec![b, p, c])
+}
+
+/// Pairs (engine position, golden position) that hold under stride `s` in direction `slow`
+/// (engine `s·j` is golden `j`) or fast (engine `i` is golden `s·i`), and how many of them
+/// match, over the real rows; position 0 (which every stride keeps) is not counted.
+fn stride_pairs(ctx: &Ctx<'_>, a: &Rows<'_>, e: &Rows<'_>, s: usize, slow: bool, tol: AllClose) -> (usize, usize) {
+    let (mut pairs, mut matched) = (0, 0);
+    for b in 0..a.batch.min(e.batch) {
+        for i in 1..a.seq {
+            let j = if slow {
+                if i % s != 0 {
+                    continue;
+                }
+                i / s
+            } else {
+                i * s
+            };
+            if j >= e.seq || !ctx.is_real(b, j) || !ctx.is_real(b, i) {
+                continue;
+            }
+            pairs += 1;
+            if row_ratio(a.row(b, i), e.row(b, j), tol) <= 1.0 {
+                matched += 1;
+            }
+        }
+    }
+    (pairs, matched)
+}
+
+fn stride_message(s: usize, slow: bool, matched: usize, pairs: usize, shapes: &str) -> String {
+    let (rel, how) = if slow {
+        (
+            format!("engine position {s}·j equals golden position j"),
+            format!("the engine steps 1/{s} as far per position as HF"),
+        )
+    } else {
+        (
+            format!("engine position i equals golden position {s}·i"),
+            format!("the engine steps {s}x as far per position as HF"),
+        )
+    };
+    format!(
+        "{rel} ({matched} of {pairs} such pairs{shapes}): {how} — a convolution stride, a frame hop or a patch \
+         size that differs by a factor {s} at or before this tap"
+    )
+}
+
+/// Same shape: the engine's positions are HF's sampled with another stride (a conv stride of 1
+/// where HF's is 2, trimmed to HF's length; a mel hop twice HF's).
+fn position_stride(
+    ctx: &Ctx<'_>,
+    tap: &str,
+    a: &Rows<'_>,
+    e: &Rows<'_>,
+    errs: &RowErrors,
+    tol: AllClose,
+) -> Option<Hint> {
+    // A rotary table at scaled positions is a RoPE scaling factor, which the RoPE detectors name.
+    let rotary = tap.split('@').next().unwrap_or(tap).ends_with("rotary_emb");
+    if rotary || a.seq < 4 || (0..errs.batch).all(|b| errs.failing(b).is_empty()) {
+        return None;
+    }
+    best_stride(ctx, a, e, tol)
+        .map(|(s, slow, m, p)| hint(HintKind::PositionStride, tap, 0.9, stride_message(s, slow, m, p, "")))
+}
+
+/// The stride (2 to 8), direction and counts of the best hypothesis whose pairs (at least 2)
+/// match at 80% or more.
+fn best_stride(ctx: &Ctx<'_>, a: &Rows<'_>, e: &Rows<'_>, tol: AllClose) -> Option<(usize, bool, usize, usize)> {
+    let mut best: Option<(usize, bool, usize, usize)> = None;
+    for s in 2..=8 {
+        for slow in [true, false] {
+            let (p, m) = stride_pairs(ctx, a, e, s, slow, tol);
+            if p >= 2 && m as f64 >= 0.8 * p as f64 && best.is_none_or(|(_, _, bm, _)| m > bm) {
+                best = Some((s, slow, m, p));
+            }
+        }
+    }
+    best
+}
+
+/// Shapes that differ only in the number of positions, by an integer factor, where the
+/// engine's positions are HF's sampled with that stride.
+fn stride_mismatch(
+    ctx: &Ctx<'_>,
+    tap: &str,
+    (adata, ashape): (&[f32], &[usize]),
+    (edata, eshape): (&[f32], &[usize]),
+    kind: TapKind,
+    tol: AllClose,
+) -> Option<Hint> {
+    if kind != TapKind::Tokens || ashape.len() != eshape.len() || ashape.len() < 3 {
+        return None;
+    }
+    if ashape[0] != eshape[0] || ashape[2..] != eshape[2..] || ashape[1] == eshape[1] {
+        return None;
+    }
+    let (la, le) = (ashape[1], eshape[1]);
+    let (hi, lo) = (la.max(le), la.min(le));
+    if lo < 2 || hi.div_ceil(lo) > 8 {
+        return None;
+    }
+    let a = Rows::new(adata, ashape, kind)?;
+    let e = Rows::new(edata, eshape, kind)?;
+    let (s, slow, m, p) = best_stride(ctx, &a, &e, tol)?;
+    // The stride must fit the lengths: the engine has about s times the positions when it is slow.
+    let fits = if slow { la >= le } else { le >= la };
+    fits.then(|| {
+        let shapes = format!("; the engine has {la} positions where HF has {le}");
+        hint(HintKind::PositionStride, tap, 0.95, stride_message(s, slow, m, p, &shapes))
+    })
+}
+
 fn token_misalignment(
     tap: &str,
     a: &Rows<'_>,
@@ -397,7 +542,7 @@ fn token_misalignment(
         for i in errs.failing(b) {
             failing += 1;
             let best = (0..a.seq)
-                .filter(|&j| j != i && ctx.case.inputs.is_real(b, j))
+                .filter(|&j| j != i && ctx.is_real(b, j))
                 .map(|j| (j, row_ratio(a.row(b, i), e.row(b, j), tol)))
                 .min_by(|x, y| x.1.total_cmp(&y.1));
             if let Some((j, r)) = best
@@ -446,7 +591,7 @@ fn pooled_misalignment(ctx: &mut Ctx<'_>, tap: &str, a: &Rows<'_>) -> Option<Hin
     let mut found = Vec::new();
     for b in 0..a.batch {
         let best = (0..src.seq)
-            .filter(|&j| ctx.case.inputs.is_real(b, j))
+            .filter(|&j| ctx.is_real_at("last_hidden_state", b, j))
             .map(|j| {
                 let mut cand = src.row(b, j).to_vec();
                 if normalized {
@@ -461,7 +606,7 @@ fn pooled_misalignment(ctx: &mut Ctx<'_>, tap: &str, a: &Rows<'_>) -> Option<Hin
             _ => return None,
         }
     }
-    let last_real = |b: usize| (0..src.seq).rev().find(|&s| ctx.case.inputs.is_real(b, s));
+    let last_real = |b: usize| (0..src.seq).rev().find(|&s| ctx.is_real_at("last_hidden_state", b, s));
     let all_last = found.iter().all(|&(b, j)| Some(j) == last_real(b));
     let all_first = found.iter().all(|&(_, j)| j == 0);
     let which = if all_last {

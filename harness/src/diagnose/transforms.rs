@@ -61,7 +61,7 @@ pub fn blame(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
                 let (x, y) = (rows.row(b, s), er.row(b, s));
                 let xx = dot(x, x);
                 let k = if xx > 0.0 { dot(x, y) / xx } else { 1.0 };
-                if ctx.case.inputs.is_real(b, s) || rows.seq == 1 {
+                if ctx.is_real(b, s) || rows.seq == 1 {
                     lo = lo.min(1.0 / k);
                     hi = hi.max(1.0 / k);
                 }

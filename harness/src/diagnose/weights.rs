@@ -186,7 +186,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
         return;
     }
     let heads = width / hd;
-    let rows = super::view::selection_rows(ctx.case, kind, &shape);
+    let rows = super::view::selection_rows(ctx.case, &super::view::module_as(ctx.case, &name, kind), &shape);
     let rel: Vec<f64> = (0..heads)
         .map(|h| {
             let (mut dd, mut gg) = (0f64, 0f64);
@@ -371,7 +371,7 @@ pub fn affine_row_scale(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
         }
         let k = if xx > 0.0 { xy / xx } else { 1.0 };
         let shape = golden.shape();
-        if shape.len() != 3 || ctx.case.inputs.is_real(r / shape[1], r % shape[1]) {
+        if shape.len() != 3 || ctx.is_real(r / shape[1], r % shape[1]) {
             lo = lo.min(1.0 / k);
             hi = hi.max(1.0 / k);
         }
@@ -425,8 +425,7 @@ pub fn pooling(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
         }
     };
     let hd = h.data();
-    let real: Vec<Vec<usize>> =
-        (0..batch).map(|b| (0..seq).filter(|&s| ctx.case.inputs.is_real(b, s)).collect()).collect();
+    let real: Vec<Vec<usize>> = (0..batch).map(|b| (0..seq).filter(|&s| ctx.is_real(b, s)).collect()).collect();
     if real.iter().any(|r| r.is_empty()) {
         return;
     }
