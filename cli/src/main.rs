@@ -469,16 +469,26 @@ fn shrink_rows(
         .unwrap_or_else(|e| fail(e));
     s.report.rerun = std::env::args().collect::<Vec<_>>().join(" ");
     print!("{}", terminal::render(&s.report));
-    let names: Vec<&str> = case.inputs.named.iter().map(|n| n.name.as_str()).collect();
+    let kept: Vec<&str> = case
+        .inputs
+        .named
+        .iter()
+        .map(|n| n.name.as_str())
+        .filter(|n| s.decoder_prefix.is_none() || !n.starts_with("decoder_"))
+        .collect();
+    let decoder = match s.decoder_prefix {
+        Some((len, of)) => format!("; decoder_input_ids cut to its first {len} of {of} tokens (a causal decoder)"),
+        None => String::new(),
+    };
     println!(
-        "\nminimal input: row {} of {} ({} kept as they are: named inputs shrink by batch rows only)",
+        "\nminimal input: row {} of {}{decoder} ({} kept as they are: other named inputs shrink by batch rows only)",
         s.row,
         s.rows,
-        names.join(", ")
+        kept.join(", ")
     );
     println!("signature: {}", s.signature);
     println!(
-        "{} evaluations in {:.1} s, oracle: the case's goldens cut to one row",
+        "{} evaluations in {:.1} s, oracle: the case's goldens cut to one row (and the decoder's to the prefix)",
         s.evaluations,
         s.elapsed.as_secs_f64()
     );

@@ -204,49 +204,145 @@ fn an_input_other_than_the_goldens_one_is_an_error() {
     assert!(r.error.as_deref().unwrap_or("").contains("builds another `pixel_values`"), "{:?}", r.error);
 }
 
-/// An engine written here that "computes" vit/pixels by reading its goldens, with the patch
-/// sequence of `vit.embeddings.patch_embeddings` ([batch, 16 patches of a 4x4 grid, hidden])
-/// taken one patch to the right in each grid row (wrapping): a port whose patch grid is offset.
-struct ShiftedPatches(std::path::PathBuf);
-struct ShiftedPatchesModel(std::path::PathBuf);
+/// Edits one tap's tensor (name, shape, data) of an engine that reads its outputs from goldens.
+type Edit = fn(&str, &mut Vec<usize>, &mut Vec<f32>);
 
-impl Engine for ShiftedPatches {
+/// An engine written here that "computes" a case by reading its goldens, with `edit` applied:
+/// the planted bug.
+struct FromGoldens {
+    name: &'static str,
+    dir: std::path::PathBuf,
+    edit: Edit,
+}
+struct FromGoldensModel(std::path::PathBuf, Edit);
+
+impl Engine for FromGoldens {
     fn name(&self) -> &str {
-        "patch-shifted"
+        self.name
     }
     fn default_enabled(&self) -> bool {
         false
     }
     fn load(&self, _: &harness::case::ModelSpec) -> harness::Result<Box<dyn LoadedModel>> {
-        Ok(Box::new(ShiftedPatchesModel(self.0.clone())))
+        Ok(Box::new(FromGoldensModel(self.dir.clone(), self.edit)))
     }
 }
 
-impl LoadedModel for ShiftedPatchesModel {
+impl LoadedModel for FromGoldensModel {
     fn run(&self, _: &Inputs, taps: &[&str]) -> harness::Result<Outputs> {
         let mut out = Outputs::new();
         for t in taps {
             let g = harness::tensor::read_npy(&self.0.join(format!("{t}.npy")), None)?;
-            let (shape, mut v) = (g.shape().to_vec(), g.data().to_vec());
-            if *t == "vit.embeddings.patch_embeddings" {
-                let d = shape[2];
-                for image in v.chunks_mut(16 * d) {
-                    for grid_row in image.chunks_mut(4 * d) {
-                        grid_row.rotate_left(d);
-                    }
-                }
-            }
+            let (mut shape, mut v) = (g.shape().to_vec(), g.data().to_vec());
+            (self.1)(t, &mut shape, &mut v);
             out.insert(t.to_string(), harness::tensor::Tensor::new(shape, v)?);
         }
         Ok(out)
     }
 }
 
+fn run_from_goldens(case: &str, name: &'static str, edit: Edit) -> harness::report::TrialReport {
+    let repo = TempRepo::with_cases(&[case]);
+    let engine = Arc::new(FromGoldens { name, dir: repo.path(&format!("goldens/{case}")), edit });
+    repo.run(case, name, vec![engine])
+}
+
+/// The patch sequence of `vit.embeddings.patch_embeddings` ([batch, 16 patches of a 4x4 grid,
+/// hidden]) taken one patch to the right in each grid row (wrapping): a port whose patch grid is
+/// offset.
+#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
+fn patches_shifted(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
+    if t == "vit.embeddings.patch_embeddings" {
+        let d = shape[2];
+        for image in v.chunks_mut(16 * d) {
+            for grid_row in image.chunks_mut(4 * d) {
+                grid_row.rotate_left(d);
+            }
+        }
+    }
+}
+
+/// Whisper's second convolution (`[batch, channels, frames]`) run with stride 1 where HF's is
+/// 2: frame 2j is HF's frame j, the odd frames fall between HF's (here: the mean of the two
+/// neighbours). `keep` cuts the result to HF's frame count, as a port with a fixed position
+/// table would; else the port gives twice the frames.
+fn conv_stride_one(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>, keep: bool) {
+    if t != "model.encoder.conv2" {
+        return;
+    }
+    let (b, c, n) = (shape[0], shape[1], shape[2]);
+    let mut out = Vec::with_capacity(b * c * 2 * n);
+    for row in v.chunks(n) {
+        for i in 0..2 * n {
+            let (j, k) = (i / 2, (i / 2 + 1).min(n - 1));
+            out.push(if i % 2 == 0 { row[j] } else { 0.5 * (row[j] + row[k]) + 0.25 });
+        }
+    }
+    *shape = vec![b, c, 2 * n];
+    *v = out;
+    if keep {
+        let cut: Vec<f32> = v.chunks(2 * n).flat_map(|r| r[..n].to_vec()).collect();
+        *shape = vec![b, c, n];
+        *v = cut;
+    }
+}
+
+#[test]
+fn a_convolution_stride_is_named_on_the_frames_of_a_channel_first_tap() {
+    // Cut to HF's length: the shapes agree, frame 2j is HF's frame j.
+    let r = run_from_goldens("whisper/features", "conv-stride-cut", |t, s, v| conv_stride_one(t, s, v, true));
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.encoder.conv2", "{text}");
+    assert_eq!(r.hints[0].kind, HintKind::PositionStride, "{text}");
+    assert!(r.hints[0].message.contains("engine position 2·j equals golden position j"), "{text}");
+    // Not cut: twice HF's frames; the shapes say the factor, the data confirms the stride.
+    let r = run_from_goldens("whisper/features", "conv-stride-long", |t, s, v| conv_stride_one(t, s, v, false));
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.encoder.conv2", "{text}");
+    assert_eq!(r.hints[0].kind, HintKind::PositionStride, "{text}");
+    assert!(r.hints[0].message.contains("the engine has 16 positions where HF has 8"), "{text}");
+    // The same data with every frame off (no stride explains it): no stride is named.
+    let r = run_from_goldens("whisper/features", "conv-off", |t, s, v| {
+        conv_stride_one(t, s, v, true);
+        if t == "model.encoder.conv2" {
+            v.iter_mut().for_each(|x| *x += 0.1);
+        }
+    });
+    let text = harness::report::terminal::render(&r);
+    assert!(!r.hints.iter().any(|h| h.kind == HintKind::PositionStride), "{text}");
+}
+
+/// The decoder of `bart/same-length` wrong at row 1's last two positions, where the source
+/// (`input_ids`) is padding and the decoder's tokens are real.
+#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
+fn decoder_wrong_where_the_source_pads(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
+    if t.starts_with("model.decoder.") || t == "last_hidden_state" || t == "logits" {
+        let (seq, d) = (shape[1], shape[2]);
+        for s in 5..7 {
+            v[(seq + s) * d..(seq + s + 1) * d].iter_mut().for_each(|x| *x += 0.5);
+        }
+    }
+}
+
+#[test]
+fn the_source_mask_does_not_hide_decoder_positions() {
+    let r = run_from_goldens("bart/same-length", "decoder-tail", decoder_wrong_where_the_source_pads);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.verdict, Verdict::Fail, "{text}");
+    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.decoder.layers.0", "{text}");
+    // The same error on the encoder's padded positions is not compared: padding is padding there.
+    let r = run_from_goldens("bart/same-length", "encoder-pads", |t, shape, v| {
+        if t.starts_with("model.encoder.") {
+            let (seq, d) = (shape[1], shape[2]);
+            v[(seq + 5) * d..(seq + 7) * d].iter_mut().for_each(|x| *x += 0.5);
+        }
+    });
+    assert_eq!(r.verdict, Verdict::Pass, "{}", harness::report::terminal::render(&r));
+}
+
 #[test]
 fn a_shifted_patch_grid_is_named_on_the_patch_sequence() {
-    let repo = TempRepo::with_cases(&["vit/pixels"]);
-    let engine = Arc::new(ShiftedPatches(repo.path("goldens/vit/pixels")));
-    let r = repo.run("vit/pixels", "patch-shifted", vec![engine]);
+    let r = run_from_goldens("vit/pixels", "patch-shifted", patches_shifted);
     let text = harness::report::terminal::render(&r);
     assert_eq!(r.verdict, Verdict::Fail, "{text}");
     assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "vit.embeddings.patch_embeddings", "{text}");
@@ -323,4 +419,118 @@ fn a_named_input_case_shrinks_to_one_batch_row_and_writes_it_as_a_case() {
     // A bug that needs the batch: no row fails alone, and the error says so.
     let e = shrink(batch_only_bug, "batch-only").err().expect("no single row fails");
     assert!(e.to_string().contains("the failure needs the batch"), "{e}");
+}
+
+/// A port that reads the third decoder token wrong (an off-by-one in its token buffer past the
+/// start-of-transcript prefix): with fewer than three decoder tokens it is right.
+fn decoder_token_2_wrong(n: &mut NamedInput) {
+    if let (InputData::I64(v), "decoder_input_ids") = (&mut n.data, n.name.as_str()) {
+        let seq = n.shape[1];
+        if seq > 2 {
+            for row in v.chunks_mut(seq) {
+                row[2] = (row[2] + 1) % 64;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_decoder_case_shrinks_to_one_row_and_the_shortest_failing_decoder_prefix() {
+    let repo = TempRepo::with_cases(&["whisper/features-tanh"]);
+    let case = repo.load("whisper/features-tanh").unwrap();
+    assert_eq!(case.model.structure.decoder_causal, Some(true), "measured by the goldens tool");
+    let name = "decoder-token-2";
+    let suite = repo.suite(vec![Arc::new(Buggy { name, bug: decoder_token_2_wrong })]);
+    let e = suite.registry.get(name).unwrap().clone();
+    let model = suite.model(&e, &case.model).unwrap();
+    let expected = suite.expected(&case).unwrap();
+    let s = harness::shrink::rows::shrink_rows(&case, &e, model.as_ref(), expected.as_ref(), false).unwrap();
+    let text = harness::report::terminal::render(&s.report);
+    assert_eq!((s.row, s.decoder_prefix), (0, Some((3, 4))), "{text}");
+    assert_eq!(s.case.inputs.named("decoder_input_ids").unwrap().shape, [1, 3]);
+    assert_eq!(s.case.inputs.named("input_features").unwrap().shape, [1, 8, 16], "frames are kept");
+    // Written as a case that loads back with the cut decoder ids.
+    let written = harness::shrink::regression::write_row(repo.root(), &case, &s, name).unwrap();
+    let id = harness::shrink::regression::row_case_id(&case, &s);
+    assert!(id.starts_with("regressions/whisper-features-tanh-row0-dec3-"), "{id}");
+    let back = repo.load(&id).unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&written[0]).unwrap()));
+    assert_eq!(back.inputs.named, s.case.inputs.named);
+    // The same bug on a model whose decoder is not recorded causal: the decoder ids are kept.
+    let mut not_causal = case.clone();
+    std::sync::Arc::make_mut(&mut not_causal.model.structure).decoder_causal = None;
+    let s = harness::shrink::rows::shrink_rows(&not_causal, &e, model.as_ref(), expected.as_ref(), false).unwrap();
+    assert_eq!((s.row, s.decoder_prefix), (0, None));
+    assert_eq!(s.case.inputs.named("decoder_input_ids").unwrap().shape, [1, 4]);
+}
+
+/// A metamorphic case on images (`cases/metamorphic/vit.yaml`): candle-transformers' ViT keeps
+/// both properties on every generated batch, and the token property listed is skipped with a
+/// note; a port whose batching is broken (it reads every image after the first backwards)
+/// breaks batch invariance, found on the first generated input.
+#[test]
+fn metamorphic_properties_run_on_named_inputs() {
+    use harness::metamorphic::{self, Outcome, Property};
+    let repo = TempRepo::with_cases(&["metamorphic/vit"]);
+    let meta =
+        metamorphic::load(repo.root(), &repo.path("cases/metamorphic/vit.yaml"), &mut Default::default()).unwrap();
+    assert_eq!(meta.properties, [Property::Determinism, Property::Batch]);
+    assert_eq!(meta.skipped.len(), 1, "{:?}", meta.skipped);
+    assert!(meta.skipped[0].1.contains("`padding` varies generated token ids"), "{:?}", meta.skipped);
+    assert_eq!(meta.named.len(), 3);
+    assert_ne!(meta.named[0], meta.named[1], "each generated input draws its own images");
+    let suite = repo.suite(vec![]);
+    let e = suite.registry.get("candle-transformers").unwrap().clone();
+    let model = suite.model(&e, &meta.base.model).unwrap();
+    let (report, message) = metamorphic::run_trial(&meta, e.as_ref(), Ok(model.as_ref()), String::new());
+    assert_eq!(report.verdict, Verdict::Pass, "{message}");
+    assert!(message.contains("ok   batch (3 generated inputs)"), "{message}");
+    assert!(message.contains("note: padding skipped"), "{message}");
+
+    let bug = Buggy { name: "batch-only", bug: batch_only_bug };
+    let model = bug.load(&meta.base.model).unwrap();
+    // As a trial does: the taps the engine produces.
+    let mut meta = meta;
+    let produced = model.taps().unwrap_or_default();
+    meta.base.taps.retain(|t| produced.contains(&t.name));
+    assert!(meta.base.taps.len() >= 2, "{produced:?}");
+    match metamorphic::check(&meta, Property::Batch, model.as_ref()) {
+        Outcome::FailsOn { input, violation } => {
+            assert_eq!(input, 0);
+            assert!(violation.what.starts_with("row 1 inside the batch of 3 differs"), "{}", violation.what);
+        }
+        other => panic!("batch invariance does not catch the batching bug: {other:?}"),
+    }
+    assert!(matches!(metamorphic::check(&meta, Property::Determinism, model.as_ref()), Outcome::Holds { inputs: 3 }));
+}
+
+#[test]
+fn a_metamorphic_case_needs_inputs_for_a_model_without_ids_and_generates_ids_for_one_with() {
+    use harness::metamorphic;
+    let repo = TempRepo::with_cases(&["metamorphic/vit", "metamorphic/bert"]);
+    let load = |id: &str| {
+        metamorphic::load(repo.root(), &repo.path(&format!("cases/{id}.yaml")), &mut Default::default())
+            .unwrap_err()
+            .to_string()
+    };
+    repo.write("cases/metamorphic/vit.yaml", "model: vit-tiny\nmetamorphic: [batch]\ntaps: [logits]\n");
+    let e = load("metamorphic/vit");
+    assert!(e.contains("vit.yaml:1:") && e.contains("its main input is `pixel_values`"), "{e}");
+    assert!(e.contains("give its inputs under `inputs:`"), "{e}");
+    repo.write(
+        "cases/metamorphic/vit.yaml",
+        "model: vit-tiny\nmetamorphic: [batch]\ninputs:\n  pixel_values: {random: {shape: [1, 3, 16, 16], dtype: float32, seed: 1}}\ntaps: [logits]\n",
+    );
+    assert!(load("metamorphic/vit").contains("`batch` needs inputs of at least 2 rows"));
+    repo.write(
+        "cases/metamorphic/vit.yaml",
+        "model: vit-tiny\nmetamorphic: [batch]\ninputs:\n  pixel_values: {random: {shape: [2, 3, 16, 16], dtype: float32, seed: 1}}\n  attention_mask: [[1]]\ntaps: [logits]\n",
+    );
+    let e = load("metamorphic/vit");
+    assert!(e.contains("vit.yaml:5:") && e.contains("`attention_mask` is a token input"), "{e}");
+    repo.write(
+        "cases/metamorphic/bert.yaml",
+        "model: bert-tiny\nmetamorphic: [batch]\ninputs:\n  input_ids: [[1, 2]]\ntaps: [pooler]\n",
+    );
+    let e = load("metamorphic/bert");
+    assert!(e.contains("bert.yaml:4:") && e.contains("takes token ids, which a metamorphic case generates"), "{e}");
 }

@@ -30,6 +30,7 @@ use crate::shrink::input::{Candidate, Layout, specials};
 use crate::shrink::strategy::InputSpace;
 use crate::tolerance::Tolerance;
 use crate::yaml::Doc;
+use harness_api::inputs::NamedInput;
 
 pub mod properties;
 
@@ -55,6 +56,10 @@ struct MetaFile {
     tolerance: Option<Tolerance>,
     #[serde(default)]
     engines: Option<Vec<String>>,
+    /// Named inputs (a model without token ids: an image, a spectrogram), as in a case; each
+    /// `random:` input is drawn again with seed + k for generated input k.
+    #[serde(default)]
+    inputs: BTreeMap<String, serde_norway::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -96,6 +101,22 @@ pub struct MetaCase {
     /// The model, taps, tolerance and engines as a case (its inputs are placeholders): what
     /// generated inputs are run through.
     pub base: Case,
+    /// A case with named inputs (`inputs:`): one set per generated input (`generate.cases`);
+    /// empty when token inputs are generated.
+    pub named: Vec<Vec<NamedInput>>,
+    /// Properties listed but not checked, with why (token properties on named inputs).
+    pub skipped: Vec<(Property, String)>,
+}
+
+/// `v` with the seed of a `random:` input moved by `k` (other forms as they are).
+fn reseeded(v: &serde_norway::Value, k: u64) -> serde_norway::Value {
+    let mut v = v.clone();
+    if let Some(seed) = v.get_mut("random").and_then(|r| r.get_mut("seed"))
+        && let Some(n) = seed.as_u64()
+    {
+        *seed = serde_norway::Value::from(n.wrapping_add(k));
+    }
+    v
 }
 
 /// Every metamorphic case file, sorted.
@@ -131,12 +152,37 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
         }
     })?;
     let causal = model.structure.causal;
+    let named_mode = !mf.inputs.is_empty();
+    let main = model.structure.main_input.clone();
+    if !named_mode && main != "input_ids" {
+        return Err(doc
+            .err(
+                "model",
+                format!("`{}` takes no token ids (its main input is `{main}`): token inputs cannot be generated for it", model.class),
+            )
+            .hint(format!(
+                "give its inputs under `inputs:` as in a case, e.g. `{main}: {{random: {{shape: [...], dtype: float32, seed: 1}}}}`"
+            )));
+    }
+    if named_mode && main == "input_ids" {
+        return Err(doc
+            .err("inputs", format!("`{}` takes token ids, which a metamorphic case generates", model.class))
+            .hint("remove `inputs:` and bound the generated ids with `generate:`; `inputs:` is for image and audio models"));
+    }
+    if let Some(k) = mf.inputs.keys().find(|k| crate::named::TOKEN_KEYS.contains(&k.as_str())) {
+        return Err(doc
+            .err(&format!("inputs.{k}"), format!("`{k}` is a token input: a metamorphic case generates those"))
+            .hint(
+                "give only the forward's named inputs (`pixel_values`, `input_features`, `decoder_input_ids`, ...)",
+            ));
+    }
     if mf.metamorphic.is_empty() {
         return Err(doc
             .err("metamorphic", "no properties to check")
             .hint(format!("list some of: {}", Property::NAMES.join(", "))));
     }
     let mut properties = Vec::new();
+    let mut skipped = Vec::new();
     for (i, name) in mf.metamorphic.iter().enumerate() {
         let at = format!("metamorphic[{i}]");
         let p = Property::parse(name).ok_or_else(|| {
@@ -146,6 +192,11 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
             };
             doc.err(&at, format!("unknown property `{name}`")).hint(hint)
         })?;
+        if named_mode && !p.takes_named_inputs() {
+            skipped
+                .push((p, format!("`{name}` varies generated token ids; this case gives named inputs: not checked")));
+            continue;
+        }
         if p.needs_causal() && !causal {
             return Err(doc
                 .err(&at, format!("`{name}` needs a causal model; `{}` is not one", model.class))
@@ -182,7 +233,7 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
             .err("generate.rows", "`batch` needs batches of at least 2 rows")
             .hint("raise the upper bound of `rows` to 2 or more"));
     }
-    if let Some(max) = model.config.opt_usize("max_position_embeddings")? {
+    if let Some(max) = model.config.opt_usize("max_position_embeddings")?.filter(|_| !named_mode) {
         let longest = generate.tokens[1] + generate.padding[1].max(generate.steps[1]) + model.structure.position_offset;
         if longest > max {
             return Err(doc
@@ -213,13 +264,49 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
             .err("engines", "empty engine list")
             .hint("remove `engines:` to run every engine that runs the model"));
     }
+    let mut named = Vec::new();
+    if named_mode {
+        for k in 0..generate.cases as u64 {
+            let raw: BTreeMap<String, serde_norway::Value> =
+                mf.inputs.iter().map(|(n, v)| (n.clone(), reseeded(v, k))).collect();
+            named.push(crate::named::validate(&doc, &raw, &model)?);
+        }
+        let given: Vec<&str> = named[0].iter().map(|n| n.name.as_str()).collect();
+        if let Some(need) = model.structure.inputs.iter().find(|i| i.required && !given.contains(&i.name.as_str())) {
+            return Err(doc
+                .err(
+                    "inputs",
+                    format!("the forward of `{}` needs `{}`, which `inputs:` does not give", model.class, need.name),
+                )
+                .hint(format!("add `{}` under `inputs:` ({}, rank {})", need.name, need.dtype, need.rank)));
+        }
+        if properties.contains(&Property::Batch) && named[0][0].shape[0] < 2 {
+            return Err(doc
+                .err(
+                    "inputs",
+                    format!(
+                        "`batch` needs inputs of at least 2 rows; `{}` has {}",
+                        named[0][0].name, named[0][0].shape[0]
+                    ),
+                )
+                .hint("give a batch of 2 or more (the first axis)"));
+        }
+    }
     let one = IdMatrix { batch: 1, seq: 1, data: vec![0] };
+    let base_inputs = match named.first() {
+        Some(set) => Inputs {
+            input_ids: IdMatrix { batch: set[0].shape[0], seq: 0, data: vec![] },
+            named: set.clone(),
+            ..Default::default()
+        },
+        None => Inputs { input_ids: one, ..Default::default() },
+    };
     let base = Case {
         id: id.clone(),
         file: file.to_path_buf(),
         description: mf.description,
         model,
-        inputs: Inputs { input_ids: one, ..Default::default() },
+        inputs: base_inputs,
         taps,
         engine_positions: (0..mf.engines.as_ref().map_or(0, |e| e.len()))
             .map(|i| doc.pos(&format!("engines[{i}]")))
@@ -234,7 +321,7 @@ pub fn load(root: &Path, file: &Path, models: &mut BTreeMap<String, Result<Model
         reference: None,
         engine_options: Default::default(),
     };
-    Ok(MetaCase { id, file: file.to_path_buf(), properties, generate, base })
+    Ok(MetaCase { id, file: file.to_path_buf(), properties, generate, base, named, skipped })
 }
 
 impl MetaCase {
@@ -274,6 +361,18 @@ impl MetaCase {
         }
     }
 
+    /// The base case on generated named-input set `k`.
+    pub fn named_case(&self, k: usize) -> Case {
+        let set = &self.named[k];
+        let mut case = self.base.clone();
+        case.inputs = Inputs {
+            input_ids: IdMatrix { batch: set[0].shape[0], seq: 0, data: vec![] },
+            named: set.clone(),
+            ..Default::default()
+        };
+        case
+    }
+
     fn regressions_file(&self) -> PathBuf {
         self.file.with_extension(REGRESSIONS_EXT)
     }
@@ -291,12 +390,37 @@ pub enum Outcome {
         violation: Violation,
         evaluations: u32,
     },
+    /// Fails on generated named-input set `input` (named inputs are not shrunk).
+    FailsOn {
+        input: usize,
+        violation: Violation,
+    },
     Error(String),
+}
+
+/// `check` for a case with named inputs: each generated set in turn, no shrinking.
+fn check_named(meta: &MetaCase, property: Property, model: &dyn LoadedModel) -> Outcome {
+    for k in 0..meta.named.len() {
+        match properties::check_named(property, &meta.named_case(k), model) {
+            Ok(None) => {}
+            Ok(Some(violation)) => return Outcome::FailsOn { input: k, violation },
+            Err(e) => return Outcome::Error(format!("generated input {}: {e}", k + 1)),
+        }
+    }
+    Outcome::Holds { inputs: meta.named.len() as u32 }
+}
+
+/// A named-input set for a person: `pixel_values float32 [2, 3, 16, 16], ...`.
+pub fn describe_named(set: &[NamedInput]) -> String {
+    set.iter().map(|n| format!("{} {} {:?}", n.name, n.data.dtype(), n.shape)).collect::<Vec<_>>().join(", ")
 }
 
 /// Check `property` of `meta` on `model` with proptest: generated inputs, shrinking, and the
 /// persisted seeds of earlier failures replayed first.
 pub fn check(meta: &MetaCase, property: Property, model: &dyn LoadedModel) -> Outcome {
+    if !meta.named.is_empty() {
+        return check_named(meta, property, model);
+    }
     let defaults = Config::default();
     let env = |k: &str| std::env::var_os(k).is_some();
     // proptest takes the path as &'static str: a few bytes per check, for the process's life.
@@ -379,13 +503,33 @@ pub fn run_trial(
     let mut narrowed = meta.clone();
     narrowed.base.taps = taps.into_iter().cloned().collect();
     let meta = &narrowed;
+    for (p, why) in &meta.skipped {
+        report.notes.push(format!("{} skipped: {why}", p.name()));
+    }
     let mut lines: Vec<String> = report.notes.iter().map(|n| format!("note: {n}")).collect();
     let mut failed = false;
+    let mut persisted = false;
     for &p in &meta.properties {
         match check(meta, p, model) {
             Outcome::Holds { inputs } => lines.push(format!("ok   {} ({inputs} generated inputs)", p.name())),
+            Outcome::FailsOn { input, violation } => {
+                failed = true;
+                lines.push(format!("FAIL {}: {}", p.name(), violation.what));
+                lines.push(format!(
+                    "     on generated input {} of {} ({}; named inputs are not shrunk)",
+                    input + 1,
+                    meta.named.len(),
+                    describe_named(&meta.named[input])
+                ));
+                if report.verdict == Verdict::Pass {
+                    report.verdict = Verdict::Fail;
+                    report.taps = violation.taps;
+                    report.first_divergence = violation.first;
+                }
+            }
             Outcome::Fails { minimal, violation, evaluations } => {
                 failed = true;
+                persisted = true;
                 lines.push(format!("FAIL {}: {}", p.name(), violation.what));
                 lines.push(format!(
                     "     minimal input ({}, after {evaluations} evaluations): {}",
@@ -405,7 +549,7 @@ pub fn run_trial(
             }
         }
     }
-    if failed {
+    if failed && persisted {
         lines.push(format!(
             "failing seeds are kept in {} and replayed first",
             crate::error::display_path(&meta.regressions_file())

@@ -60,6 +60,12 @@ impl Property {
         matches!(self, Property::Prefix | Property::Cache)
     }
 
+    /// Whether the property applies to given named inputs (an image, a spectrogram): the others
+    /// vary generated token ids.
+    pub fn takes_named_inputs(self) -> bool {
+        matches!(self, Property::Determinism | Property::Batch)
+    }
+
     /// Inputs with a prompt and tokens after it (appended, or decoded).
     pub fn uses_steps(self) -> bool {
         self.needs_causal()
@@ -144,26 +150,7 @@ pub fn check(
     let taps: Vec<&Tap> = base.taps.iter().collect();
     let case = candidate_case(base, cand, layout);
     match property {
-        Property::Determinism => {
-            let (a, b) = (run(model, &case)?, run(model, &case)?);
-            let exact = Tolerance { atol: Some(0.0), rtol: Some(0.0), ..Tolerance::default() };
-            let mut checks = Checks::new();
-            for t in &taps {
-                let (x, y) = (get(&a, &t.name)?, get(&b, &t.name)?);
-                let same =
-                    x.shape() == y.shape() && x.data().iter().zip(y.data()).all(|(p, q)| p.to_bits() == q.to_bits());
-                let mut rep = compare(&t.name, &exact, x.clone(), y.clone());
-                if !same && rep.status.is_pass() {
-                    // Only NaN bit patterns differ: still not bit-identical.
-                    rep.status = crate::report::TapStatus::Error { message: "NaN bits differ between runs".into() };
-                }
-                if same {
-                    rep.status = crate::report::TapStatus::Pass;
-                }
-                checks.push(rep, String::new);
-            }
-            Ok(checks.violation(|tap, _| format!("two runs on the same input differ, first at `{tap}`")))
-        }
+        Property::Determinism => determinism(model, &case, &taps),
         Property::Batch => {
             let batch = run(model, &case)?;
             let mut checks = Checks::new();
@@ -254,6 +241,61 @@ pub fn check(
                 format!("decoding through the KV cache differs from the full forward at `{tap}` ({row})")
             }))
         }
+    }
+}
+
+/// Two runs of `case` give bit-identical outputs.
+fn determinism(model: &dyn LoadedModel, case: &Case, taps: &[&Tap]) -> Result<Option<Violation>> {
+    let (a, b) = (run(model, case)?, run(model, case)?);
+    let exact = Tolerance { atol: Some(0.0), rtol: Some(0.0), ..Tolerance::default() };
+    let mut checks = Checks::new();
+    for t in taps {
+        let (x, y) = (get(&a, &t.name)?, get(&b, &t.name)?);
+        let same = x.shape() == y.shape() && x.data().iter().zip(y.data()).all(|(p, q)| p.to_bits() == q.to_bits());
+        let mut rep = compare(&t.name, &exact, x.clone(), y.clone());
+        if !same && rep.status.is_pass() {
+            // Only NaN bit patterns differ: still not bit-identical.
+            rep.status = crate::report::TapStatus::Error { message: "NaN bits differ between runs".into() };
+        }
+        if same {
+            rep.status = crate::report::TapStatus::Pass;
+        }
+        checks.push(rep, String::new);
+    }
+    Ok(checks.violation(|tap, _| format!("two runs on the same input differ, first at `{tap}`")))
+}
+
+/// `check` on a case's own named inputs (no generated ids): determinism, and batch invariance
+/// (each row alone gives its row of the batch, on every `[batch, ...]` tap).
+pub fn check_named(property: Property, case: &Case, model: &dyn LoadedModel) -> Result<Option<Violation>> {
+    let taps: Vec<&Tap> = case.taps.iter().collect();
+    match property {
+        Property::Determinism => determinism(model, case, &taps),
+        Property::Batch => {
+            let rows = case.inputs.batch();
+            let batch = run(model, case)?;
+            let alone: Vec<Outputs> = (0..rows)
+                .map(|b| {
+                    let mut one = case.clone();
+                    one.inputs = crate::shrink::rows::row_inputs(&case.inputs, b);
+                    run(model, &one)
+                })
+                .collect::<Result<_>>()?;
+            let mut checks = Checks::new();
+            for t in taps.iter().filter(|t| matches!(t.module.kind, TapKind::Tokens | TapKind::Rows)) {
+                for (b, one) in alone.iter().enumerate() {
+                    let x = get(&batch, &t.name)?;
+                    let n = x.shape().get(1).copied().unwrap_or(0);
+                    let x = slice(x, t.module.kind, b, 0..n)?;
+                    let e = slice(get(one, &t.name)?, t.module.kind, 0, 0..n)?;
+                    checks.push(compare(&t.name, &t.tolerance, x, e), || format!("row {b}"));
+                }
+            }
+            Ok(checks.violation(|tap, row| {
+                format!("{row} inside the batch of {rows} differs from the same row run alone, first at `{tap}`")
+            }))
+        }
+        p => Err(Error::input(format!("`{}` needs generated token inputs", p.name()))),
     }
 }
 

@@ -92,7 +92,8 @@ pub fn write(root: &Path, source: &Case, shrunk: &Shrunk, engine: &str) -> Resul
 
 /// The regression case of a batch row (named inputs): `regressions/<case>-row<b>-<signature>`.
 pub fn row_case_id(source: &Case, shrunk: &super::rows::RowShrunk) -> String {
-    format!("regressions/{}-row{}-{}", source.id.replace('/', "-"), shrunk.row, shrunk.signature.slug())
+    let dec = shrunk.decoder_prefix.map(|(len, _)| format!("-dec{len}")).unwrap_or_default();
+    format!("regressions/{}-row{}{dec}-{}", source.id.replace('/', "-"), shrunk.row, shrunk.signature.slug())
 }
 
 /// Write the regression case of a batch row: its named inputs as `.npy` files beside it
@@ -113,8 +114,13 @@ pub fn write_row(root: &Path, source: &Case, shrunk: &super::rows::RowShrunk, en
     let _ = writeln!(y, "# Signature: {}.", shrunk.signature);
     let _ = writeln!(
         y,
-        "# Row {} of {}: named inputs shrink by batch rows only (their values are kept).",
-        shrunk.row, shrunk.rows
+        "# Row {} of {}: named inputs shrink by batch rows only (their values are kept){}.",
+        shrunk.row,
+        shrunk.rows,
+        shrunk
+            .decoder_prefix
+            .map(|(len, of)| format!("; decoder_input_ids cut to its first {len} of {of} tokens"))
+            .unwrap_or_default()
     );
     let _ = writeln!(y, "# Goldens: {}", regen_command(root, &id));
     let what = format!("row {} of {}, which fails with {}", shrunk.row, source.id, shrunk.signature).replace('`', "");

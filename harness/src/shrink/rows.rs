@@ -3,7 +3,10 @@
 //! cut to that row (a model computes the rows of a batch independently, so HF's output for row
 //! b alone is its batched output's row b, to float32 noise); the first row that fails the way
 //! the whole case does is the reproduction. The values inside a row (pixels, frames, tokens
-//! given by name) are not shrunk: there is no smaller image that means the same thing.
+//! given by name) are not shrunk: there is no smaller image that means the same thing. Decoder
+//! ids are the exception: when the model's decoder is causal (measured, `decoder_causal` in
+//! `structure.json`), the shortest prefix of `decoder_input_ids` that still fails the same way is
+//! kept, judged against the decoder's goldens cut to that prefix.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +20,7 @@ use crate::golden::Goldens;
 use crate::report::TrialReport;
 use crate::structure::TapKind;
 use crate::tensor::Tensor;
+use harness_api::inputs::InputData;
 
 /// A batch row that fails alone as the whole case does.
 pub struct RowShrunk {
@@ -27,8 +31,29 @@ pub struct RowShrunk {
     /// The case cut to that row, and its report against the goldens cut to that row.
     pub case: Case,
     pub report: TrialReport,
+    /// `decoder_input_ids` cut to its first `.0` of `.1` tokens (a causal decoder only).
+    pub decoder_prefix: Option<(usize, usize)>,
     pub evaluations: u32,
     pub elapsed: Duration,
+}
+
+/// The named inputs that follow the decoder's positions (`[batch, seq]`).
+const DECODER_INPUTS: [&str; 2] = ["decoder_input_ids", "decoder_attention_mask"];
+
+/// `inputs` with the decoder's ids (and mask) cut to their first `len` positions.
+fn decoder_prefix_inputs(inputs: &Inputs, len: usize) -> Inputs {
+    let mut out = inputs.clone();
+    for n in out.named.iter_mut().filter(|n| DECODER_INPUTS.contains(&n.name.as_str()) && n.shape.len() == 2) {
+        let (rows, seq) = (n.shape[0], n.shape[1]);
+        let keep = |r: usize| r * seq..r * seq + len;
+        n.data = match &n.data {
+            InputData::I64(v) => InputData::I64((0..rows).flat_map(|r| v[keep(r)].to_vec()).collect()),
+            InputData::Bool(v) => InputData::Bool((0..rows).flat_map(|r| v[keep(r)].to_vec()).collect()),
+            InputData::F32(v) => InputData::F32((0..rows).flat_map(|r| v[keep(r)].to_vec()).collect()),
+        };
+        n.shape[1] = len;
+    }
+    out
 }
 
 fn rows_of(m: &IdMatrix, b: usize) -> IdMatrix {
@@ -120,7 +145,7 @@ pub fn shrink_rows(
             let g = row_golden(&g, t.module.kind, b)?;
             taps.push((t.name.clone(), g, expected.noise_floor(&t.name)));
         }
-        let goldens = Goldens::in_memory(&one, &format!("goldens of {}, row {b}", case.id), taps);
+        let goldens = Goldens::in_memory(&one, &format!("goldens of {}, row {b}", case.id), taps.clone());
         let (report, _) = crate::trial::assess(&one, engine.name(), model, &goldens, String::new(), None);
         evaluations += 1;
         let sig = Signature::of(&report);
@@ -137,15 +162,19 @@ pub fn shrink_rows(
             eprintln!("shrink: row {b} of {batch} alone: {how}");
         }
         if same {
-            return Ok(RowShrunk {
+            let mut shrunk = RowShrunk {
                 signature,
                 row: b,
                 rows: batch,
                 case: one,
                 report,
+                decoder_prefix: None,
                 evaluations,
                 elapsed: start.elapsed(),
-            });
+            };
+            shrink_decoder(&mut shrunk, engine.name(), model, &taps, progress)?;
+            shrunk.elapsed = start.elapsed();
+            return Ok(shrunk);
         }
     }
     Err(Error::input(format!(
@@ -154,4 +183,55 @@ pub fn shrink_rows(
     ))
     .file(&case.file)
     .hint("keep the case as it is: it is the smallest reproduction the harness can make"))
+}
+
+/// Cut the row's `decoder_input_ids` to the shortest prefix that fails the same way, when the
+/// decoder is causal: decoder taps (`follows: decoder_input_ids`) are judged against their
+/// goldens cut to the prefix; the encoder's stay whole.
+fn shrink_decoder(
+    shrunk: &mut RowShrunk,
+    engine: &str,
+    model: &dyn LoadedModel,
+    taps: &[(String, Tensor, Option<f64>)],
+    progress: bool,
+) -> Result<()> {
+    let case = &shrunk.case;
+    if case.model.structure.decoder_causal != Some(true) {
+        return Ok(());
+    }
+    let Some(seq) = case.inputs.named("decoder_input_ids").filter(|n| n.shape.len() == 2).map(|n| n.shape[1]) else {
+        return Ok(());
+    };
+    for len in 1..seq {
+        let mut cut = case.clone();
+        cut.inputs = decoder_prefix_inputs(&case.inputs, len);
+        let mut goldens = Vec::with_capacity(taps.len());
+        for (name, g, noise) in taps {
+            let module = case.taps.iter().find(|t| &t.name == name).map(|t| &t.module);
+            let g = match module {
+                Some(m) if m.follows.as_deref() == Some("decoder_input_ids") => {
+                    crate::metamorphic::properties::slice(g, m.kind, 0, 0..len)?
+                }
+                _ => g.clone(),
+            };
+            goldens.push((name.clone(), g, *noise));
+        }
+        let goldens = Goldens::in_memory(&cut, &format!("goldens of {}, {len} decoder tokens", case.id), goldens);
+        let (report, _) = crate::trial::assess(&cut, engine, model, &goldens, String::new(), None);
+        shrunk.evaluations += 1;
+        let same = Signature::of(&report).is_some_and(|s| shrunk.signature.matches(&s));
+        if progress {
+            eprintln!(
+                "shrink: the first {len} of {seq} decoder tokens: {}",
+                if same { "fail the same way" } else { "do not" }
+            );
+        }
+        if same {
+            shrunk.case = cut;
+            shrunk.report = report;
+            shrunk.decoder_prefix = Some((len, seq));
+            return Ok(());
+        }
+    }
+    Ok(())
 }
