@@ -863,7 +863,7 @@ fn named_input_bugs_planted_in_hf() -> Outcome {
             "shift_positions:model.decoder.embed_positions:1",
             "model.decoder.embed_positions",
             HintKind::TokenMisalignment,
-            Some("model.encoder.layers.1"),
+            Some("encoder_last_hidden_state"),
         ),
     ];
     let mut cases: Vec<&str> = bugs.iter().map(|b| b.0).collect();

@@ -205,9 +205,21 @@ def base_model_name(model) -> str:
     return ""
 
 
+def encoder_name(model) -> str | None:
+    """Module path of an encoder-decoder's encoder (whose first output is
+    `encoder_last_hidden_state`); None for other models."""
+    get = getattr(model, "get_encoder", None)
+    if not getattr(model.config, "is_encoder_decoder", False) or not callable(get):
+        return None
+    enc = get()
+    return next((name for name, mod in model.named_modules() if mod is enc and name), None)
+
+
 def named_outputs(model, model_dir: Path | None = None) -> list[str]:
     """Tap names that are not module paths."""
     names = ["last_hidden_state", "logits"]
+    if encoder_name(model) is not None:
+        names.append("encoder_last_hidden_state")
     if type(model).__name__ in POOLED_FAMILIES:
         names += POOLED_TAPS
         if model_dir is not None and (model_dir / "modules.json").exists():
@@ -330,6 +342,7 @@ def run(model, inputs: dict, taps: list[str] | None, cache: dict | None = None):
     With `cache` (a dict), the forward uses and updates `cache["past_key_values"]`.
     """
     base = base_model_name(model)
+    encoder = encoder_name(model)
     order: list[str] = []
     captured: dict[str, torch.Tensor] = {}
     want = None if taps is None else set(taps)
@@ -344,6 +357,9 @@ def run(model, inputs: dict, taps: list[str] | None, cache: dict | None = None):
             if name == base:
                 order.append("last_hidden_state")
                 captured["last_hidden_state"] = _first(out).detach()
+            if name == encoder:
+                order.append("encoder_last_hidden_state")
+                captured["encoder_last_hidden_state"] = _first(out).detach()
 
         return fn
 

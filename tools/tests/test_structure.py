@@ -321,6 +321,7 @@ class NonTokenModels(unittest.TestCase):
         self.assertEqual(self.module(s, "decoder.layers.0")["follows"], "decoder_input_ids")
         self.assertEqual(self.module(s, "decoder.embed_positions")["follows"], "decoder_input_ids")
         self.assertTrue(s["decoder_causal"])
+        self.assertEqual(self.module(s, "encoder_last_hidden_state")["follows"], "input_ids")
 
     def test_audio_features(self):
         spec, d = self.repo.build("whisper", WHISPER)
@@ -332,6 +333,11 @@ class NonTokenModels(unittest.TestCase):
         self.assertEqual((self.module(s, "encoder")["follows"], self.module(s, "decoder")["follows"]), (None, "decoder_input_ids"))
         self.assertTrue(s["decoder_causal"])
         self.assertEqual(self.module(s, "decoder")["kind"], "tokens")
+        # The encoder's output is a named output, recorded where the encoder finishes.
+        enc = self.module(s, "encoder_last_hidden_state")
+        self.assertEqual((enc["output"], enc["kind"], enc["follows"]), (True, "rows", None))
+        paths = [m["path"] for m in s["modules"]]
+        self.assertLess(paths.index("encoder_last_hidden_state"), paths.index("decoder.layers.0"))
 
 
 class TiedThroughASubModel(unittest.TestCase):
