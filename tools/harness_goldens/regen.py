@@ -121,12 +121,34 @@ def build_model(spec: ModelSpec, final: Path) -> None:
         store.commit_dir(tmp, final)
 
 
+def _refused_as_spec_error(case: Case, model, run):
+    """`run()`, with HF refusing the case's inputs (a shape its config does not take: an image
+    of another size, a spectrogram of another length) reported as an error located at the input,
+    not a traceback. Nothing is written: the case's directory is written after its forward."""
+    try:
+        return run()
+    except (ValueError, RuntimeError, IndexError) as e:
+        shapes = ", ".join(
+            f"{k} {getattr(v, 'dtype', 'int64')} {list(v.shape) if hasattr(v, 'shape') else [len(v), len(v[0]) if v else 0]}"
+            for k, v in case.inputs.items()
+        )
+        main = getattr(model, "main_input_name", None)
+        at = f"inputs.{main}" if main in case.inputs else "inputs"
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise SpecError(
+            case.file,
+            f"HF's forward of `{type(model).__name__}` refuses this case's inputs: {type(e).__name__}: {msg} "
+            f"(hint: the forward was given {shapes}; check the shapes against the model's config, e.g. its image size or frame count)",
+            at=at,
+        ) from None
+
+
 def forward(model, case: Case, taps: list[str], model_dir: Path, dtype=None):
     """The case's forward: (module_order, {tap: array}). Decode cases run the prompt then each
     token with the KV cache, and name everything `{name}@{step}`, step-major. Sentence taps come
     from sentence_transformers after the model's forward (they are not in module_order)."""
     if case.decode is None:
-        order, arrays = hf.run(model, case.inputs, [t for t in taps if t not in hf.SENTENCE_TAPS])
+        order, arrays = _refused_as_spec_error(case, model, lambda: hf.run(model, case.inputs, [t for t in taps if t not in hf.SENTENCE_TAPS]))
         wanted = [t for t in taps if t in hf.SENTENCE_TAPS]
         if wanted:
             st = hf.sentence(model_dir, case.text, case.inputs, dtype or hf.torch.float32, case.file)

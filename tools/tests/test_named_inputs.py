@@ -377,6 +377,17 @@ class Regen(unittest.TestCase):
             self.assertNotEqual(m2["case_digest"], m["case_digest"])
             rc, err = run("--check")
             self.assertEqual(rc, 0, err)
+            # An image of another size: HF refuses it; the error is located at the input, with
+            # what the forward was given, and nothing is written.
+            (root / "cases" / "vit" / "b.yaml").write_text(
+                "model: vit-tiny\ninputs:\n  pixel_values: {random: {shape: [1, 3, 15, 16], dtype: float32, seed: 1}}\ntaps: [logits]\n"
+            )
+            rc, err = run("--case", "vit/b")
+            self.assertEqual(rc, 1, err)
+            self.assertIn("b.yaml:3:17: HF's forward of `ViTForImageClassification` refuses this case's inputs: ValueError:", err)
+            self.assertIn("hint: the forward was given pixel_values float32 [1, 3, 15, 16]", err)
+            self.assertNotIn("Traceback", err)
+            self.assertFalse((root / "goldens" / "vit" / "b").exists())
 
 
 if __name__ == "__main__":
