@@ -494,6 +494,67 @@ fn a_run_stops_its_engines_and_removes_their_session_files() -> Outcome {
     Ok(())
 }
 
+/// Ctrl-C during `harness run`: the engine's process group (which the terminal's SIGINT does not
+/// reach: it is a group of its own) is killed and its session directory removed; the harness
+/// still dies of SIGINT, as a shell expects.
+fn an_interrupted_run_ends_its_engines_and_removes_their_session_files() -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    let repo = TempRepo::with_cases(&[CASE]);
+    let pid_file = repo.path("engine.pid");
+    // An engine that starts and never answers `load`.
+    repo.write(
+        "cases/engines/sighang.yaml",
+        &format!(
+            "command: [sh, -c, 'echo $$ > {}; exec sleep 60']\nprotocol: 2\nfamilies: ['*']\ndefault: true\n\
+             timeout: 120\nnames: []\nlayouts: []\n",
+            pid_file.display()
+        ),
+    );
+    let prefix = "harness-sighang-session-";
+    let sessions = || -> Vec<String> {
+        let names =
+            std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok());
+        names.filter(|n| n.starts_with(prefix)).collect()
+    };
+    let before = sessions();
+    let mut child = std::process::Command::new(common::harness_bin())
+        .args(["run", "sighang::", "--test-threads", "1"])
+        .env("HARNESS_ROOT", repo.root())
+        .env_remove("CI")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        let started = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        if let Some(pid) = started.filter(|_| sessions().len() > before.len()) {
+            break pid;
+        }
+        assert!(Instant::now() < until, "the engine did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: a signal to the child we spawned.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let until = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "harness run did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    let until = Instant::now() + Duration::from_secs(5);
+    while process_state(pid).is_some_and(|s| s != 'Z') && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(process_state(pid).is_none_or(|s| s == 'Z'), "engine process {pid} survived the interrupt");
+    let left: Vec<String> = sessions().into_iter().filter(|n| !before.contains(n)).collect();
+    assert!(left.is_empty(), "session directories left behind: {left:?}");
+    Ok(())
+}
+
 fn protocol_2_taps_an_engine_does_not_produce_are_noted_not_failed() -> Outcome {
     let repo = replay2_repo(&[("REPLAY2_NOT_PRODUCED", "model.layers.0.self_attn.o_proj")], "");
     let r = run_on(&repo, "replay2");
@@ -649,6 +710,7 @@ tests!(
     protocol_2_starts_the_engine_once_per_model_and_compares_as_protocol_1,
     protocol_2_taps_an_engine_does_not_produce_are_noted_not_failed,
     a_run_stops_its_engines_and_removes_their_session_files,
+    an_interrupted_run_ends_its_engines_and_removes_their_session_files,
     protocol_2_block_runs_fill_the_added_column,
     protocol_2_a_crash_fails_that_request_and_the_next_one_restarts_the_engine,
     protocol_2_a_silent_engine_is_killed_at_its_timeout,

@@ -35,8 +35,64 @@ fn register(pgid: u32, dir: &Path) {
     // SAFETY: registers a plain function that only takes a lock and removes files.
     AT_EXIT.call_once(|| unsafe {
         libc::atexit(end_live_sessions);
+        #[cfg(unix)]
+        on_signals::install();
     });
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).push((pgid, dir.to_path_buf()));
+}
+
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP end the live sessions too: engines run in process groups
+/// of their own, which a terminal's Ctrl-C does not reach, and their directories would stay.
+/// The handler only writes the signal number to a pipe (async-signal-safe); a thread reading it
+/// ends the sessions, then re-raises the signal with its default action, so the exit status is
+/// the signal's as before.
+#[cfg(unix)]
+mod on_signals {
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
+
+    extern "C" fn handler(sig: libc::c_int) {
+        let fd = WRITE_FD.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let b = sig as u8;
+            // SAFETY: write(2) on a pipe is async-signal-safe.
+            unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+        }
+    }
+
+    pub(super) fn install() {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe(2) fills the two descriptors.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return;
+        }
+        WRITE_FD.store(fds[1], Ordering::Relaxed);
+        let read = fds[0];
+        std::thread::spawn(move || {
+            let mut b = 0u8;
+            // SAFETY: reads one byte into `b`.
+            if unsafe { libc::read(read, (&mut b as *mut u8).cast(), 1) } == 1 {
+                super::end_live_sessions();
+                let sig = libc::c_int::from(b);
+                // SAFETY: back to the default action, then the same signal again.
+                unsafe {
+                    libc::signal(sig, libc::SIG_DFL);
+                    libc::raise(sig);
+                }
+            }
+        });
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: installs a handler that only writes to a pipe; a signal the process was
+            // told to ignore (nohup) stays ignored.
+            unsafe {
+                let previous = libc::signal(sig, handler as *const () as libc::sighandler_t);
+                if previous == libc::SIG_IGN {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+            }
+        }
+    }
 }
 
 fn unregister(pgid: u32) {
