@@ -340,6 +340,31 @@ fn the_source_mask_does_not_hide_decoder_positions() {
     assert_eq!(r.verdict, Verdict::Pass, "{}", harness::report::terminal::render(&r));
 }
 
+/// Whisper's first convolution (kernel 3) without its padding: 14 frames where HF has 16, frame
+/// i of the port being HF's frame i + 1.
+#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
+fn conv_unpadded(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
+    if t == "model.encoder.conv1" {
+        let n = shape[2];
+        *v = v.chunks(n).flat_map(|r| r[1..n - 1].to_vec()).collect();
+        shape[2] = n - 2;
+    }
+}
+
+#[test]
+fn a_convolution_without_its_padding_is_named_from_the_positions_it_keeps() {
+    let r = run_from_goldens("whisper/features", "conv-unpadded", conv_unpadded);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.encoder.conv1", "{text}");
+    assert_eq!(r.hints[0].kind, HintKind::TokenMisalignment, "{text}");
+    assert!(
+        r.hints[0].message.starts_with(
+            "the engine has 14 positions where HF has 16, and engine position i equals golden position i+1"
+        ),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_shifted_patch_grid_is_named_on_the_patch_sequence() {
     let r = run_from_goldens("vit/pixels", "patch-shifted", patches_shifted);

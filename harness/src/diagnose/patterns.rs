@@ -516,13 +516,48 @@ fn stride_mismatch(
     }
     let a = Rows::new(adata, ashape, kind)?;
     let e = Rows::new(edata, eshape, kind)?;
-    let (s, slow, m, p) = best_stride(ctx, &a, &e, tol)?;
+    let shapes = format!("the engine has {la} positions where HF has {le}");
     // The stride must fit the lengths: the engine has about s times the positions when it is slow.
-    let fits = if slow { la >= le } else { le >= la };
-    fits.then(|| {
-        let shapes = format!("; the engine has {la} positions where HF has {le}");
-        hint(HintKind::PositionStride, tap, 0.95, stride_message(s, slow, m, p, &shapes))
-    })
+    if let Some((s, slow, m, p)) = best_stride(ctx, &a, &e, tol)
+        && (if slow { la >= le } else { le >= la })
+    {
+        return Some(hint(HintKind::PositionStride, tap, 0.95, stride_message(s, slow, m, p, &format!("; {shapes}"))));
+    }
+    // A few positions more or fewer, the rest the same positions moved: a padding or a crop.
+    let mut best: Option<(i64, usize, usize)> = None;
+    for d in -4i64..=4 {
+        let (mut pairs, mut matched) = (0, 0);
+        for b in 0..a.batch {
+            for i in 0..la {
+                let j = i as i64 + d;
+                if j < 0 || j as usize >= le || !ctx.is_real(b, i) || !ctx.is_real(b, j as usize) {
+                    continue;
+                }
+                pairs += 1;
+                if row_ratio(a.row(b, i), e.row(b, j as usize), tol) <= 1.0 {
+                    matched += 1;
+                }
+            }
+        }
+        if pairs >= 2 && matched as f64 >= 0.8 * pairs as f64 && best.is_none_or(|(_, bm, _)| matched > bm) {
+            best = Some((d, matched, pairs));
+        }
+    }
+    let (d, m, p) = best?;
+    let rel = if d == 0 {
+        "engine position i equals golden position i".to_string()
+    } else {
+        format!("engine position i equals golden position i{d:+}")
+    };
+    Some(hint(
+        HintKind::TokenMisalignment,
+        tap,
+        0.9,
+        format!(
+            "{shapes}, and {rel} ({m} of {p} such pairs): positions added or cut at the edges — a convolution's \
+             padding, a crop, a dropped or extra CLS/BOS that differs at or before this tap"
+        ),
+    ))
 }
 
 fn token_misalignment(
