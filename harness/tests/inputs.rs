@@ -365,6 +365,31 @@ fn a_convolution_without_its_padding_is_named_from_the_positions_it_keeps() {
     );
 }
 
+/// A ViT port that leaves out the [CLS] token: 16 positions where HF has 17, the patches the
+/// same (later taps unchanged: the first divergence is where the CLS should be added).
+#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
+fn cls_dropped(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
+    if t == "vit.embeddings" {
+        let (n, d) = (shape[1], shape[2]);
+        *v = v.chunks(n * d).flat_map(|r| r[d..].to_vec()).collect();
+        shape[1] = n - 1;
+    }
+}
+
+#[test]
+fn a_dropped_cls_token_is_named_from_the_shapes_and_the_positions() {
+    let r = run_from_goldens("vit/pixels", "cls-dropped", cls_dropped);
+    let text = harness::report::terminal::render(&r);
+    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "vit.embeddings", "{text}");
+    assert_eq!(r.hints[0].kind, HintKind::TokenMisalignment, "{text}");
+    assert!(
+        r.hints[0]
+            .message
+            .contains("the engine has 16 positions where HF has 17, and engine position i equals golden position i+1"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_shifted_patch_grid_is_named_on_the_patch_sequence() {
     let r = run_from_goldens("vit/pixels", "patch-shifted", patches_shifted);
