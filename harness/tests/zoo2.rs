@@ -848,9 +848,9 @@ fn scorecard(zoo_name: &str, bugs: Vec<Bug>, not_caught: &[(&str, &str)]) -> Out
 
 /// The named-input models with a bug planted in HF (not frozen in a zoo: written with the
 /// stride detector, so they test it, not its blindness): Whisper's second convolution run with
-/// stride 1 (cut to HF's frames), and BART's decoder positions read one further (its learned
-/// table's offset 3 for 2). Each is caught where it acts, with the hint that names it, and the
-/// side it does not touch stays exact.
+/// stride 1 (cut to HF's frames), BART's decoder positions read one further (its learned table's
+/// offset 3 for 2), and T5's encoder without its attention mask. Each is caught where it
+/// acts, with the hint that names it, and the side it does not touch stays exact.
 fn named_input_bugs_planted_in_hf() -> Outcome {
     let python = common::repo_root().join("tools/.venv/bin/python");
     if !python.exists() {
@@ -865,6 +865,8 @@ fn named_input_bugs_planted_in_hf() -> Outcome {
             HintKind::TokenMisalignment,
             Some("encoder_last_hidden_state"),
         ),
+        // T5's encoder given no attention mask: the padded source row attends to its padding.
+        ("t5/seq2seq", "mask_ignore:encoder", "encoder.block.0", HintKind::PaddedRowsOnly, None),
     ];
     let mut cases: Vec<&str> = bugs.iter().map(|b| b.0).collect();
     cases.dedup();

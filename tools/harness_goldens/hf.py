@@ -205,6 +205,15 @@ def base_model_name(model) -> str:
     return ""
 
 
+def _decoder_name(model) -> str | None:
+    """Module path of an encoder-decoder's decoder; None for other models."""
+    get = getattr(model, "get_decoder", None)
+    if not getattr(model.config, "is_encoder_decoder", False) or not callable(get):
+        return None
+    dec = get()
+    return next((name for name, mod in model.named_modules() if mod is dec and name), None)
+
+
 def encoder_name(model) -> str | None:
     """Module path of an encoder-decoder's encoder (whose first output is
     `encoder_last_hidden_state`); None for other models."""
@@ -343,6 +352,10 @@ def run(model, inputs: dict, taps: list[str] | None, cache: dict | None = None):
     """
     base = base_model_name(model)
     encoder = encoder_name(model)
+    # A seq2seq head with no base model of its own (T5ForConditionalGeneration): its first output
+    # is the logits, and last_hidden_state is the decoder's output.
+    if base == "":
+        base = _decoder_name(model) or ""
     order: list[str] = []
     captured: dict[str, torch.Tensor] = {}
     want = None if taps is None else set(taps)

@@ -9,6 +9,7 @@ directories) or a root directory, read as `--root` reads it (its harness.toml, i
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -701,13 +702,29 @@ def glob_to_regex(pattern: str) -> re.Pattern:
     return re.compile(r"\.".join(parts) + r"\Z")
 
 
+def _tap_hint(pattern: str, available: list[str]) -> str:
+    """A tap name this model has for a pattern it has not: the pattern without leading segments
+    (`vision_model.embeddings` for a model whose paths start at `embeddings`), a close name, or
+    the model's top-level modules."""
+    segs = pattern.split(".")
+    for k in range(1, len(segs)):
+        sub = ".".join(segs[k:])
+        if any(glob_to_regex(sub).match(a) for a in available):
+            return f"did you mean `{sub}`?"
+    close = difflib.get_close_matches(pattern, available, n=1)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    top = sorted({a.split(".")[0] for a in available})
+    return f"this model's taps start with: {', '.join(top)}"
+
+
 def expand_taps(file: Path, patterns: list[str], available: list[str]) -> list[str]:
     """Taps selected by `patterns`, in the order of `available` (forward order)."""
     chosen = set()
-    for p in patterns:
+    for i, p in enumerate(patterns):
         rx = glob_to_regex(p)
         hits = [a for a in available if rx.match(a)]
         if not hits:
-            raise SpecError(file, f"tap `{p}` matches no module of the model")
+            raise SpecError(file, f"tap `{p}` matches no module of the model (hint: {_tap_hint(p, available)})", at=f"taps[{i}]")
         chosen.update(hits)
     return [a for a in available if a in chosen]

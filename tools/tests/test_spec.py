@@ -86,3 +86,28 @@ class Pickles(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TapHints(unittest.TestCase):
+    """A tap the model does not have is located at its entry with a name it has."""
+
+    AVAILABLE = ["embeddings", "encoder.layers.0", "encoder.layers.1", "post_layernorm", "last_hidden_state"]
+
+    def test_a_prefix_too_many(self):
+        self.assertEqual(spec._tap_hint("vision_model.embeddings", self.AVAILABLE), "did you mean `embeddings`?")
+        self.assertEqual(spec._tap_hint("vision_model.encoder.layers.*", self.AVAILABLE), "did you mean `encoder.layers.*`?")
+
+    def test_a_close_name_then_the_top_level(self):
+        self.assertEqual(spec._tap_hint("post_layernrom", self.AVAILABLE), "did you mean `post_layernorm`?")
+        self.assertEqual(
+            spec._tap_hint("zzz", self.AVAILABLE), "this model's taps start with: embeddings, encoder, last_hidden_state, post_layernorm"
+        )
+
+    def test_the_error_is_located(self):
+        with tempfile.TemporaryDirectory() as d:
+            f = Path(d) / "c.yaml"
+            f.write_text("model: m\ntaps: [embeddings, vision_model.post_layernorm]\n")
+            with self.assertRaises(spec.SpecError) as e:
+                spec.expand_taps(f, ["embeddings", "vision_model.post_layernorm"], self.AVAILABLE)
+            self.assertIn("c.yaml:2:20: tap `vision_model.post_layernorm` matches no module", str(e.exception))
+            self.assertIn("(hint: did you mean `post_layernorm`?)", str(e.exception))

@@ -83,6 +83,11 @@ config:
   decoder_ffn_dim: 32
   max_position_embeddings: 32
 """
+T5 = """
+family: T5ForConditionalGeneration
+source: {random: {seed: 5}}
+config: {vocab_size: 48, d_model: 16, d_kv: 8, d_ff: 32, num_layers: 1, num_decoder_layers: 1, num_heads: 2, relative_attention_num_buckets: 8}
+"""
 WAV2VEC2 = """
 family: Wav2Vec2Model
 source: {random: {seed: 6}}
@@ -322,6 +327,17 @@ class NonTokenModels(unittest.TestCase):
         self.assertEqual(self.module(s, "decoder.embed_positions")["follows"], "decoder_input_ids")
         self.assertTrue(s["decoder_causal"])
         self.assertEqual(self.module(s, "encoder_last_hidden_state")["follows"], "input_ids")
+
+    def test_a_seq2seq_head_without_a_base_model_takes_last_hidden_state_from_its_decoder(self):
+        # T5ForConditionalGeneration's first output is its logits; last_hidden_state is the
+        # decoder's output (width d_model, not the vocabulary), recorded after the decoder.
+        spec, d = self.repo.build("t5", T5)
+        s = structure.record(spec, d)
+        last, logits = self.module(s, "last_hidden_state"), self.module(s, "logits")
+        self.assertEqual((last["shape"], last["follows"]), ([None, None, 16], "decoder_input_ids"))
+        self.assertEqual(logits["shape"], [None, None, 48])
+        self.assertEqual(self.module(s, "encoder_last_hidden_state")["follows"], "input_ids")
+        self.assertTrue(s["decoder_causal"])
 
     def test_audio_features(self):
         spec, d = self.repo.build("whisper", WHISPER)
