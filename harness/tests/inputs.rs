@@ -390,6 +390,32 @@ fn a_dropped_cls_token_is_named_from_the_shapes_and_the_positions() {
     );
 }
 
+#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
+fn embeddings_times_sqrt_hidden(t: &str, _: &mut Vec<usize>, v: &mut Vec<f32>) {
+    if t == "vit.embeddings" {
+        v.iter_mut().for_each(|x| *x *= 32f32.sqrt());
+    }
+}
+
+#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
+fn layernorm_doubled(t: &str, _: &mut Vec<usize>, v: &mut Vec<f32>) {
+    if t == "vit.layernorm" {
+        v.iter_mut().for_each(|x| *x *= 2.0);
+    }
+}
+
+#[test]
+fn a_uniform_factor_that_is_a_config_constant_is_named() {
+    let r = run_from_goldens("vit/pixels", "emb-scaled", embeddings_times_sqrt_hidden);
+    let text = harness::report::terminal::render(&r);
+    let h = r.hints.iter().find(|h| h.kind == HintKind::UniformScale).unwrap_or_else(|| panic!("{text}"));
+    assert!(h.message.contains("the factor is sqrt(hidden_size = 32): an embedding multiplier"), "{text}");
+    let r = run_from_goldens("vit/pixels", "norm-doubled", layernorm_doubled);
+    let text = harness::report::terminal::render(&r);
+    let h = r.hints.iter().find(|h| h.kind == HintKind::UniformScale).unwrap_or_else(|| panic!("{text}"));
+    assert!(h.message.contains("the factor is 2: a norm computing (1 + w)"), "{text}");
+}
+
 #[test]
 fn a_shifted_patch_grid_is_named_on_the_patch_sequence() {
     let r = run_from_goldens("vit/pixels", "patch-shifted", patches_shifted);

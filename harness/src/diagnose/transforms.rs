@@ -45,9 +45,11 @@ pub fn blame(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
                 kind: HintKind::UniformScale,
                 data: a.iter().map(|&x| (x as f64 * k) as f32).collect(),
                 message: format!(
-                    "the engine is the golden times {:.6} everywhere (a uniform scale): a scaling constant \
-                     (attention scale, embedding multiplier, norm weight) is off",
-                    1.0 / k
+                    "the engine is the golden times {:.6} everywhere (a uniform scale): {}",
+                    1.0 / k,
+                    known_factor(ctx, 1.0 / k).unwrap_or_else(|| {
+                        "a scaling constant (attention scale, embedding multiplier, norm weight) is off".into()
+                    })
                 ),
             });
         }
@@ -311,6 +313,41 @@ fn layout_from_shape(ctx: &mut Ctx<'_>, name: &str, kind: TapKind, out: &mut Vec
             ),
         });
     }
+}
+
+/// A uniform factor that is a constant of the model's config, named with what usually puts it
+/// there: sqrt(hidden_size) (an embedding multiplier), sqrt(head_dim) (the attention scale),
+/// 2 (a norm's `1 + w` for `w` with weights of 1, a residual added twice), or their inverses.
+fn known_factor(ctx: &Ctx<'_>, f: f64) -> Option<String> {
+    let c = &ctx.case.model.config;
+    let mut consts: Vec<(f64, String, &str)> = Vec::new();
+    if let Ok(Some(h)) = c.opt_usize("hidden_size") {
+        let why =
+            "an embedding multiplier (Gemma scales its embeddings by sqrt(hidden_size)) applied twice or left out";
+        consts.push(((h as f64).sqrt(), format!("sqrt(hidden_size = {h})"), why));
+    }
+    if let Some(d) = ctx.head_dim() {
+        let why = "the attention scale 1/sqrt(head_dim) applied twice or left out (or on values, not scores)";
+        consts.push(((d as f64).sqrt(), format!("sqrt(head_dim = {d})"), why));
+    }
+    let why =
+        "a norm computing (1 + w) where the model uses w (or w for 1 + w) on weights of 1, or a residual added twice";
+    consts.push((2.0, "2".into(), why));
+    let near = |x: f64, v: f64| (x / v - 1.0).abs() < 5e-3;
+    // Every constant it could be (2 is also sqrt(head_dim = 4)): each is said.
+    let found: Vec<String> = consts
+        .iter()
+        .filter_map(|(v, name, why)| {
+            if near(f, *v) {
+                Some(format!("the factor is {name}: {why}"))
+            } else if near(f, 1.0 / v) {
+                Some(format!("the factor is 1/{name}: {why}"))
+            } else {
+                None
+            }
+        })
+        .collect();
+    (!found.is_empty()).then(|| found.join("; or "))
 }
 
 #[cfg(test)]
