@@ -531,6 +531,10 @@ fn a_decoder_case_shrinks_to_one_row_and_the_shortest_failing_decoder_prefix() {
     assert!(id.starts_with("regressions/whisper-features-tanh-row0-dec3-"), "{id}");
     let back = repo.load(&id).unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&written[0]).unwrap()));
     assert_eq!(back.inputs.named, s.case.inputs.named);
+    // The decoder ids inline (readable), the spectrogram in a .npy beside the case.
+    let yaml = std::fs::read_to_string(&written[0]).unwrap();
+    assert!(yaml.contains("  decoder_input_ids: [[1, 5, 9]]"), "{yaml}");
+    assert_eq!(written.len(), 2, "{written:?}");
     // The same bug on a model whose decoder is not recorded causal: the decoder ids are kept.
     let mut not_causal = case.clone();
     std::sync::Arc::make_mut(&mut not_causal.model.structure).decoder_causal = None;

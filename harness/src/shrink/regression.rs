@@ -97,7 +97,8 @@ pub fn row_case_id(source: &Case, shrunk: &super::rows::RowShrunk) -> String {
 }
 
 /// Write the regression case of a batch row: its named inputs as `.npy` files beside it
-/// (`<case file stem>.<input>.npy`), token ids inline, the source case's other keys. Returns
+/// (`<case file stem>.<input>.npy`), token ids inline (named ones too), the source case's other
+/// keys. Returns
 /// the paths written, the case first.
 pub fn write_row(root: &Path, source: &Case, shrunk: &super::rows::RowShrunk, engine: &str) -> Result<Vec<PathBuf>> {
     let rest = other_keys(source)?;
@@ -138,6 +139,13 @@ pub fn write_row(root: &Path, source: &Case, shrunk: &super::rows::RowShrunk, en
     }
     let mut written = vec![path.clone()];
     for n in &c.inputs.named {
+        // Token ids given by name (decoder_input_ids) stay readable: inline, as a case gives them.
+        if let (harness_api::inputs::InputData::I64(v), [rows, seq]) = (&n.data, n.shape.as_slice())
+            && v.len() <= 1024
+        {
+            let _ = writeln!(y, "  {}: {}", n.name, flow_rows(&IdMatrix { batch: *rows, seq: *seq, data: v.clone() }));
+            continue;
+        }
         let file = format!("{stem}.{}.npy", n.name);
         let npy = dir.join(&file);
         crate::engine::external::protocol::write_npy_named(&npy, n)?;
