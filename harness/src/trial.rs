@@ -10,18 +10,18 @@ use crate::error::Result;
 use crate::expected::Expected;
 use crate::metrics::{Selection, compare_golden, unravel};
 use crate::report::{Added, TapReport, TapStatus, TrialReport, Verdict};
-use crate::structure::{Module, TapKind};
+use crate::structure::TapKind;
 use crate::tensor::Tensor;
 use crate::timings::{self, Phase};
 use crate::tolerance::{Observed, Tolerance};
 
 /// Row flags selecting the real (non-padding) tokens of a `[batch, seq, ...]` tap, or None when
 /// every element is compared.
-pub fn selection_rows(case: &Case, module: &Module, shape: &[usize]) -> Option<Vec<bool>> {
+pub fn selection_rows(case: &Case, kind: TapKind, follows_ids: bool, shape: &[usize]) -> Option<Vec<bool>> {
     let mask = case.inputs.attention_mask.as_ref()?;
     // A decoder's taps (an encoder-decoder's) follow its own ids: the encoder's mask is not theirs,
     // even at the same length.
-    if case.compare_padding || module.kind != TapKind::Tokens || !module.follows_ids() || !mask.data.contains(&0) {
+    if case.compare_padding || kind != TapKind::Tokens || !follows_ids || !mask.data.contains(&0) {
         return None;
     }
     if shape.len() < 2 || shape[0] != mask.batch || shape[1] != mask.seq {
@@ -40,7 +40,7 @@ pub fn compare_tap(
     noise_floor: Option<f64>,
     golden_file: Option<&std::path::Path>,
 ) -> TapReport {
-    let rows = |shape: &[usize]| selection_rows(case, &tap.module, shape);
+    let rows = |shape: &[usize]| selection_rows(case, tap.module.kind, tap.module.follows_ids(), shape);
     compare_tensors(&tap.name, &tap.tolerance, actual, golden, &rows, noise_floor, golden_file)
 }
 
@@ -362,7 +362,7 @@ fn add_block_errors(case: &Case, model: &dyn LoadedModel, expected: &dyn Expecte
 /// Per-token error and the tolerance-equivalent SQNR of a compared tap, for the HTML report's
 /// plots. A second pass over the tap, so only trials that did not pass pay for it.
 pub fn add_detail(case: &Case, tap: &Tap, rep: &mut TapReport, actual: &Tensor, golden: &Tensor) {
-    let rows = selection_rows(case, &tap.module, golden.shape());
+    let rows = selection_rows(case, tap.module.kind, tap.module.follows_ids(), golden.shape());
     detail(rep, tap.module.kind == TapKind::Tokens, rows.as_deref(), actual, golden);
 }
 

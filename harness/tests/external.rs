@@ -216,6 +216,16 @@ fn process_state(pid: u32) -> Option<char> {
     stat.rsplit(')').next()?.trim().chars().next()
 }
 
+/// Waits up to 5 s for `pid` to be gone (or a zombie waiting for init); panics with `what` if it
+/// still runs.
+fn assert_ends(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_state(pid).is_some_and(|s| s != 'Z') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(process_state(pid).is_none_or(|s| s == 'Z'), "{what} {pid} survived: {:?}", process_state(pid));
+}
+
 fn a_hanging_engine_is_killed_at_its_timeout_with_its_children() -> Outcome {
     let repo = TempRepo::with_cases(&[CASE]);
     let pid_file = repo.path("child.pid");
@@ -233,11 +243,7 @@ fn a_hanging_engine_is_killed_at_its_timeout_with_its_children() -> Outcome {
     assert!(took < Duration::from_secs(15), "took {took:?}");
     let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     // Dead, or a zombie waiting for init to reap it; never still sleeping.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while process_state(pid).is_some_and(|s| s != 'Z') && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(process_state(pid).is_none_or(|s| s == 'Z'), "child {pid} survived: {:?}", process_state(pid));
+    assert_ends(pid, "child");
     Ok(())
 }
 
@@ -468,12 +474,7 @@ fn a_run_stops_its_engines_and_removes_their_session_files() -> Outcome {
     let repo = replay2_repo(&[], "default: true\n");
     // A name of its own: session directories are named after the engine.
     std::fs::rename(repo.path("cases/engines/replay2.yaml"), repo.path("cases/engines/replay2-ends.yaml")).unwrap();
-    let prefix = "harness-replay2-ends-session-";
-    let sessions = || -> Vec<String> {
-        let names =
-            std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok());
-        names.filter(|n| n.starts_with(prefix)).collect()
-    };
+    let sessions = || common::session_dirs("replay2-ends");
     let before = sessions();
     let args = libtest_mimic::Arguments::from_iter(["cases", "--test-threads", "1", "--quiet"]);
     let (suite, conclusion) =
@@ -483,11 +484,7 @@ fn a_run_stops_its_engines_and_removes_their_session_files() -> Outcome {
     let log = std::fs::read_to_string(repo.path("requests.jsonl")).unwrap();
     assert!(log.lines().last().unwrap().contains("shutdown"), "the engine was not stopped: {log}");
     let pid: u32 = std::fs::read_to_string(repo.path("starts.txt")).unwrap().trim().parse().unwrap();
-    let until = Instant::now() + Duration::from_secs(5);
-    while process_state(pid).is_some_and(|s| s != 'Z') && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(process_state(pid).is_none_or(|s| s == 'Z'), "engine process {pid} still runs");
+    assert_ends(pid, "engine process");
     let left: Vec<String> = sessions().into_iter().filter(|n| !before.contains(n)).collect();
     assert!(left.is_empty(), "session directories left behind: {left:?}");
     drop(suite);
@@ -510,12 +507,7 @@ fn an_interrupted_run_ends_its_engines_and_removes_their_session_files() -> Outc
             pid_file.display()
         ),
     );
-    let prefix = "harness-sighang-session-";
-    let sessions = || -> Vec<String> {
-        let names =
-            std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok());
-        names.filter(|n| n.starts_with(prefix)).collect()
-    };
+    let sessions = || common::session_dirs("sighang");
     let before = sessions();
     let mut child = std::process::Command::new(common::harness_bin())
         .args(["run", "sighang::", "--test-threads", "1"])
@@ -545,11 +537,7 @@ fn an_interrupted_run_ends_its_engines_and_removes_their_session_files() -> Outc
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
-    let until = Instant::now() + Duration::from_secs(5);
-    while process_state(pid).is_some_and(|s| s != 'Z') && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(process_state(pid).is_none_or(|s| s == 'Z'), "engine process {pid} survived the interrupt");
+    assert_ends(pid, "engine process (after the interrupt)");
     let left: Vec<String> = sessions().into_iter().filter(|n| !before.contains(n)).collect();
     assert!(left.is_empty(), "session directories left behind: {left:?}");
     Ok(())

@@ -204,8 +204,14 @@ fn an_input_other_than_the_goldens_one_is_an_error() {
     assert!(r.error.as_deref().unwrap_or("").contains("builds another `pixel_values`"), "{:?}", r.error);
 }
 
-/// Edits one tap's tensor (name, shape, data) of an engine that reads its outputs from goldens.
-type Edit = fn(&str, &mut Vec<usize>, &mut Vec<f32>);
+/// One tap's tensor as an [`Edit`] changes it (its shape may change too).
+struct Out {
+    shape: Vec<usize>,
+    v: Vec<f32>,
+}
+
+/// Edits one tap's tensor (by name) of an engine that reads its outputs from goldens.
+type Edit = fn(&str, &mut Out);
 
 /// An engine written here that "computes" a case by reading its goldens, with `edit` applied:
 /// the planted bug.
@@ -233,12 +239,22 @@ impl LoadedModel for FromGoldensModel {
         let mut out = Outputs::new();
         for t in taps {
             let g = harness::tensor::read_npy(&self.0.join(format!("{t}.npy")), None)?;
-            let (mut shape, mut v) = (g.shape().to_vec(), g.data().to_vec());
-            (self.1)(t, &mut shape, &mut v);
-            out.insert(t.to_string(), harness::tensor::Tensor::new(shape, v)?);
+            let mut o = Out { shape: g.shape().to_vec(), v: g.data().to_vec() };
+            (self.1)(t, &mut o);
+            out.insert(t.to_string(), harness::tensor::Tensor::new(o.shape, o.v)?);
         }
         Ok(out)
     }
+}
+
+/// Asserts the first divergence is `tap` and the top hint is of `kind`; returns the report's
+/// text and that hint's message.
+fn caught_at(r: &harness::report::TrialReport, tap: &str, kind: HintKind) -> (String, String) {
+    let text = harness::report::terminal::render(r);
+    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, tap, "{text}");
+    assert_eq!(r.hints.first().map(|h| h.kind), Some(kind), "{text}");
+    let message = r.hints[0].message.clone();
+    (text, message)
 }
 
 fn run_from_goldens(case: &str, name: &'static str, edit: Edit) -> harness::report::TrialReport {
@@ -250,8 +266,8 @@ fn run_from_goldens(case: &str, name: &'static str, edit: Edit) -> harness::repo
 /// The patch sequence of `vit.embeddings.patch_embeddings` ([batch, 16 patches of a 4x4 grid,
 /// hidden]) taken one patch to the right in each grid row (wrapping): a port whose patch grid is
 /// offset.
-#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
-fn patches_shifted(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
+fn patches_shifted(t: &str, o: &mut Out) {
+    let Out { shape, v } = o;
     if t == "vit.embeddings.patch_embeddings" {
         let d = shape[2];
         for image in v.chunks_mut(16 * d) {
@@ -266,7 +282,8 @@ fn patches_shifted(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
 /// 2: frame 2j is HF's frame j, the odd frames fall between HF's (here: the mean of the two
 /// neighbours). `keep` cuts the result to HF's frame count, as a port with a fixed position
 /// table would; else the port gives twice the frames.
-fn conv_stride_one(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>, keep: bool) {
+fn conv_stride_one(t: &str, o: &mut Out, keep: bool) {
+    let Out { shape, v } = o;
     if t != "model.encoder.conv2" {
         return;
     }
@@ -290,22 +307,18 @@ fn conv_stride_one(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>, keep: bool
 #[test]
 fn a_convolution_stride_is_named_on_the_frames_of_a_channel_first_tap() {
     // Cut to HF's length: the shapes agree, frame 2j is HF's frame j.
-    let r = run_from_goldens("whisper/features", "conv-stride-cut", |t, s, v| conv_stride_one(t, s, v, true));
-    let text = harness::report::terminal::render(&r);
-    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.encoder.conv2", "{text}");
-    assert_eq!(r.hints[0].kind, HintKind::PositionStride, "{text}");
-    assert!(r.hints[0].message.contains("engine position 2·j equals golden position j"), "{text}");
+    let r = run_from_goldens("whisper/features", "conv-stride-cut", |t, o| conv_stride_one(t, o, true));
+    let (text, message) = caught_at(&r, "model.encoder.conv2", HintKind::PositionStride);
+    assert!(message.contains("engine position 2·j equals golden position j"), "{text}");
     // Not cut: twice HF's frames; the shapes say the factor, the data confirms the stride.
-    let r = run_from_goldens("whisper/features", "conv-stride-long", |t, s, v| conv_stride_one(t, s, v, false));
-    let text = harness::report::terminal::render(&r);
-    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.encoder.conv2", "{text}");
-    assert_eq!(r.hints[0].kind, HintKind::PositionStride, "{text}");
-    assert!(r.hints[0].message.contains("the engine has 16 positions where HF has 8"), "{text}");
+    let r = run_from_goldens("whisper/features", "conv-stride-long", |t, o| conv_stride_one(t, o, false));
+    let (text, message) = caught_at(&r, "model.encoder.conv2", HintKind::PositionStride);
+    assert!(message.contains("the engine has 16 positions where HF has 8"), "{text}");
     // The same data with every frame off (no stride explains it): no stride is named.
-    let r = run_from_goldens("whisper/features", "conv-off", |t, s, v| {
-        conv_stride_one(t, s, v, true);
+    let r = run_from_goldens("whisper/features", "conv-off", |t, o| {
+        conv_stride_one(t, o, true);
         if t == "model.encoder.conv2" {
-            v.iter_mut().for_each(|x| *x += 0.1);
+            o.v.iter_mut().for_each(|x| *x += 0.1);
         }
     });
     let text = harness::report::terminal::render(&r);
@@ -314,8 +327,8 @@ fn a_convolution_stride_is_named_on_the_frames_of_a_channel_first_tap() {
 
 /// The decoder of `bart/same-length` wrong at row 1's last two positions, where the source
 /// (`input_ids`) is padding and the decoder's tokens are real.
-#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
-fn decoder_wrong_where_the_source_pads(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
+fn decoder_wrong_where_the_source_pads(t: &str, o: &mut Out) {
+    let Out { shape, v } = o;
     if t.starts_with("model.decoder.") || t == "last_hidden_state" || t == "logits" {
         let (seq, d) = (shape[1], shape[2]);
         for s in 5..7 {
@@ -331,10 +344,10 @@ fn the_source_mask_does_not_hide_decoder_positions() {
     assert_eq!(r.verdict, Verdict::Fail, "{text}");
     assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.decoder.layers.0", "{text}");
     // The same error on the encoder's padded positions is not compared: padding is padding there.
-    let r = run_from_goldens("bart/same-length", "encoder-pads", |t, shape, v| {
+    let r = run_from_goldens("bart/same-length", "encoder-pads", |t, o| {
         if t.starts_with("model.encoder.") {
-            let (seq, d) = (shape[1], shape[2]);
-            v[(seq + 5) * d..(seq + 7) * d].iter_mut().for_each(|x| *x += 0.5);
+            let (seq, d) = (o.shape[1], o.shape[2]);
+            o.v[(seq + 5) * d..(seq + 7) * d].iter_mut().for_each(|x| *x += 0.5);
         }
     });
     assert_eq!(r.verdict, Verdict::Pass, "{}", harness::report::terminal::render(&r));
@@ -342,8 +355,8 @@ fn the_source_mask_does_not_hide_decoder_positions() {
 
 /// Whisper's first convolution (kernel 3) without its padding: 14 frames where HF has 16, frame
 /// i of the port being HF's frame i + 1.
-#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
-fn conv_unpadded(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
+fn conv_unpadded(t: &str, o: &mut Out) {
+    let Out { shape, v } = o;
     if t == "model.encoder.conv1" {
         let n = shape[2];
         *v = v.chunks(n).flat_map(|r| r[1..n - 1].to_vec()).collect();
@@ -354,21 +367,15 @@ fn conv_unpadded(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
 #[test]
 fn a_convolution_without_its_padding_is_named_from_the_positions_it_keeps() {
     let r = run_from_goldens("whisper/features", "conv-unpadded", conv_unpadded);
-    let text = harness::report::terminal::render(&r);
-    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "model.encoder.conv1", "{text}");
-    assert_eq!(r.hints[0].kind, HintKind::TokenMisalignment, "{text}");
-    assert!(
-        r.hints[0].message.starts_with(
-            "the engine has 14 positions where HF has 16, and engine position i equals golden position i+1"
-        ),
-        "{text}"
-    );
+    let (text, message) = caught_at(&r, "model.encoder.conv1", HintKind::TokenMisalignment);
+    let want = "the engine has 14 positions where HF has 16, and engine position i equals golden position i+1";
+    assert!(message.starts_with(want), "{text}");
 }
 
 /// A ViT port that leaves out the [CLS] token: 16 positions where HF has 17, the patches the
 /// same (later taps unchanged: the first divergence is where the CLS should be added).
-#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
-fn cls_dropped(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
+fn cls_dropped(t: &str, o: &mut Out) {
+    let Out { shape, v } = o;
     if t == "vit.embeddings" {
         let (n, d) = (shape[1], shape[2]);
         *v = v.chunks(n * d).flat_map(|r| r[d..].to_vec()).collect();
@@ -379,26 +386,20 @@ fn cls_dropped(t: &str, shape: &mut Vec<usize>, v: &mut Vec<f32>) {
 #[test]
 fn a_dropped_cls_token_is_named_from_the_shapes_and_the_positions() {
     let r = run_from_goldens("vit/pixels", "cls-dropped", cls_dropped);
-    let text = harness::report::terminal::render(&r);
-    assert_eq!(r.taps[r.first_divergence.expect("a divergence")].name, "vit.embeddings", "{text}");
-    assert_eq!(r.hints[0].kind, HintKind::TokenMisalignment, "{text}");
-    assert!(
-        r.hints[0]
-            .message
-            .contains("the engine has 16 positions where HF has 17, and engine position i equals golden position i+1"),
-        "{text}"
-    );
+    let (text, message) = caught_at(&r, "vit.embeddings", HintKind::TokenMisalignment);
+    let want = "the engine has 16 positions where HF has 17, and engine position i equals golden position i+1";
+    assert!(message.contains(want), "{text}");
 }
 
-#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
-fn embeddings_times_sqrt_hidden(t: &str, _: &mut Vec<usize>, v: &mut Vec<f32>) {
+fn embeddings_times_sqrt_hidden(t: &str, o: &mut Out) {
+    let v = &mut o.v;
     if t == "vit.embeddings" {
         v.iter_mut().for_each(|x| *x *= 32f32.sqrt());
     }
 }
 
-#[allow(clippy::ptr_arg)] // an `Edit`: others resize the tensor
-fn layernorm_doubled(t: &str, _: &mut Vec<usize>, v: &mut Vec<f32>) {
+fn layernorm_doubled(t: &str, o: &mut Out) {
+    let v = &mut o.v;
     if t == "vit.layernorm" {
         v.iter_mut().for_each(|x| *x *= 2.0);
     }

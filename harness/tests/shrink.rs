@@ -216,11 +216,7 @@ fn cli_shrink_cuts_an_image_case_to_one_row() -> Outcome {
     let engine = std::fs::read_to_string(repo.path("cases/engines/vit-scaled.yaml")).unwrap();
     let unpatched: String = engine.lines().filter(|l| !l.starts_with("env:")).map(|l| format!("{l}\n")).collect();
     repo.write("cases/engines/vit-unpatched-cli.yaml", &unpatched);
-    let sessions = || -> Vec<String> {
-        let names =
-            std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok());
-        names.filter(|n| n.starts_with("harness-vit-unpatched-cli-session-")).collect()
-    };
+    let sessions = || common::session_dirs("vit-unpatched-cli");
     let before = sessions();
     let out = std::process::Command::new(common::harness_bin())
         .args(["shrink", "vit/pixels", "--engine", "vit-unpatched-cli"])

@@ -205,23 +205,20 @@ def base_model_name(model) -> str:
     return ""
 
 
-def _decoder_name(model) -> str | None:
-    """Module path of an encoder-decoder's decoder; None for other models."""
-    get = getattr(model, "get_decoder", None)
+def _side_name(model, getter: str) -> str | None:
+    """Module path of the submodule an encoder-decoder's `getter` (`get_encoder`,
+    `get_decoder`) returns; None for other models."""
+    get = getattr(model, getter, None)
     if not getattr(model.config, "is_encoder_decoder", False) or not callable(get):
         return None
-    dec = get()
-    return next((name for name, mod in model.named_modules() if mod is dec and name), None)
+    side = get()
+    return next((name for name, mod in model.named_modules() if mod is side and name), None)
 
 
 def encoder_name(model) -> str | None:
     """Module path of an encoder-decoder's encoder (whose first output is
     `encoder_last_hidden_state`); None for other models."""
-    get = getattr(model, "get_encoder", None)
-    if not getattr(model.config, "is_encoder_decoder", False) or not callable(get):
-        return None
-    enc = get()
-    return next((name for name, mod in model.named_modules() if mod is enc and name), None)
+    return _side_name(model, "get_encoder")
 
 
 def named_outputs(model, model_dir: Path | None = None) -> list[str]:
@@ -355,7 +352,7 @@ def run(model, inputs: dict, taps: list[str] | None, cache: dict | None = None):
     # A seq2seq head with no base model of its own (T5ForConditionalGeneration): its first output
     # is the logits, and last_hidden_state is the decoder's output.
     if base == "":
-        base = _decoder_name(model) or ""
+        base = _side_name(model, "get_decoder") or ""
     order: list[str] = []
     captured: dict[str, torch.Tensor] = {}
     want = None if taps is None else set(taps)

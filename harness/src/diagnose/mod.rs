@@ -59,12 +59,8 @@ impl<'a> Ctx<'a> {
         let first_masked = taps.get(first).is_none_or(|t| masked(case, &t.name));
         Ctx { case, expected, outputs, taps, first, first_masked, cache: HashMap::new() }
     }
-    /// True where position `s` of sequence `b` of tap `name` holds a real token: the attention
-    /// mask says so for taps that follow `input_ids`; a decoder's positions are all real.
-    pub fn is_real_at(&self, name: &str, b: usize, s: usize) -> bool {
-        !masked(self.case, name) || self.case.inputs.is_real(b, s)
-    }
-    /// [`Ctx::is_real_at`] for the first divergent tap.
+    /// True where position `s` of sequence `b` of the first divergent tap holds a real token:
+    /// the attention mask says so for taps that follow `input_ids`; a decoder's are all real.
     pub fn is_real(&self, b: usize, s: usize) -> bool {
         !self.first_masked || self.case.inputs.is_real(b, s)
     }

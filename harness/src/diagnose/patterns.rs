@@ -1,6 +1,8 @@
 //! What the error of the first divergent tap looks like, read off (engine, golden) alone:
 //! which rows, positions, sequences, channels or heads are wrong, and whether rows are shifted.
 
+use std::borrow::Cow;
+
 use super::view::{Rows, row_ratio, row_tolerance};
 use super::{Ctx, Hint, HintKind};
 use crate::metrics::AllClose;
@@ -53,16 +55,8 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
     // A convolution's output is channel-first (`[batch, channels, frames]`, `[batch, channels,
     // h, w]`): seen as `[batch, positions, channels]`, the per-position detectors apply to it.
     let conv = is_conv(ctx, &name) && actual.shape().len() >= 3 && golden.shape().len() >= 3;
-    let (adata, ashape) = if conv {
-        channels_last(actual.data(), actual.shape())
-    } else {
-        (actual.data().to_vec(), actual.shape().to_vec())
-    };
-    let (edata, shape) = if conv {
-        channels_last(golden.data(), golden.shape())
-    } else {
-        (golden.data().to_vec(), golden.shape().to_vec())
-    };
+    // Borrowed as they are; copied only when a convolution's are transposed.
+    let ((adata, ashape), (edata, shape)) = (seen_as(actual, conv), seen_as(&golden, conv));
     let kind = if conv { TapKind::Tokens } else { kind };
     if ashape != shape {
         out.extend(stride_mismatch(ctx, &name, (&adata, &ashape), (&edata, &shape), kind, tol));
@@ -399,6 +393,17 @@ fn is_conv(ctx: &Ctx<'_>, name: &str) -> bool {
     class.is_some_and(|c| c.starts_with("Conv") && ["1d", "2d", "3d"].iter().any(|d| c.ends_with(d)))
 }
 
+/// A tap's data and shape as the row detectors see it: a convolution's transposed to
+/// channels-last (a copy), anything else borrowed as it is.
+fn seen_as(t: &crate::tensor::Tensor, conv: bool) -> (Cow<'_, [f32]>, Vec<usize>) {
+    if conv {
+        let (d, s) = channels_last(t.data(), t.shape());
+        (Cow::Owned(d), s)
+    } else {
+        (Cow::Borrowed(t.data()), t.shape().to_vec())
+    }
+}
+
 /// `[batch, channels, *positions]` as `[batch, prod(positions), channels]`.
 fn channels_last(data: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
     let (b, c) = (shape[0], shape[1]);
@@ -414,22 +419,21 @@ fn channels_last(data: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
     (out, vec![b, p, c])
 }
 
-/// Pairs (engine position, golden position) that hold under stride `s` in direction `slow`
-/// (engine `s·j` is golden `j`) or fast (engine `i` is golden `s·i`), and how many of them
-/// match, over the real rows; position 0 (which every stride keeps) is not counted.
-fn stride_pairs(ctx: &Ctx<'_>, a: &Rows<'_>, e: &Rows<'_>, s: usize, slow: bool, tol: AllClose) -> (usize, usize) {
+/// Over the real rows, how many pairs (engine position i, golden position `map(i)`) there are
+/// and how many match. Pairs whose golden rows are the same (a repeated token, a constant
+/// table) say nothing about where the engine's rows come from and are not counted.
+fn mapped_pairs(
+    ctx: &Ctx<'_>,
+    a: &Rows<'_>,
+    e: &Rows<'_>,
+    map: impl Fn(usize) -> Option<usize>,
+    tol: AllClose,
+) -> (usize, usize) {
     let (mut pairs, mut matched) = (0, 0);
     for b in 0..a.batch.min(e.batch) {
-        for i in 1..a.seq {
-            let j = if slow {
-                if i % s != 0 {
-                    continue;
-                }
-                i / s
-            } else {
-                i * s
-            };
-            if j >= e.seq || !ctx.is_real(b, j) || !ctx.is_real(b, i) || same_golden_rows(e, b, i, j, tol) {
+        for i in 0..a.seq {
+            let Some(j) = map(i).filter(|&j| j < e.seq) else { continue };
+            if !ctx.is_real(b, j) || !ctx.is_real(b, i) || (i != j && same_golden_rows(e, b, i, j, tol)) {
                 continue;
             }
             pairs += 1;
@@ -439,6 +443,17 @@ fn stride_pairs(ctx: &Ctx<'_>, a: &Rows<'_>, e: &Rows<'_>, s: usize, slow: bool,
         }
     }
     (pairs, matched)
+}
+
+/// The pairs of stride `s`: slow (engine `s·j` is golden `j`) or fast (engine `i` is golden
+/// `s·i`); position 0, which every stride keeps, is not counted.
+fn stride_pairs(ctx: &Ctx<'_>, a: &Rows<'_>, e: &Rows<'_>, s: usize, slow: bool, tol: AllClose) -> (usize, usize) {
+    let map = |i: usize| match (i, slow) {
+        (0, _) => None,
+        (_, true) => i.is_multiple_of(s).then_some(i / s),
+        (_, false) => Some(i * s),
+    };
+    mapped_pairs(ctx, a, e, map, tol)
 }
 
 /// Golden rows i and j are the same (a repeated token in an embedding, a constant table): a
@@ -532,24 +547,7 @@ fn stride_mismatch(
     // A few positions more or fewer, the rest the same positions moved: a padding or a crop.
     let mut best: Option<(i64, usize, usize)> = None;
     for d in -4i64..=4 {
-        let (mut pairs, mut matched) = (0, 0);
-        for b in 0..a.batch {
-            for i in 0..la {
-                let j = i as i64 + d;
-                if j < 0
-                    || j as usize >= le
-                    || !ctx.is_real(b, i)
-                    || !ctx.is_real(b, j as usize)
-                    || (d != 0 && same_golden_rows(&e, b, i, j as usize, tol))
-                {
-                    continue;
-                }
-                pairs += 1;
-                if row_ratio(a.row(b, i), e.row(b, j as usize), tol) <= 1.0 {
-                    matched += 1;
-                }
-            }
-        }
+        let (pairs, matched) = mapped_pairs(ctx, &a, &e, |i| usize::try_from(i as i64 + d).ok(), tol);
         if pairs >= 2 && matched as f64 >= 0.8 * pairs as f64 && best.is_none_or(|(_, bm, _)| matched > bm) {
             best = Some((d, matched, pairs));
         }
@@ -634,10 +632,12 @@ fn pooled_misalignment(ctx: &mut Ctx<'_>, tap: &str, a: &Rows<'_>) -> Option<Hin
     }
     let normalized = tap.ends_with(".normalized");
     let tol = row_tolerance(&ctx.taps[ctx.first].tolerance);
+    let masked = super::masked(ctx.case, "last_hidden_state");
+    let real = |b: usize, s: usize| !masked || ctx.case.inputs.is_real(b, s);
     let mut found = Vec::new();
     for b in 0..a.batch {
         let best = (0..src.seq)
-            .filter(|&j| ctx.is_real_at("last_hidden_state", b, j))
+            .filter(|&j| real(b, j))
             .map(|j| {
                 let mut cand = src.row(b, j).to_vec();
                 if normalized {
@@ -652,7 +652,7 @@ fn pooled_misalignment(ctx: &mut Ctx<'_>, tap: &str, a: &Rows<'_>) -> Option<Hin
             _ => return None,
         }
     }
-    let last_real = |b: usize| (0..src.seq).rev().find(|&s| ctx.is_real_at("last_hidden_state", b, s));
+    let last_real = |b: usize| (0..src.seq).rev().find(|&s| real(b, s));
     let all_last = found.iter().all(|&(b, j)| Some(j) == last_real(b));
     let all_first = found.iter().all(|&(_, j)| j == 0);
     let which = if all_last {

@@ -4,7 +4,7 @@
 use crate::case::Case;
 use crate::metrics::{AllClose, Metrics, Selection, compare};
 use crate::report::TapReport;
-use crate::structure::{Module, TapKind};
+use crate::structure::TapKind;
 use crate::tolerance::{Observed, Tolerance};
 pub use crate::trial::selection_rows;
 
@@ -37,13 +37,6 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// Tap `name`'s module as diagnosis sees it: of `kind` (which may differ from the recorded one),
-/// following the sequence the structure says.
-pub fn module_as(case: &Case, name: &str, kind: TapKind) -> Module {
-    let follows = case.taps.iter().find(|t| t.name == name).and_then(|t| t.module.follows.clone());
-    Module { follows, ..Module::new(name, kind) }
-}
-
 /// Per-row failure ratio: max over the row of `|a - e| / (atol + rtol |e|)`; > 1 means the row
 /// has an element out of allclose.
 pub fn row_ratio(a: &[f32], e: &[f32], tol: AllClose) -> f64 {
@@ -73,7 +66,7 @@ pub fn within_tolerance(
     candidate: &[f32],
     golden: &[f32],
 ) -> (Metrics, bool) {
-    let rows = selection_rows(case, &module_as(case, &tap.name, kind), &tap.shape);
+    let rows = selection_rows(case, kind, super::masked(case, &tap.name), &tap.shape);
     let sel = rows.as_deref().map(|r| Selection { row_len: golden.len() / r.len().max(1), rows: r });
     let mut tol = Tolerance { argmax: None, ..tap.tolerance.clone() };
     if tol.validate().is_err() {

@@ -186,7 +186,7 @@ pub fn analyze(ctx: &mut Ctx<'_>, out: &mut Vec<Hint>) {
         return;
     }
     let heads = width / hd;
-    let rows = super::view::selection_rows(ctx.case, &super::view::module_as(ctx.case, &name, kind), &shape);
+    let rows = super::view::selection_rows(ctx.case, kind, super::masked(ctx.case, &name), &shape);
     let rel: Vec<f64> = (0..heads)
         .map(|h| {
             let (mut dd, mut gg) = (0f64, 0f64);

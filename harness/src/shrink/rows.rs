@@ -44,12 +44,14 @@ const DECODER_INPUTS: [&str; 2] = ["decoder_input_ids", "decoder_attention_mask"
 fn decoder_prefix_inputs(inputs: &Inputs, len: usize) -> Inputs {
     let mut out = inputs.clone();
     for n in out.named.iter_mut().filter(|n| DECODER_INPUTS.contains(&n.name.as_str()) && n.shape.len() == 2) {
-        let (rows, seq) = (n.shape[0], n.shape[1]);
-        let keep = |r: usize| r * seq..r * seq + len;
+        let seq = n.shape[1];
+        fn keep<T: Copy>(v: &[T], seq: usize, len: usize) -> Vec<T> {
+            v.chunks(seq).flat_map(|r| r[..len].iter().copied()).collect()
+        }
         n.data = match &n.data {
-            InputData::I64(v) => InputData::I64((0..rows).flat_map(|r| v[keep(r)].to_vec()).collect()),
-            InputData::Bool(v) => InputData::Bool((0..rows).flat_map(|r| v[keep(r)].to_vec()).collect()),
-            InputData::F32(v) => InputData::F32((0..rows).flat_map(|r| v[keep(r)].to_vec()).collect()),
+            InputData::I64(v) => InputData::I64(keep(v, seq, len)),
+            InputData::Bool(v) => InputData::Bool(keep(v, seq, len)),
+            InputData::F32(v) => InputData::F32(keep(v, seq, len)),
         };
         n.shape[1] = len;
     }
@@ -104,6 +106,18 @@ fn row_golden(t: &Tensor, kind: TapKind, b: usize) -> Result<Tensor> {
     }
 }
 
+/// The goldens of `case`'s taps cut to batch row `b`, in forward order, with their noise floors.
+fn row_taps(case: &Case, expected: &dyn Expected, b: usize) -> Result<Vec<(String, Tensor, Option<f64>)>> {
+    let mut ordered: Vec<&crate::case::Tap> = case.taps.iter().filter(|t| expected.has(&t.name)).collect();
+    ordered.sort_by_key(|t| expected.position(&t.name).unwrap_or(usize::MAX));
+    ordered
+        .into_iter()
+        .map(|t| {
+            Ok((t.name.clone(), row_golden(&expected.load(&t.name)?, t.module.kind, b)?, expected.noise_floor(&t.name)))
+        })
+        .collect()
+}
+
 /// Cut `case` (failing on `engine`) to its first batch row that fails alone with the same
 /// signature, judged against the case's goldens cut to that row.
 pub fn shrink_rows(
@@ -130,24 +144,12 @@ pub fn shrink_rows(
         ))
         .file(&case.file));
     };
-    let mut evaluations = 1;
     for b in 0..batch {
         let mut one = case.clone();
         one.inputs = row_inputs(&case.inputs, b);
-        let mut taps = Vec::with_capacity(case.taps.len());
-        let mut ordered: Vec<&crate::case::Tap> = case.taps.iter().collect();
-        ordered.sort_by_key(|t| expected.position(&t.name).unwrap_or(usize::MAX));
-        for t in ordered {
-            if !expected.has(&t.name) {
-                continue;
-            }
-            let g = expected.load(&t.name)?;
-            let g = row_golden(&g, t.module.kind, b)?;
-            taps.push((t.name.clone(), g, expected.noise_floor(&t.name)));
-        }
-        let goldens = Goldens::in_memory(&one, &format!("goldens of {}, row {b}", case.id), taps.clone());
+        let goldens =
+            Goldens::in_memory(&one, &format!("goldens of {}, row {b}", case.id), row_taps(case, expected, b)?);
         let (report, _) = crate::trial::assess(&one, engine.name(), model, &goldens, String::new(), None);
-        evaluations += 1;
         let sig = Signature::of(&report);
         let same = sig.as_ref().is_some_and(|s| signature.matches(s));
         if progress {
@@ -169,10 +171,11 @@ pub fn shrink_rows(
                 case: one,
                 report,
                 decoder_prefix: None,
-                evaluations,
+                // The whole case, then rows 0..=b.
+                evaluations: b as u32 + 2,
                 elapsed: start.elapsed(),
             };
-            shrink_decoder(&mut shrunk, engine.name(), model, &taps, progress)?;
+            shrink_decoder(&mut shrunk, engine.name(), model, expected, b, progress)?;
             shrunk.elapsed = start.elapsed();
             return Ok(shrunk);
         }
@@ -192,7 +195,8 @@ fn shrink_decoder(
     shrunk: &mut RowShrunk,
     engine: &str,
     model: &dyn LoadedModel,
-    taps: &[(String, Tensor, Option<f64>)],
+    expected: &dyn Expected,
+    row: usize,
     progress: bool,
 ) -> Result<()> {
     let case = &shrunk.case;
@@ -202,11 +206,12 @@ fn shrink_decoder(
     let Some(seq) = case.inputs.named("decoder_input_ids").filter(|n| n.shape.len() == 2).map(|n| n.shape[1]) else {
         return Ok(());
     };
+    let taps = row_taps(case, expected, row)?;
     for len in 1..seq {
         let mut cut = case.clone();
         cut.inputs = decoder_prefix_inputs(&case.inputs, len);
         let mut goldens = Vec::with_capacity(taps.len());
-        for (name, g, noise) in taps {
+        for (name, g, noise) in &taps {
             let module = case.taps.iter().find(|t| &t.name == name).map(|t| &t.module);
             let g = match module {
                 Some(m) if m.follows.as_deref() == Some("decoder_input_ids") => {

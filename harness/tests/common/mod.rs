@@ -160,3 +160,11 @@ pub fn check_generated_section(file: &str, name: &str, content: &str) {
         "{file}'s `{name}` section is out of date; rerun with HARNESS_UPDATE_README=1 to rewrite it.\n--- {file}\n{current}\n--- generated\n{content}"
     );
 }
+
+/// The engine session directories (`harness-<engine>-session-*`) in the temp dir now: a test
+/// compares them before and after a run.
+pub fn session_dirs(engine: &str) -> Vec<String> {
+    let prefix = format!("harness-{engine}-session-");
+    let names = std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok());
+    names.filter(|n| n.starts_with(&prefix)).collect()
+}
